@@ -87,6 +87,8 @@ class OptimConfig:
                    min=0.0)
     weight_decay: float = _f(1e-2, "Weight decay (decoupled for adamw). The reference's 1e-6 is a no-op.",
                              min=0.0)
+    head_lr_mult: float = _f(10.0, "Learning-rate multiplier of the new (randomly initialised) classifier head.",
+                             min=0.0)
     momentum: float = _f(0.9, "SGD momentum.", min=0.0, max=1.0)
     nesterov: bool = _f(True, "SGD Nesterov momentum.")
 

@@ -1,0 +1,81 @@
+"""Optimizers and per-step learning-rate schedules (stepped once per optimizer step)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
+
+from ..errors import ConfigError
+
+
+def param_groups(model: torch.nn.Module, *, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
+    """Backbone at ``lr``, the new classifier at ``lr × head_lr_mult``.
+
+    The classifier starts from random weights while the backbone is pretrained: a larger
+    step for the head shortens the early phase where the random head scrambles gradients.
+    """
+    from ..models.factory import unwrap_model
+    net = unwrap_model(model)
+    backbone = getattr(net, "backbone", net)
+    head = list(backbone.get_classifier().parameters()) if hasattr(backbone, "get_classifier") else []
+    head_ids = {id(p) for p in head}
+    body = [p for p in net.parameters() if id(p) not in head_ids]
+    groups = [{"params": body, "lr": lr}]
+    if head:
+        groups.append({"params": head, "lr": lr * head_lr_mult})
+    return groups
+
+
+def build_optimizer(params, *, name: str = "adamw", lr: float = 3e-4, weight_decay: float = 0.0,
+                    momentum: float = 0.9, nesterov: bool = True) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD (momentum, Nesterov) with weight decay; ``params`` may be param groups."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                               weight_decay=weight_decay)
+    raise ConfigError(f"optim.name={name!r}; choose one of adamw, adam, sgd")
+
+
+def build_scheduler(optimizer, *, name: str, steps_per_epoch: int, epochs: int, base_lr: float,
+                    warmup_epochs: float = 1.0, T_0: int = 10, T_mult: int = 1, max_lr: float = 1e-3,
+                    min_lr: float = 1e-6):
+    """A scheduler whose ``step()`` is called after every optimizer step.
+
+    Args:
+        name: cosine_warmup | cosine_restarts | onecycle | none.
+        steps_per_epoch: optimizer steps per epoch (batches / accumulation, rounded up).
+        epochs: epochs of the fold.
+        base_lr: the optimizer's lr (cosine schedules decay from it to min_lr).
+        warmup_epochs, T_0, T_mult, max_lr, min_lr: see the config reference.
+    """
+    total = max(1, steps_per_epoch * epochs)
+    floor = min_lr / base_lr if base_lr > 0 else 0.0
+    if name == "none":
+        return LambdaLR(optimizer, lambda s: 1.0)
+    if name == "onecycle":
+        mult = [g["lr"] / base_lr if base_lr > 0 else 1.0 for g in optimizer.param_groups]
+        return OneCycleLR(optimizer, max_lr=[max_lr * m for m in mult], total_steps=total)
+    if name == "cosine_warmup":
+        warm = int(round(warmup_epochs * steps_per_epoch))
+
+        def f(s: int) -> float:
+            if s < warm:
+                return (s + 1) / warm
+            t = (s - warm) / max(1, total - warm)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        return LambdaLR(optimizer, f)
+    if name == "cosine_restarts":
+        period0 = max(1, T_0 * steps_per_epoch)
+
+        def g(s: int) -> float:
+            period, start = period0, 0
+            while s >= start + period:
+                start, period = start + period, period * T_mult
+            t = (s - start) / period
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        return LambdaLR(optimizer, g)
+    raise ConfigError(f"sched.name={name!r}; choose one of cosine_warmup, cosine_restarts, onecycle, none")

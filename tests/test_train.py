@@ -1,0 +1,166 @@
+"""Training engine: outputs, exact metrics, resume, multi-process, bad inputs (CPU, tiny model)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from maskcls.engine.trainer import run_training
+from maskcls.errors import ConfigError, DataError
+
+TINY = ["model.name=test_efficientnet", "model.pretrained=none", "data.image_size=64", "train.batch_size=8",
+        "train.valid_batch_size=16", "data.num_workers=0", "run.report=false", "run.tensorboard=false"]
+
+
+def train(prepared, tmp_path, *extra, folds="0", name="r"):
+    return run_training(prepared=str(prepared), overrides=TINY + list(extra), folds=folds,
+                        run_dir=str(tmp_path / name))
+
+
+def test_outputs_and_exact_f1(prepared_dir, tmp_path):
+    s = run_training(prepared=str(prepared_dir), overrides=TINY[:-1] + ["train.epochs=2"], folds="0",
+                     run_dir=str(tmp_path / "r"))
+    run = Path(s["run_dir"])
+    for f in ("config.yaml", "summary.json", "run.json", "fold0/best.pt", "fold0/last.pt", "fold0/metrics.csv",
+              "fold0/oof.csv", "fold0/lr.csv"):
+        assert (run / f).exists(), f
+    assert list((run / "fold0" / "tb").glob("events.out.tfevents.*")), "TensorBoard events missing"
+    m = pd.read_csv(run / "fold0" / "metrics.csv")
+    assert list(m["epoch"]) == [1, 2]
+    for col in ("train_loss", "train_acc", "train_f1", "valid_loss", "valid_acc", "valid_f1", "valid_f1_mask",
+                "valid_f1_gender", "valid_f1_age", "lr", "seconds", "images_per_s"):
+        assert col in m.columns and m[col].notna().all(), col
+    oof = pd.read_csv(run / "fold0" / "oof.csv")
+    summary = json.loads((run / "summary.json").read_text())
+    f1 = f1_score(oof["label"], oof["pred"], average="macro", labels=list(range(18)), zero_division=0)
+    assert summary["folds"]["0"]["best_f1"] == pytest.approx(f1, abs=1e-9)
+    assert summary["mean_f1"] == pytest.approx(f1, abs=1e-9)
+    probs = oof[[f"prob_{i}" for i in range(18)]].to_numpy()
+    assert np.allclose(probs.sum(1), 1, atol=1e-4) and (probs.argmax(1) == oof["pred"]).all()
+    # the validation fold holds exactly the fold-0 persons, each image once
+    man = pd.read_csv(prepared_dir / "manifest.csv")
+    assert len(oof) == (man["fold"] == 0).sum() and oof["path"].is_unique
+    ck = torch.load(run / "fold0" / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "config", "rng", "meta"} <= set(ck)
+
+
+def test_multi_heads_and_losses(prepared_dir, tmp_path):
+    for i, loss in enumerate(["focal", "weighted_ce", "soft_f1"]):
+        s = train(prepared_dir, tmp_path, "train.epochs=1", "model.heads=multi", f"loss.name={loss}",
+                  "data.sampler=balanced", "optim.name=sgd", "sched.name=onecycle", name=f"m{i}")
+        assert 0 <= s["folds"]["0"]["best_f1"] <= 1
+        assert s["head_f1"] is not None
+
+
+def test_resume_equals_uninterrupted(prepared_dir, tmp_path):
+    s = train(prepared_dir, tmp_path, "train.epochs=3", name="full")
+    run = Path(s["run_dir"])
+    full = pd.read_csv(run / "fold0" / "metrics.csv")
+    # rewind: the previous last.pt (after epoch 2) becomes last.pt, as if killed during epoch 3
+    shutil.copy(run / "fold0" / "last.prev.pt", run / "fold0" / "last.pt")
+    ck = torch.load(run / "fold0" / "last.pt", weights_only=True)
+    assert ck["epoch"] == 2
+    run_training(prepared=None, resume=str(run))
+    resumed = pd.read_csv(run / "fold0" / "metrics.csv")
+    cols = [c for c in full.columns if c not in ("seconds", "images_per_s")]
+    pd.testing.assert_frame_equal(full[cols], resumed[cols])
+
+
+def test_resume_rejects_overrides(prepared_dir, tmp_path):
+    s = train(prepared_dir, tmp_path, "train.epochs=1")
+    with pytest.raises(ConfigError, match="resume"):
+        run_training(prepared=None, resume=s["run_dir"], overrides=["train.epochs=5"])
+
+
+def test_run_dir_never_overwritten(prepared_dir, tmp_path):
+    (tmp_path / "r").mkdir()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(prepared_dir, tmp_path, "train.epochs=1")
+
+
+def test_unknown_model_did_you_mean(prepared_dir, tmp_path):
+    with pytest.raises(ConfigError, match="did you mean.*efficientnet_b0"):
+        train(prepared_dir, tmp_path, "model.name=efficentnet_b0")
+    assert not (tmp_path / "r").exists(), "nothing may be created before the model is known"
+
+
+def test_package_weights_for_arch_without(prepared_dir, tmp_path):
+    with pytest.raises(ConfigError, match="tf_efficientnet_lite0"):
+        train(prepared_dir, tmp_path, "model.pretrained=package", "train.epochs=1")
+
+
+def test_missing_weights_file(prepared_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        train(prepared_dir, tmp_path, f"model.pretrained={tmp_path / 'nope.pth'}", "train.epochs=1")
+
+
+def test_batch_larger_than_training_set(prepared_dir, tmp_path):
+    with pytest.raises(ConfigError, match="batch_size"):
+        train(prepared_dir, tmp_path, "train.batch_size=4000", "train.epochs=1")
+
+
+def test_image_failing_mid_epoch_names_file(prepared_dir, tmp_path):
+    d = tmp_path / "prep"
+    shutil.copytree(prepared_dir, d)
+    man = pd.read_csv(d / "manifest.csv")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    i = man.index[(man["fold"] == 1)][0]
+    man.loc[i, "path"] = str(bad)
+    man.to_csv(d / "manifest.csv", index=False)
+    with pytest.raises(DataError, match="broken.jpg"):
+        train(d, tmp_path, "train.epochs=1")
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(prepared_dir, tmp_path, monkeypatch):
+    import maskcls.engine.trainer as T
+    real = T.build_loss
+    calls = {"n": 0}
+
+    class NanAfter(torch.nn.Module):
+        def __init__(self, crit):
+            super().__init__()
+            self.crit = crit
+
+        def forward(self, logits, y):
+            calls["n"] += 1
+            loss = self.crit(logits, y)
+            return loss * float("nan") if calls["n"] > 20 else loss
+
+    def nan_after_first_epoch(*a, **k):
+        return NanAfter(real(*a, **k))
+
+    monkeypatch.setattr(T, "build_loss", nan_after_first_epoch)
+    s = train(prepared_dir, tmp_path, "train.epochs=4")
+    fold = s["folds"]["0"]
+    assert fold["status"] == "diverged"
+    ck = torch.load(Path(s["run_dir"]) / "fold0" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_two_processes_match_one(prepared_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): completes; validation metrics match 1 process (batch 2×8 = 16)."""
+    common = TINY + ["train.epochs=2", "train.accum_steps=1", "train.deterministic=true"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = [a for a in common if not a.startswith("train.batch_size")] + ["train.batch_size=16"]
+    cmd1 = [sys.executable, "-m", "maskcls", "train", str(prepared_dir), "--folds", "0",
+            "--run-dir", str(tmp_path / "one")] + sum((["--set", o] for o in one), [])
+    subprocess.run(cmd1, check=True, env=env, capture_output=True, timeout=600)
+    cmd2 = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+            "-m", "maskcls", "train", str(prepared_dir), "--folds", "0", "--run-dir", str(tmp_path / "two")] + \
+        sum((["--set", o] for o in common), [])
+    r = subprocess.run(cmd2, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("run: ") == 1 and r.stdout.count("\nbest val macro F1:") == 1, "only rank 0 may print"
+    a = pd.read_csv(tmp_path / "one" / "fold0" / "metrics.csv")
+    b = pd.read_csv(tmp_path / "two" / "fold0" / "metrics.csv")
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
+    assert np.allclose(a["valid_loss"], b["valid_loss"], atol=0.05)
+    assert np.allclose(a["valid_acc"], b["valid_acc"], atol=0.1)
