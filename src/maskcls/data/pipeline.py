@@ -104,7 +104,19 @@ def fold_rows(prep: Prepared, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return tr[tr["fold"] != fold], tr[tr["fold"] == fold]
 
 
-def paths_dataset(paths: list[str], cfg_preset: str, pp: Preprocessing) -> ImageDataset:
-    """Dataset over arbitrary image files (``maskcls predict RUN photo.jpg``); labels are -1."""
+def paths_dataset(paths: list[str], cfg_preset: str, pp: Preprocessing, *,
+                  face_settings: dict | None = None) -> ImageDataset:
+    """Dataset over arbitrary image files (``maskcls predict RUN photo.jpg``); labels are -1.
+
+    A run trained on face crops gets its faces detected and cropped the same way first.
+    """
     tf = create_transform(preset=cfg_preset, is_training=False, image_size=pp.image_size)
-    return ImageDataset(FileSource(np.asarray(paths), None), np.full(len(paths), -1, np.int64), tf, seed=0)
+    labels = np.full(len(paths), -1, np.int64)
+    if pp.faces:
+        from .faces import crop_files
+        if not face_settings:
+            raise DataError("this run trained on face crops but its checkpoint records no face settings; "
+                            "predict its eval set (maskcls predict RUN) instead")
+        crops = crop_files(list(paths), face_settings)
+        return ImageDataset(RowSource(crops, np.arange(len(paths))), labels, tf, seed=0)
+    return ImageDataset(FileSource(np.asarray(paths), None), labels, tf, seed=0)

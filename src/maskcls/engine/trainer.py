@@ -116,10 +116,14 @@ def _loaders(ctx: FoldContext, fold: int, pp: Preprocessing):
 
 
 def _model_meta(ctx: FoldContext, fold: int, pp: Preprocessing, weights: str) -> dict:
-    return {"num_classes": ctx.prep.num_classes, "class_names": ctx.prep.class_names, "task": ctx.prep.task,
+    meta = {"num_classes": ctx.prep.num_classes, "class_names": ctx.prep.class_names, "task": ctx.prep.task,
             "heads": ctx.cfg.model.heads, "model_name": ctx.cfg.model.name, "fold": fold,
             "preprocessing": pp.to_dict(), "prepared": str(ctx.prep.dir.resolve()), "weights": weights,
             "maskcls_version": __version__}
+    if pp.faces:  # predict on new photos must crop them the same way
+        from ..data.faces import face_settings, load_face_crops
+        meta["face_settings"] = face_settings(load_face_crops(ctx.prep.dir)[1])
+    return meta
 
 
 def _epoch_line(fold: int, epoch: int, epochs: int, tm: dict, vm: dict, lr: float, best: bool) -> str:

@@ -1,0 +1,106 @@
+"""Loading trained folds back for prediction and export."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import Config, config_from_dict
+from .data.pipeline import Preprocessing
+from .engine.checkpoint import load_checkpoint
+from .errors import CheckpointError
+from .models.factory import MaskClsNet, build_model
+
+
+@dataclass
+class LoadedFold:
+    fold: int
+    model: MaskClsNet
+    meta: dict
+    cfg: Config
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(**self.meta["preprocessing"])
+
+
+def available_folds(run: Path) -> dict[int, Path]:
+    return {int(p.parent.name[4:]): p for p in sorted(run.glob("fold*/best.pt")) if p.parent.name[4:].isdigit()}
+
+
+def select_folds(run: str | Path, spec: str = "all") -> dict[int, Path]:
+    """'all' → every fold with a best.pt; 'best' → the fold with the highest validation F1; '0,2' → those."""
+    run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run} not found")
+    found = available_folds(run)
+    if not found:
+        raise CheckpointError(f"{run} has no checkpoints (no fold*/best.pt); train first, or wait until the first "
+                              "epoch of a running training has finished")
+    if spec == "all":
+        return found
+    if spec == "best":
+        summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+        scores = {int(f): r.get("best_f1") or -1 for f, r in summary.get("folds", {}).items() if int(f) in found}
+        best = max(scores, key=scores.get) if scores else min(found)
+        return {best: found[best]}
+    try:
+        wanted = sorted({int(s) for s in spec.split(",")})
+    except ValueError:
+        raise CheckpointError(f"--folds {spec!r}: use all, best, or a list like 0,2") from None
+    missing = [f for f in wanted if f not in found]
+    if missing:
+        raise CheckpointError(f"--folds {spec!r}: no best.pt for fold(s) {missing} in {run}; available: {sorted(found)}")
+    return {f: found[f] for f in wanted}
+
+
+def load_fold(path: Path, fold: int) -> LoadedFold:
+    ck = load_checkpoint(path)
+    meta, cfg = ck["meta"], config_from_dict(ck["config"])
+    pp = meta["preprocessing"]
+    model, _ = build_model(meta["model_name"], num_classes=meta["num_classes"], heads=meta["heads"],
+                           pretrained="none", mean=pp["mean"], std=pp["std"])
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return LoadedFold(fold, model, meta, cfg)
+
+
+def check_compatible(folds: list[LoadedFold]) -> None:
+    """Folds of one ensemble must share preprocessing and label space."""
+    ref = folds[0]
+    for f in folds[1:]:
+        for key in ("num_classes", "heads", "preprocessing", "class_names"):
+            if f.meta[key] != ref.meta[key]:
+                raise CheckpointError(f"fold {f.fold} differs from fold {ref.fold} in {key}; ensemble folds of one run "
+                                      "only, or pick folds with --folds")
+
+
+def device_for_inference() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def ensemble_probs(folds: list[LoadedFold], loader, *, tta: str = "none", device: torch.device | None = None,
+                   bf16: bool | None = None, progress: bool = True) -> "np.ndarray":
+    """Average class probabilities of ``folds`` (and of the flipped view with tta='hflip') over ``loader``."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from .models.heads import probabilities
+    device = device or device_for_inference()
+    if bf16 is None:
+        from .engine.trainer import cpu_has_native_bf16
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu" and cpu_has_native_bf16()
+    models = [f.model.to(device).to(memory_format=torch.channels_last).eval() for f in folds]
+    heads = folds[0].meta["heads"]
+    out = []
+    for x, _, _ in tqdm(loader, desc="predict", leave=False, disable=not progress, dynamic_ncols=True):
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        views = [x, torch.flip(x, dims=[3])] if tta == "hflip" else [x]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            p = sum(probabilities(m(v).float(), heads) for m in models for v in views) / (len(models) * len(views))
+        out.append(p.float().cpu().numpy())
+    k = folds[0].meta["num_classes"]
+    return np.concatenate(out) if out else np.zeros((0, k), np.float32)

@@ -1,0 +1,136 @@
+"""``maskcls predict``: a competition submission, or one line per image for a person at a shell."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from .data.imageio import is_image_name, probe
+from .data.pipeline import make_dataset, paths_dataset
+from .data.prepared import load_prepared
+from .errors import DataError
+from .inference import LoadedFold, check_compatible, ensemble_probs, load_fold, select_folds
+from .utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def load_folds(run: str | Path, spec: str) -> list[LoadedFold]:
+    folds = [load_fold(p, f) for f, p in select_folds(run, spec).items()]
+    check_compatible(folds)
+    return folds
+
+
+def _free_name(path: Path) -> Path:
+    """``path`` if free, else path-2, path-3… (predictions never overwrite each other)."""
+    if not path.exists():
+        return path
+    n = 2
+    while (alt := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
+        n += 1
+    return alt
+
+
+def predict_submission(run: str | Path, *, data: str | None = None, out: str | None = None, folds: str = "all",
+                       tta: str = "none", batch_size: int | None = None, num_workers: int | None = None) -> dict:
+    """Predict eval/info.csv's images; write the submission (same rows, same order) and probabilities."""
+    loaded = load_folds(run, folds)
+    meta, cfg = loaded[0].meta, loaded[0].cfg
+    prep = load_prepared(data or meta["prepared"])
+    if prep.num_classes != meta["num_classes"]:
+        raise DataError(f"{prep.dir} has {prep.num_classes} classes but the run was trained on {meta['num_classes']}")
+    rows = prep.eval_rows()
+    if not prep.meta.get("eval_csv") or len(rows) == 0:
+        raise DataError(f"{prep.dir} has no evaluation images (its source had no eval/info.csv); predict image "
+                        "files with `maskcls predict RUN IMAGE…` instead")
+    info_path = prep.root / prep.meta["eval_csv"]
+    info = pd.read_csv(info_path, dtype=str, keep_default_na=False)
+    if "ImageID" not in info.columns:
+        raise DataError(f"{info_path}: no ImageID column")
+    if list(info["ImageID"]) != list(rows["image_id"]):
+        missing = sorted(set(info["ImageID"]) - set(rows["image_id"]))[:10]
+        raise DataError(f"{info_path} and {prep.dir}/manifest.csv disagree (eval images excluded or changed: "
+                        f"{missing}); re-run `maskcls prepare` without --skip-bad for the eval part")
+    pp = loaded[0].preprocessing
+    ds = make_dataset(prep, rows, cfg.data, pp, training=False, seed=0)
+    nw = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+    loader = DataLoader(ds, batch_size=batch_size or cfg.train.valid_batch_size, shuffle=False, num_workers=nw)
+    probs = ensemble_probs(loaded, loader, tta=tta)
+    sub = info.copy()
+    sub["ans"] = probs.argmax(1)
+    out_path = _free_name(Path(out) if out else Path(run) / "submission.csv")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_path, sub.to_csv(index=False))
+    prob_df = pd.DataFrame(probs, columns=[f"prob_{i}" for i in range(probs.shape[1])])
+    prob_df.insert(0, "ImageID", info["ImageID"].to_numpy())
+    probs_path = out_path.with_name(out_path.stem + ".probs.csv")
+    atomic_write_text(probs_path, prob_df.to_csv(index=False, float_format="%.6f"))
+    return {"submission": str(out_path), "probabilities": str(probs_path), "rows": len(sub),
+            "folds": [f.fold for f in loaded], "tta": tta,
+            "class_counts": np.bincount(sub["ans"], minlength=probs.shape[1]).tolist()}
+
+
+def expand_images(items: list[str]) -> list[str]:
+    """Files as given; folders → their image files (sorted, hidden and ._* skipped)."""
+    out = []
+    for it in items:
+        p = Path(it)
+        if p.is_dir():
+            found = sorted(str(q) for q in p.rglob("*") if q.is_file() and is_image_name(q.name))
+            if not found:
+                raise DataError(f"folder {p} holds no images ({', '.join(('.jpg', '.png', '.jpeg'))} …)")
+            out += found
+        elif p.exists():
+            out.append(str(p))
+        else:
+            raise FileNotFoundError(f"{p} not found")
+    return out
+
+
+def predict_images(run: str | Path, items: list[str], *, folds: str = "all", tta: str = "none",
+                   batch_size: int = 32) -> list[dict]:
+    """Predict arbitrary image files; unreadable ones get an ``error`` entry, the rest proceed."""
+    loaded = load_folds(run, folds)
+    meta = loaded[0].meta
+    paths = expand_images(items)
+    results, good = [], []
+    for p in paths:
+        try:
+            probe(p)
+            good.append(p)
+        except (DataError, OSError) as e:
+            results.append({"path": p, "error": str(e).replace(f"{p}: ", "")})
+    if good:
+        pp = loaded[0].preprocessing
+        ds = paths_dataset(good, loaded[0].cfg.data.preset, pp, face_settings=meta.get("face_settings"))
+        probs = ensemble_probs(loaded, DataLoader(ds, batch_size=batch_size), tta=tta, progress=False)
+        names = meta["class_names"]
+        for p, pr in zip(good, probs):
+            c = int(pr.argmax())
+            results.append({"path": p, "class_id": c, "label": names[c].replace("/", " / "),
+                            "confidence": float(pr[c])})
+    order = {p: i for i, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["path"]])
+
+
+def predict_command(args) -> int:
+    if args.images:
+        res = predict_images(args.run, args.images, folds=args.folds, tta=args.tta, batch_size=args.batch_size or 32)
+        for r in res:
+            if args.json:
+                print(json.dumps(r))
+            elif "error" in r:
+                print(f"{r['path']}\terror: {r['error']}")
+            else:
+                print(f"{r['path']}\t{r['label']}\tclass {r['class_id']}\tconfidence {r['confidence']:.3f}")
+        return 1 if any("error" in r for r in res) else 0
+    s = predict_submission(args.run, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
+                           batch_size=args.batch_size)
+    print(f"submission: {s['submission']} ({s['rows']} rows, folds {s['folds']}, tta {s['tta']})")
+    print(f"probabilities: {s['probabilities']}")
+    return 0

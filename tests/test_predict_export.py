@@ -1,0 +1,138 @@
+"""predict (submission and images), export round trip, CLI behaviour, face-crop runs."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from maskcls.cli import main
+from maskcls.engine.trainer import run_training
+from maskcls.errors import CheckpointError, DataError
+from maskcls.predict import predict_images, predict_submission
+
+TINY = ["model.name=test_efficientnet", "model.pretrained=none", "data.image_size=64", "train.batch_size=8",
+        "train.valid_batch_size=16", "data.num_workers=0", "run.tensorboard=false", "train.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def run2(prepared_dir, tmp_path_factory) -> Path:
+    """A tiny two-fold run (report written by train)."""
+    out = tmp_path_factory.mktemp("run") / "r"
+    s = run_training(prepared=str(prepared_dir), overrides=TINY, folds="0,1", run_dir=str(out))
+    assert s["oof_f1"] is not None
+    return out
+
+
+def test_train_writes_report(run2):
+    html = (run2 / "report.html").read_text()
+    assert "<html" in html.lower() and "data:image/png;base64," in html
+
+
+def test_submission_matches_info_csv(run2, synth_root, tmp_path):
+    s = predict_submission(run2, out=str(tmp_path / "sub.csv"), tta="hflip")
+    info = pd.read_csv(synth_root / "eval" / "info.csv", dtype=str)
+    sub = pd.read_csv(s["submission"], dtype={"ImageID": str})
+    assert list(sub.columns) == list(info.columns) and list(sub["ImageID"]) == list(info["ImageID"])
+    assert sub["ans"].between(0, 17).all() and s["folds"] == [0, 1]
+    probs = pd.read_csv(s["probabilities"])
+    p = probs[[f"prob_{i}" for i in range(18)]].to_numpy()
+    assert np.allclose(p.sum(1), 1, atol=1e-4) and (p.argmax(1) == sub["ans"].to_numpy()).all()
+    again = predict_submission(run2, out=str(tmp_path / "sub.csv"), folds="best")
+    assert again["submission"] != s["submission"], "a second prediction must not overwrite the first"
+    assert len(again["folds"]) == 1
+
+
+def test_ensemble_is_mean_of_folds(run2, tmp_path):
+    a = pd.read_csv(predict_submission(run2, out=str(tmp_path / "a.csv"), folds="0")["probabilities"])
+    b = pd.read_csv(predict_submission(run2, out=str(tmp_path / "b.csv"), folds="1")["probabilities"])
+    ab = pd.read_csv(predict_submission(run2, out=str(tmp_path / "ab.csv"), folds="0,1")["probabilities"])
+    cols = [f"prob_{i}" for i in range(18)]
+    assert np.allclose((a[cols].to_numpy() + b[cols].to_numpy()) / 2, ab[cols].to_numpy(), atol=2e-5)
+
+
+def test_predict_images_and_bad_files(run2, synth_root, tmp_path, capsys):
+    imgs = sorted((synth_root / "eval" / "images").iterdir())[:3]
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    res = predict_images(run2, [str(p) for p in imgs] + [str(bad)])
+    assert [r["path"] for r in res] == [str(p) for p in imgs] + [str(bad)]
+    assert all("label" in r and 0 <= r["class_id"] < 18 and 0 < r["confidence"] <= 1 for r in res[:3])
+    assert "error" in res[3]
+    code = main(["predict", str(run2), str(imgs[0]), str(bad), "--json"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1 and len(lines) == 2 and "error" in lines[1]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no images"):
+        predict_images(run2, [str(empty)])
+
+
+def test_predict_without_checkpoints(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(CheckpointError, match="train first"):
+        predict_submission(tmp_path / "run")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_round_trip(run2, tmp_path, fmt):
+    from maskcls.export import build_ensemble, export_run, run_exported
+    from maskcls.predict import load_folds
+    out = export_run(run2, fmt=fmt, out=tmp_path / f"m.{fmt}")
+    spec = json.loads(out.with_suffix(".json").read_text())
+    assert spec["input"]["dtype"] == "uint8" and len(spec["output"]["class_names"]) == 18
+    x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = build_ensemble(load_folds(run2, "all"))(x).numpy()
+    got = run_exported(out, x.numpy())
+    assert got.shape == (3, 18) and np.abs(got - ref).max() < 1e-4
+
+
+def test_cli_help_and_one_line_errors(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "maskcls", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "examples:" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "maskcls", "train", "--help"], capture_output=True, text=True)
+    assert "examples:" in r.stdout and "--resume" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "maskcls", "prepare", str(tmp_path / "nope"), "--out",
+                        str(tmp_path / "p")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("maskcls: error:") and "nope" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "maskcls", "config", "--set", "train.epoch=3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "did you mean 'train.epochs'" in r.stderr
+
+
+def test_report_on_run_in_progress(run2, tmp_path):
+    from maskcls.report import write_report
+    partial = tmp_path / "partial"
+    shutil.copytree(run2, partial)
+    (partial / "summary.json").unlink()
+    (partial / "fold1" / "oof.csv").unlink()
+    out = write_report(partial)
+    assert "incomplete" in out.read_text().lower()
+
+
+def test_models_listing(capsys):
+    assert main(["models", "tf_efficientnet_lite*"]) == 0
+    out = capsys.readouterr().out
+    assert "* tf_efficientnet_lite0" in out
+
+
+def test_face_crop_training_end_to_end(prepared_dir, synth_root, tmp_path):
+    from maskcls.data.faces import build_face_crops
+    prep = tmp_path / "prep"
+    shutil.copytree(prepared_dir, prep)
+    summary = build_face_crops(prep, size=96, progress=False)
+    assert summary["counts"]["images"] == len(pd.read_csv(prep / "manifest.csv"))
+    s = run_training(prepared=str(prep), overrides=TINY + ["data.faces=true", "run.report=false"], folds="0",
+                     run_dir=str(tmp_path / "r"))
+    ck = torch.load(tmp_path / "r" / "fold0" / "best.pt", weights_only=True)
+    assert ck["meta"]["preprocessing"]["faces"] is True and ck["meta"]["face_settings"]["size"] == 96
+    sub = predict_submission(s["run_dir"], out=str(tmp_path / "sub.csv"))
+    assert sub["rows"] == len(pd.read_csv(synth_root / "eval" / "info.csv"))
+    res = predict_images(s["run_dir"], [str(next((synth_root / "eval" / "images").iterdir()))])
+    assert "label" in res[0]
