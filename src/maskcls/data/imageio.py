@@ -42,7 +42,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
-        scale = 65535.0 if arr.max() > 255 else 255.0
+        # I;16* holds 16-bit samples: always scale by 65535 (a dark 16-bit photo must stay dark).
+        # Mode I (32-bit int) may hold 8-bit values (some TIFFs), so there the range decides.
+        scale = 65535.0 if img.mode != "I" or arr.max() > 255 else 255.0
         arr8 = np.clip(arr.astype(np.float64) / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr8, "L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

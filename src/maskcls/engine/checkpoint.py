@@ -52,6 +52,11 @@ def load_checkpoint(path: str | Path, *, fallback: bool = True) -> dict:
         if fallback and prev.exists():
             log.warning("%s is unreadable (%s); falling back to %s", path, e, prev)
             return load_checkpoint(prev, fallback=False)
+        if "GLOBAL" in str(e):  # weights_only refused a pickled object: not corruption, a foreign/tampered file
+            raise CheckpointError(f"checkpoint {path} holds pickled Python objects, which maskcls never loads "
+                                  "(torch.load weights_only=True: loading them could run code); maskcls "
+                                  "checkpoints hold only tensors and plain values — use one written by "
+                                  "`maskcls train`") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); delete it to "
                               "restart this fold from scratch, or restore it from a backup") from None
 
