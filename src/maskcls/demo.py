@@ -25,8 +25,6 @@ DEMO_OVERRIDES = [
     "data.num_workers=2",
     "train.epochs={epochs}",
     "train.batch_size=30",
-    "optim.lr=1e-3",
-    "sched.warmup_epochs=0.5",
     "run.runs_dir={runs}",
 ]
 
@@ -50,7 +48,7 @@ def run_demo(out: str | Path = "demo-out", *, people: int = 120, epochs: int | N
     t0 = time.time()
     out = _free_dir(Path(out))
     out.mkdir(parents=True)
-    epochs = epochs or 6
+    epochs = epochs or 8
     timings = {}
 
     def step(name, fn):
@@ -61,7 +59,8 @@ def run_demo(out: str | Path = "demo-out", *, people: int = 120, epochs: int | N
         return r
 
     step("synth", lambda: synthesize(out / "data", people=people, seed=seed))
-    step("prepare", lambda: prepare(out / "data", out / "prepared", folds=5, seed=719))
+    # 3 folds: a validation fold of 40 persons holds every age group of both genders
+    step("prepare", lambda: prepare(out / "data", out / "prepared", folds=3, seed=719))
     step("stats", lambda: compute_stats(out / "prepared"))
     overrides = [o.format(epochs=epochs, runs=out / "runs") for o in DEMO_OVERRIDES]
     summary = step("train", lambda: run_training(prepared=str(out / "prepared"), overrides=overrides, folds="0"))

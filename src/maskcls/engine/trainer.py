@@ -291,7 +291,11 @@ def run_training(*, prepared: str | None, config: str | None = None, overrides: 
         if config or overrides:
             raise ConfigError("--resume continues a run with its recorded config; drop -c/--set")
         info = read_run_info(resume)
-        cfg = config_from_dict(yaml.safe_load((Path(resume) / "config.yaml").read_text()))
+        try:
+            cfg = config_from_dict(yaml.safe_load((Path(resume) / "config.yaml").read_text()))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{resume}/config.yaml: not valid YAML ({e}); restore the file that train "
+                              "wrote") from None
         prep = load_prepared(prepared or info["prepared"])
         fold_list, acc = info["folds"], make_accelerator(cfg)
         run = Path(resume)
@@ -302,6 +306,8 @@ def run_training(*, prepared: str | None, config: str | None = None, overrides: 
         prep = load_prepared(prepared)
         fold_list = parse_folds(folds, prep.num_folds)
         pretrained_info(cfg.model.name)  # unknown model: fail before creating anything
+        if cfg.model.heads == "auto":  # resolved here, so config.yaml records what ran
+            cfg.model.heads = "multi" if prep.task == "mask_gender_age" else "single"
         acc = make_accelerator(cfg)
         run = _start_run(cfg, prepared, fold_list, run_dir, acc)
     if cfg.model.heads == "multi" and prep.task != "mask_gender_age":
@@ -324,8 +330,16 @@ def run_training(*, prepared: str | None, config: str | None = None, overrides: 
         if cfg.run.report:
             _report(run)
     if interrupted:
-        raise KeyboardInterrupt
+        raise RunInterrupted(run)
     return {**(summary or {}), "run_dir": str(run), "is_main": acc.is_main_process}
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: completed epochs are saved; ``run`` can be resumed."""
+
+    def __init__(self, run: Path):
+        super().__init__(str(run))
+        self.run = run
 
 
 def _report(run: Path) -> None:
@@ -340,8 +354,9 @@ def train_command(*, prepared, config, overrides, folds, run_dir, resume) -> int
     try:
         s = run_training(prepared=prepared, config=config, overrides=overrides, folds=folds, run_dir=run_dir,
                          resume=resume)
-    except KeyboardInterrupt:
-        print("interrupted: completed epochs are saved; continue with maskcls train --resume RUN", file=sys.stderr)
+    except RunInterrupted as e:
+        print(f"interrupted: completed epochs are saved; continue with maskcls train --resume {e.run}",
+              file=sys.stderr)
         return 130
     if s["is_main"]:
         print(format_summary(s))

@@ -103,6 +103,8 @@ def build_model(name: str, *, num_classes: int, heads: str = "single", pretraine
         mean, std: normalisation (0–1 scale); default the pretrained config's.
     """
     info = pretrained_info(name)
+    if heads == "auto":
+        heads = "multi" if num_classes == 18 else "single"
     if heads not in HEAD_OUTPUTS:
         raise ConfigError(f"model.heads={heads!r}; choose one of {sorted(HEAD_OUTPUTS)}")
     if heads == "multi" and num_classes != 18:
