@@ -108,8 +108,9 @@ class SchedConfig:
 
 @dataclass
 class LossConfig:
-    name: Literal["ce", "focal", "weighted_ce", "soft_f1"] = _f("ce", "Loss: cross-entropy, focal, "
-                                                                "class-weighted CE, or soft-F1.")
+    name: Literal["ce", "focal", "weighted_ce", "soft_f1"] = _f(
+        "weighted_ce", "Loss: cross-entropy, focal, class-weighted CE (default: macro F1 weighs every class "
+        "equally, so does this loss), or soft-F1.")
     label_smoothing: float = _f(0.1, "Label smoothing for ce/weighted_ce (tolerates the known label noise).",
                                 min=0.0, max=0.5)
     focal_gamma: float = _f(2.0, "Focal loss gamma.", min=0.0)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 DEMO_OVERRIDES = [
     "data.image_size=128",
     "data.num_workers=2",
+    "data.cache=true",
     "train.epochs={epochs}",
     "train.batch_size=30",
     "run.runs_dir={runs}",
@@ -48,7 +49,7 @@ def run_demo(out: str | Path = "demo-out", *, people: int = 120, epochs: int | N
     t0 = time.time()
     out = _free_dir(Path(out))
     out.mkdir(parents=True)
-    epochs = epochs or 8
+    epochs = epochs or 10
     timings = {}
 
     def step(name, fn):

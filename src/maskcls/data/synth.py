@@ -173,7 +173,7 @@ def _identity(rng: np.random.Generator, gender: int, age: int, w: int, h: int) -
         hair_base = np.array([rng.uniform(90, 150), rng.uniform(60, 100), rng.uniform(30, 60)])
     grey_rgb = np.array([200.0, 200, 196]) + rng.uniform(-12, 12)
     skin = np.array([226.0, 190, 160]) * rng.uniform(0.72, 1.04) + rng.uniform(-8, 8, 3)
-    long_hair = rng.random() < (0.92 if female else 0.07)
+    long_hair = rng.random() < (0.95 if female else 0.05)
     return {
         "hair": hair_base * (1 - grey) + grey_rgb * grey,
         "brow": hair_base * (1 - 0.6 * grey) + grey_rgb * 0.6 * grey,
