@@ -99,12 +99,7 @@ class Reference:
         if is_training:
             steps += [
                 T.RandomHorizontalFlip(0.5),
-                T.RandomChoice([
-                    T.ColorJitter(brightness=(0.2, 3)),
-                    T.ColorJitter(contrast=(0.2, 3)),
-                    T.ColorJitter(saturation=(0.2, 3)),
-                    T.ColorJitter(hue=(-0.3, 0.3)),
-                ]),
+                reference_jitter(),
             ]
         if image_size != REFERENCE_CROP:
             steps.append(T.Resize(image_size))
@@ -129,6 +124,17 @@ class Reference:
 
     def __repr__(self) -> str:
         return f"Reference(size={self.image_size}, training={self.is_training}, {self.pipeline!r})"
+
+
+def reference_jitter():
+    """The reference recipe's colour augmentation: one of four ColorJitters (brightness up to x3)."""
+    import torchvision.transforms as T
+    return T.RandomChoice([
+        T.ColorJitter(brightness=(0.2, 3)),
+        T.ColorJitter(contrast=(0.2, 3)),
+        T.ColorJitter(saturation=(0.2, 3)),
+        T.ColorJitter(hue=(-0.3, 0.3)),
+    ])
 
 
 def create_transform(*, preset: str = "fast", is_training: bool, image_size: int,
