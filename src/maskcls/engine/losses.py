@@ -45,10 +45,17 @@ class SoftF1Loss(nn.Module):
 
 
 def class_weights(counts: np.ndarray) -> torch.Tensor:
-    """Inverse-frequency weights normalised to mean 1 (absent classes get weight 0)."""
+    """Inverse-frequency weights normalised to mean 1 over the present classes.
+
+    A class absent from the training fold gets weight 1: it never occurs in training, and a
+    zero weight would make the weighted mean 0/0 = NaN on a validation batch of that class.
+    """
     c = np.asarray(counts, dtype=np.float64)
-    w = np.where(c > 0, 1.0 / np.maximum(c, 1), 0.0)
-    w = w * (c > 0).sum() / max(w.sum(), 1e-12)
+    present = c > 0
+    w = np.ones_like(c)
+    if present.any():
+        inv = 1.0 / c[present]
+        w[present] = inv * present.sum() / inv.sum()
     return torch.tensor(w, dtype=torch.float32)
 
 

@@ -21,4 +21,4 @@ def probabilities(logits: torch.Tensor, heads: str) -> torch.Tensor:
     pm = logits[:, HEAD_SLICES["mask"]].softmax(1)
     pg = logits[:, HEAD_SLICES["gender"]].softmax(1)
     pa = logits[:, HEAD_SLICES["age"]].softmax(1)
-    return torch.einsum("bm,bg,ba->bmga", pm, pg, pa).reshape(len(logits), 18)
+    return torch.einsum("bm,bg,ba->bmga", pm, pg, pa).flatten(1)  # flatten: batch stays dynamic in exports
