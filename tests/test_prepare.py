@@ -207,7 +207,6 @@ def test_csv_manifest_label_column(synth_root, tmp_path):
     man = load_prepared_from(synth_root, tmp_path)
     # a CSV beside the images with relative paths, like the reference recipe's (path,label) input
     rel = man.assign(path=[os.path.relpath(p, synth_root) for p in man["path"]])[["path", "label", "group"]]
-    rel.to_csv(synth_root.parent / "labels_tmp.csv", index=False) if False else None
     csv = tmp_path / "mine.csv"
     (tmp_path / "imgs").symlink_to(synth_root)
     rel.assign(path="imgs/" + rel["path"]).to_csv(csv, index=False)

@@ -80,9 +80,17 @@ def cmd_bench(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .engine.trainer import train_command
-    return train_command(prepared=args.dir, config=args.config, overrides=args.overrides, folds=args.folds,
+    from .engine.trainer import RunInterrupted, format_summary, run_training
+    try:
+        s = run_training(prepared=args.dir, config=args.config, overrides=args.overrides, folds=args.folds,
                          run_dir=args.run_dir, resume=args.resume)
+    except RunInterrupted as e:
+        print(f"interrupted: completed epochs are saved; continue with maskcls train --resume {e.run}",
+              file=sys.stderr)
+        return 130
+    if s["is_main"]:  # other ranks of a multi-process run stay quiet
+        print(format_summary(s))
+    return 0
 
 
 def cmd_predict(args) -> int:

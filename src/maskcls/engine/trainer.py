@@ -350,19 +350,6 @@ def _report(run: Path) -> None:
         log.warning("could not write the report (%s); run `maskcls report %s` to retry", e, run)
 
 
-def train_command(*, prepared, config, overrides, folds, run_dir, resume) -> int:
-    try:
-        s = run_training(prepared=prepared, config=config, overrides=overrides, folds=folds, run_dir=run_dir,
-                         resume=resume)
-    except RunInterrupted as e:
-        print(f"interrupted: completed epochs are saved; continue with maskcls train --resume {e.run}",
-              file=sys.stderr)
-        return 130
-    if s["is_main"]:
-        print(format_summary(s))
-    return 0
-
-
 def format_summary(s: dict) -> str:
     lines = [f"run: {s['run_dir']}"]
     for f, r in s["folds"].items():
