@@ -164,3 +164,15 @@ def test_two_processes_match_one(prepared_dir, tmp_path):
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
     assert np.allclose(a["valid_loss"], b["valid_loss"], atol=0.05)
     assert np.allclose(a["valid_acc"], b["valid_acc"], atol=0.1)
+
+
+def test_crop_cache_is_built_once_for_all_folds(prepared_dir, tmp_path):
+    d = tmp_path / "prep"
+    shutil.copytree(prepared_dir, d)
+    train(d, tmp_path, "train.epochs=1", "data.cache=true", name="c0")
+    (npy,) = (d / "cache").glob("*.npy")
+    first = npy.stat().st_mtime_ns
+    arr = np.load(npy, mmap_mode="r")
+    assert len(arr) == (pd.read_csv(d / "manifest.csv")["split"] == "train").sum()
+    train(d, tmp_path, "train.epochs=1", "data.cache=true", folds="1", name="c1")
+    assert npy.stat().st_mtime_ns == first, "another fold rebuilt the crop cache"

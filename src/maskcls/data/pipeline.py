@@ -76,10 +76,14 @@ def _source(prep: Prepared, rows: pd.DataFrame, *, faces: bool, cache: bool, ima
         return RowSource(crops, rows.index.to_numpy())
     paths, fast = prep.abs_paths(rows), rows["fast"].to_numpy()
     if cache:
+        # One cache over all training rows, shared by every fold (a per-fold row set would
+        # change the cache key and rebuild it for each fold).
         from .cache import build_cache
         side = int(round(image_size * 1.15))
-        arr = build_cache(paths, fast, prep.dir / "cache", side, workers=os.cpu_count() or 2)
-        return RowSource(arr, np.arange(len(paths)))
+        everything = prep.train_rows()
+        arr = build_cache(prep.abs_paths(everything), everything["fast"].to_numpy(), prep.dir / "cache", side,
+                          workers=os.cpu_count() or 2)
+        return RowSource(arr, everything.index.get_indexer(rows.index))
     return FileSource(paths, fast)
 
 
