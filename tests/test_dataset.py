@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import cv2
@@ -9,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from maskcls.data import fastaug as A
 from maskcls.data.cache import build_cache, cache_paths
 from maskcls.data.dataset import ArraySource, FileSource, ImageDataset, make_loader
 from maskcls.data.imageio import read_pil, read_rgb
+from maskcls.data.loader import ThreadLoader, build_loader
 from maskcls.data.transforms import create_transform
 from maskcls.errors import DataError
 
@@ -58,10 +61,11 @@ def batches(loader):
     return [tuple(t.clone() for t in b) for b in loader]
 
 
-def test_loader_batches_do_not_depend_on_worker_count(jpegs):
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_loader_batches_do_not_depend_on_worker_count(jpegs, kind):
     ds = train_dataset(jpegs)
     one = batches(make_loader(ds, batch_size=3, shuffle_seed=5, epoch=2, num_workers=0))
-    two = batches(make_loader(ds, batch_size=3, shuffle_seed=5, epoch=2, num_workers=2))
+    two = batches(make_loader(ds, batch_size=3, shuffle_seed=5, epoch=2, num_workers=2, kind=kind))
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):
         for ta, tb in zip(a, b):
@@ -86,8 +90,27 @@ def test_corrupt_file_raises_data_error_naming_it(tmp_path, jpegs):
     ds = train_dataset(jpegs[:2] + [str(bad)])
     with pytest.raises(DataError, match="broken.jpg"):
         ds[2]
-    with pytest.raises(DataError, match="broken.jpg"):  # and from a worker: an error, not a hang
-        list(make_loader(ds, batch_size=3, shuffle_seed=None, epoch=0, num_workers=1))
+    for kind in ("processes", "threads"):  # and from a worker: an error, not a hang
+        with pytest.raises(DataError, match="broken.jpg"):
+            list(make_loader(ds, batch_size=3, shuffle_seed=None, epoch=0, num_workers=1, kind=kind))
+
+
+def test_thread_loader_drop_last_early_exit_and_kind_choice(jpegs):
+    ds = train_dataset(jpegs)
+    loader = ThreadLoader(ds, batch_size=3, sampler=range(8), threads=2, drop_last=True)
+    got = batches(loader)
+    assert len(loader) == len(got) == 2 and torch.cat([b[2] for b in got]).tolist() == list(range(6))
+    it = iter(ThreadLoader(ds, batch_size=1, sampler=range(8), threads=2, prefetch=3))
+    first = next(it)
+    it.close()  # leaving the loop early: pending batches are cancelled, the pool shut down
+    assert first[2].tolist() == [0]
+    assert not any(t.name.startswith("maskcls-loader") for t in threading.enumerate())
+    assert isinstance(build_loader(ds, batch_size=2, sampler=range(8), workers=2), ThreadLoader)
+    ref = ImageDataset(FileSource(jpegs), None, create_transform(preset="reference", is_training=True, image_size=16))
+    assert isinstance(build_loader(ref, batch_size=2, sampler=range(8), workers=2), DataLoader)  # global RNGs
+    assert isinstance(build_loader(ds, batch_size=2, sampler=range(8), workers=0), DataLoader)
+    with pytest.raises(ValueError, match="threads, processes"):
+        build_loader(ds, batch_size=2, sampler=range(8), workers=2, kind="fibers")
 
 
 def test_fast_decode_matches_pil(jpegs):
@@ -142,6 +165,18 @@ def test_cache_holds_centre_square_crops_and_is_reused(tmp_path, jpegs):
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "cache").iterdir())
     ds = ImageDataset(ArraySource(again), np.zeros(8), create_transform(is_training=True, image_size=16))
     assert ds[0][0].shape == (3, 16, 16)
+
+
+def test_center_cache_holds_centre_windows_apart_from_square_ones(tmp_path, jpegs):
+    square = build_cache(jpegs, [True] * 8, tmp_path / "cache", side=40)
+    center = build_cache(jpegs, [True] * 8, tmp_path / "cache", side=40, mode="center")
+    img = read_rgb(jpegs[4])  # 64x48: the 40-px window is cut out, not resized
+    assert np.array_equal(center[4], img[12:52, 4:44]) and np.array_equal(center[4], A.center_crop(img, 40))
+    assert np.array_equal(square[4], A.resize(A.center_square(img), 40))
+    assert cache_paths(tmp_path / "cache", 40, "center")[0].is_file()
+    assert cache_paths(tmp_path / "cache", 40)[0].is_file()  # two caches side by side
+    with pytest.raises(ValueError, match="square, center"):
+        build_cache(jpegs, None, tmp_path / "cache", side=40, mode="zoom")
 
 
 def test_cache_rebuilds_when_an_input_changes(tmp_path, jpegs):

@@ -29,15 +29,19 @@ def _f(default, help: str, **limits):
 class DataConfig:
     image_size: Optional[int] = _f(None, "Network input side in px; null = the model's pretrained size "
                                    "(224 for tf_efficientnet_lite0).", min=16, max=2048)
-    preset: Literal["fast", "reference"] = _f("fast", "Augmentation preset: 'fast' = uint8 crop/flip/jitter "
-                                              "(default); 'reference' = the reference recipe's PIL transforms "
-                                              "(CenterCrop 380, hflip, one-of ColorJitter).")
+    preset: Literal["fast", "reference_fast", "reference"] = _f(
+        "fast", "Augmentation preset: 'fast' = uint8 crop/flip/jitter (default); 'reference' = the "
+        "reference recipe's PIL transforms (CenterCrop 380, hflip, one-of ColorJitter); "
+        "'reference_fast' = that augmentation on the uint8 ops of 'fast'.")
     normalize: Literal["model", "dataset", "custom"] = _f("model", "Mean/std source: the pretrained model's "
                                                           "config, stats.json of the prepared dir, or data.mean/std.")
     mean: Optional[list[float]] = _f(None, "Per-channel mean (0-1 scale) when normalize=custom.")
     std: Optional[list[float]] = _f(None, "Per-channel std (0-1 scale) when normalize=custom.")
-    num_workers: Optional[int] = _f(None, "DataLoader workers; null = min(8, CPU cores). The reference used 8.",
+    num_workers: Optional[int] = _f(None, "Loader workers; null = min(8, CPU cores). The reference used 8.",
                                     min=0, max=64)
+    loader: Literal["auto", "threads", "processes"] = _f(
+        "auto", "Workers as threads in the trainer (no per-batch shared-memory hand-off; the decoders and "
+        "OpenCV release the GIL) or as DataLoader processes; auto = threads unless the preset is 'reference'.")
     faces: bool = _f(False, "Train on MTCNN face crops made by `maskcls faces` instead of full photos.")
     cache: bool = _f(False, "Build/reuse a uint8 memory-mapped cache of fixed-size crops (fast repeated epochs).")
     scale_min: float = _f(0.75, "fast preset: smallest area fraction of the random crop.", min=0.05, max=1.0)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader
 
 from .data.imageio import is_image_name, probe
+from .data.loader import build_loader
 from .data.pipeline import make_dataset, paths_dataset
 from .data.prepared import load_prepared
 from .errors import DataError
@@ -59,7 +59,8 @@ def predict_submission(run: str | Path, *, data: str | None = None, out: str | N
     pp = loaded[0].preprocessing
     ds = make_dataset(prep, rows, cfg.data, pp, training=False, seed=0)
     nw = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-    loader = DataLoader(ds, batch_size=batch_size or cfg.train.valid_batch_size, shuffle=False, num_workers=nw)
+    loader = build_loader(ds, batch_size=batch_size or cfg.train.valid_batch_size, sampler=range(len(ds)),
+                          workers=nw, kind=cfg.data.loader)
     probs = ensemble_probs(loaded, loader, tta=tta)
     sub = info.copy()
     sub["ans"] = probs.argmax(1)
@@ -108,7 +109,8 @@ def predict_images(run: str | Path, items: list[str], *, folds: str = "all", tta
     if good:
         pp = loaded[0].preprocessing
         ds = paths_dataset(good, loaded[0].cfg.data.preset, pp, face_settings=meta.get("face_settings"))
-        probs = ensemble_probs(loaded, DataLoader(ds, batch_size=batch_size), tta=tta, progress=False)
+        probs = ensemble_probs(loaded, build_loader(ds, batch_size=batch_size, sampler=range(len(ds)), workers=0),
+                               tta=tta, progress=False)
         names = meta["class_names"]
         for p, pr in zip(good, probs):
             c = int(pr.argmax())

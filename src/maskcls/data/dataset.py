@@ -22,7 +22,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import Dataset, RandomSampler, Sampler, SequentialSampler
 
 from ..errors import DataError
 from .imageio import read_rgb
@@ -154,8 +154,8 @@ def shuffle_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle_seed: int | None, epoch: int,
-                num_workers: int, drop_last: bool = False, sampler: Sampler | None = None) -> DataLoader:
-    """A DataLoader for one epoch: deterministic order and augmentation for that epoch.
+                num_workers: int, drop_last: bool = False, sampler: Sampler | None = None, kind: str = "auto"):
+    """A loader for one epoch: deterministic order and augmentation for that epoch.
 
     Args:
         dataset: usually an :class:`ImageDataset`; ``set_epoch(epoch)`` is called on it.
@@ -163,10 +163,11 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle_seed: int | None, 
         shuffle_seed: None = dataset order; else a random permutation that depends only
             on (shuffle_seed, epoch). Ignored when ``sampler`` is given.
         epoch: the epoch this loader serves (also passed to ``sampler.set_epoch`` if any).
-        num_workers: worker processes (0 = load in the calling process). Workers are not
+        num_workers: workers (0 = load in the calling thread). Worker processes are not
             persistent, so they see the epoch set here.
         drop_last: drop a final incomplete batch (training only; evaluation keeps all).
         sampler: e.g. a weighted or distributed sampler; it must be seeded by the caller.
+        kind: ``auto``, ``threads`` or ``processes`` (see :mod:`maskcls.data.loader`).
 
     Also calls :func:`tune_malloc` (once per process).
     """
@@ -180,9 +181,6 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle_seed: int | None, 
         sampler = SequentialSampler(dataset)
     else:
         sampler = RandomSampler(dataset, generator=shuffle_generator(shuffle_seed, epoch))
-    kwargs = {}
-    if num_workers > 0:
-        kwargs["prefetch_factor"] = 2
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available(),
-                      drop_last=drop_last, persistent_workers=False, **kwargs)
+    from .loader import build_loader
+    return build_loader(dataset, batch_size=batch_size, sampler=sampler, workers=num_workers, kind=kind,
+                        drop_last=drop_last)

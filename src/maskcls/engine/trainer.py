@@ -19,10 +19,10 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..config import Config, config_from_dict, dump_yaml, load_config
+from ..data.loader import build_loader
 from ..data.pipeline import Preprocessing, fold_rows, make_dataset, resolve_preprocessing
 from ..data.prepared import Prepared, load_prepared
 from ..errors import ConfigError
@@ -107,11 +107,11 @@ def _loaders(ctx: FoldContext, fold: int, pp: Preprocessing):
     sampler = EpochSampler(len(train_ds), seed=seed, weights=weights, rank=acc.process_index,
                            world=acc.num_processes)
     nw = cfg.data.num_workers if cfg.data.num_workers is not None else min(8, os.cpu_count() or 1)
-    common = {"num_workers": nw, "pin_memory": torch.cuda.is_available(), "persistent_workers": False}
-    train_loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, **common)
+    common = {"workers": nw, "kind": cfg.data.loader}
+    train_loader = build_loader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, **common)
     vs = EpochSampler(len(valid_ds), seed=0, shuffle=False, rank=acc.process_index, world=acc.num_processes,
                       drop_uneven=False)
-    valid_loader = DataLoader(valid_ds, batch_size=cfg.train.valid_batch_size, sampler=vs, **common)
+    valid_loader = build_loader(valid_ds, batch_size=cfg.train.valid_batch_size, sampler=vs, **common)
     return tr_rows, va_rows, train_ds, sampler, train_loader, valid_loader
 
 
