@@ -158,3 +158,44 @@ def test_out_of_range_arguments_are_rejected():
         create_transform(is_training=True, image_size=32, hflip=1.5)
     with pytest.raises(ValueError, match="scale_min"):
         create_transform(is_training=True, image_size=32, scale_min=0)
+
+
+@pytest.mark.parametrize("hw", [(512, 384), (41, 50), (30, 20)])
+def test_center_crop_matches_torchvision_including_padding(hw):
+    img = smooth_image(*hw, seed=6)
+    tv = np.asarray(T.CenterCrop(40)(Image.fromarray(img)))
+    assert np.array_equal(A.center_crop(img, 40), tv)
+
+
+def test_one_color_jitter_applies_exactly_one_op_of_the_four():
+    img = smooth_image(seed=7)
+    f = dict(brightness=(1.3, 1.3), contrast=(0.7, 0.7), saturation=(1.6, 1.6), hue=(0.1, 0.1))
+    singles = [A.adjust_brightness(img, 1.3), A.adjust_contrast(img, 0.7), A.adjust_saturation(img, 1.6),
+               A.adjust_hue(img, 0.1)]
+    seen = set()
+    for seed in range(40):
+        out = A.one_color_jitter(img, np.random.default_rng(seed), **f)
+        matches = [k for k, o in enumerate(singles) if np.array_equal(o, out)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert seen == {0, 1, 2, 3}  # uniform choice: all four come up in 40 draws
+    assert np.array_equal(A.one_color_jitter(img, np.random.default_rng(0)), img)  # nothing to do
+
+
+def test_reference_fast_matches_the_reference_preset():
+    img = smooth_image(512, 384, seed=8)
+    for size in (380, 200):  # evaluation: CenterCrop 380 (+ resize), torchvision vs OpenCV
+        ref = create_transform(preset="reference", is_training=False, image_size=size)(img, None)
+        ours = create_transform(preset="reference_fast", is_training=False, image_size=size)(img, None)
+        assert ours.shape == ref.shape == (3, size, size)
+        assert (ours.int() - ref.int()).abs().max() <= (0 if size == 380 else 3)
+    # training: the centre window, maybe flipped, then one ColorJitter of the recipe's ranges
+    tf = create_transform(preset="reference_fast", is_training=True, image_size=380)
+    crop = A.center_crop(img, 380)
+    outs = [tf(img, np.random.default_rng([0, 0, k])).numpy().transpose(1, 2, 0) for k in range(12)]
+    assert all(o.shape == (380, 380, 3) for o in outs)
+    assert torch.equal(torch.from_numpy(outs[0]), torch.from_numpy(
+        tf(img, np.random.default_rng([0, 0, 0])).numpy().transpose(1, 2, 0)))
+    flipped = sum(np.corrcoef(o[..., 1].ravel(), crop[:, ::-1, 1].ravel())[0, 1]
+                  > np.corrcoef(o[..., 1].ravel(), crop[..., 1].ravel())[0, 1] for o in outs)
+    assert 0 < flipped < 12

@@ -1,7 +1,8 @@
-"""Optional uint8 cache of centre-square crops, memory-mapped (decode JPEGs once, not every epoch).
+"""Optional uint8 cache of centre crops, memory-mapped (decode JPEGs once, not every epoch).
 
-``build_cache`` decodes every image once, takes its centre square, resizes it to
-``side×side`` and stores all of them in one ``.npy`` file (``N×side×side×3`` uint8, a plain
+``build_cache`` decodes every image once, takes its centre square resized to ``side×side``
+(mode ``square``) or its centred ``side×side`` window unresized (mode ``center``, torchvision's
+CenterCrop, for the reference presets) and stores all of them in one ``.npy`` file (``N×side×side×3`` uint8, a plain
 format: no pickle) that loaders read through ``np.load(mmap_mode="r")``: the OS page cache
 shares it between workers and processes at no memory cost to any of them.
 
@@ -13,7 +14,7 @@ Safety:
   added, removed or reordered input rebuilds the cache instead of reusing stale crops.
 
 The training engine calls it with ``side = round(image_size · 1.15)`` so that the random
-resized crop has margin to work with.
+resized crop has margin to work with (``fast``), or with mode ``center`` and side 380.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DataError
-from .fastaug import center_square, resize
+from .fastaug import center_crop, center_square, resize
 from .dataset import tune_malloc
 from .imageio import read_rgb
 
@@ -38,11 +39,13 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _CHUNK = 64  # images per task: amortises thread hand-off, keeps the memmap writes local
+MODES = ("square", "center")
 
 
-def cache_key(paths: Sequence[str | os.PathLike], side: int) -> str:
-    """sha256 of (format version, side, each path with its size and mtime in ns)."""
-    h = hashlib.sha256(f"maskcls-crop-cache v{FORMAT_VERSION} side={side} n={len(paths)}\n".encode())
+def cache_key(paths: Sequence[str | os.PathLike], side: int, mode: str = "square") -> str:
+    """sha256 of (format version, side, mode, each path with its size and mtime in ns)."""
+    tag = "" if mode == "square" else f" mode={mode}"  # square keys are those of earlier versions
+    h = hashlib.sha256(f"maskcls-crop-cache v{FORMAT_VERSION} side={side}{tag} n={len(paths)}\n".encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -52,9 +55,10 @@ def cache_key(paths: Sequence[str | os.PathLike], side: int) -> str:
     return h.hexdigest()
 
 
-def cache_paths(cache_dir: Path, side: int) -> tuple[Path, Path]:
+def cache_paths(cache_dir: Path, side: int, mode: str = "square") -> tuple[Path, Path]:
     """(array file, key file) of the cache of ``side``-pixel crops in ``cache_dir``."""
-    return cache_dir / f"crops_{side}.npy", cache_dir / f"crops_{side}.json"
+    stem = f"crops_{side}" if mode == "square" else f"{mode}_{side}"
+    return cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
 
 
 def _load_if_valid(npy: Path, meta: Path, key: str, n: int, side: int) -> np.memmap | None:
@@ -70,15 +74,19 @@ def _load_if_valid(npy: Path, meta: Path, key: str, n: int, side: int) -> np.mem
     return arr
 
 
-def _fill(out: np.ndarray, paths: Sequence[str], fast: np.ndarray, side: int, start: int) -> None:
+def _crop(img: np.ndarray, side: int, mode: str) -> np.ndarray:
+    return resize(center_square(img), side) if mode == "square" else center_crop(img, side)
+
+
+def _fill(out: np.ndarray, paths: Sequence[str], fast: np.ndarray, side: int, mode: str, start: int) -> None:
     for i in range(start, min(start + _CHUNK, len(paths))):
-        out[i] = resize(center_square(read_rgb(paths[i], fast=bool(fast[i]))), side)
+        out[i] = _crop(read_rgb(paths[i], fast=bool(fast[i])), side, mode)
 
 
-def _fill_all(out: np.ndarray, paths: Sequence[str], fast: np.ndarray, side: int, workers: int) -> None:
+def _fill_all(out: np.ndarray, paths: Sequence[str], fast: np.ndarray, side: int, mode: str, workers: int) -> None:
     """Fill every row with threads; the first error (a DataError naming the file) cancels the rest."""
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    futures = [pool.submit(_fill, out, paths, fast, side, s) for s in range(0, len(paths), _CHUNK)]
+    futures = [pool.submit(_fill, out, paths, fast, side, mode, s) for s in range(0, len(paths), _CHUNK)]
     try:
         for f in futures:
             f.result()
@@ -95,7 +103,7 @@ def _check_space(cache_dir: Path, nbytes: int) -> None:
 
 
 def build_cache(paths: Sequence[str | os.PathLike], fast: Sequence[bool] | None, cache_dir: Path,
-                side: int, workers: int = 2) -> np.memmap:
+                side: int, workers: int = 2, mode: str = "square") -> np.memmap:
     """Return the ``N×side×side×3`` uint8 crop cache of ``paths``, building it if needed.
 
     Args:
@@ -103,8 +111,10 @@ def build_cache(paths: Sequence[str | os.PathLike], fast: Sequence[bool] | None,
         fast: per image, whether the libjpeg-turbo decode path is safe (from prepare);
             None = decode everything with PIL.
         cache_dir: directory for ``crops_<side>.npy`` and its ``.json`` key file.
-        side: crop side in pixels (the centre square of each image is resized to it).
+        side: crop side in pixels.
         workers: decoding threads (the decoders and OpenCV release the GIL).
+        mode: ``square`` (the centre square resized to side) or ``center`` (the centred
+            side×side window, zero-padded where the image is smaller, as CenterCrop does).
 
     Returns:
         A read-only memory map, reused as is when the key file matches the inputs.
@@ -115,14 +125,16 @@ def build_cache(paths: Sequence[str | os.PathLike], fast: Sequence[bool] | None,
     """
     if side < 8:
         raise ValueError(f"cache side must be at least 8 pixels, got {side}")
+    if mode not in MODES:
+        raise ValueError(f"unknown cache mode {mode!r}; valid modes: {', '.join(MODES)}")
     paths = [os.fspath(p) for p in paths]
     fast_arr = np.zeros(len(paths), bool) if fast is None else np.asarray(fast, dtype=bool)
     if fast_arr.shape != (len(paths),):
         raise ValueError(f"fast has {fast_arr.size} entries for {len(paths)} paths")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    npy, meta = cache_paths(cache_dir, side)
-    key = cache_key(paths, side)
+    npy, meta = cache_paths(cache_dir, side, mode)
+    key = cache_key(paths, side, mode)
     arr = _load_if_valid(npy, meta, key, len(paths), side)
     if arr is not None:
         log.info("crop cache %s is up to date (%d images, %d px)", npy, len(paths), side)
@@ -136,7 +148,7 @@ def build_cache(paths: Sequence[str | os.PathLike], fast: Sequence[bool] | None,
     tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
-        _fill_all(out, paths, fast_arr, side, workers)
+        _fill_all(out, paths, fast_arr, side, mode, workers)
         out.flush()
         del out
         os.replace(tmp, npy)

@@ -36,8 +36,8 @@ GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 AREA_BELOW = 0.5
 
 __all__ = [
-    "center_square", "random_resized_crop", "resize", "hflip", "adjust_brightness",
-    "adjust_contrast", "adjust_saturation", "adjust_hue", "color_jitter", "grey_mean",
+    "center_square", "center_crop", "random_resized_crop", "resize", "hflip", "adjust_brightness",
+    "adjust_contrast", "adjust_saturation", "adjust_hue", "color_jitter", "one_color_jitter", "grey_mean",
 ]
 
 
@@ -47,6 +47,19 @@ def center_square(img: np.ndarray) -> np.ndarray:
     s = min(h, w)
     top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
     return img[top:top + s, left:left + s]
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's ``CenterCrop(size)``: the centred size×size window (a view when the image
+    is large enough; otherwise zero-padded first, split as torchvision splits it)."""
+    h, w = img.shape[:2]
+    if h < size or w < size:
+        ph, pw = max(0, size - h), max(0, size - w)
+        img = cv2.copyMakeBorder(np.ascontiguousarray(img), ph // 2, (ph + 1) // 2, pw // 2, (pw + 1) // 2,
+                                 cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        h, w = img.shape[:2]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img[top:top + size, left:left + size]
 
 
 def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -172,6 +185,31 @@ def _factor_range(value: float | Sequence[float], name: str, center: float = 1.0
     return None if lo == hi == center else (lo, hi)
 
 
+def _jitter_ranges(brightness, contrast, saturation, hue) -> tuple:
+    return (
+        _factor_range(brightness, "brightness"),
+        _factor_range(contrast, "contrast"),
+        _factor_range(saturation, "saturation"),
+        _factor_range(hue, "hue", center=0.0, bound=(-0.5, 0.5)),
+    )
+
+
+_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def one_color_jitter(img: np.ndarray, rng: np.random.Generator,
+                     brightness: float | Sequence[float] = 0.0, contrast: float | Sequence[float] = 0.0,
+                     saturation: float | Sequence[float] = 0.0, hue: float | Sequence[float] = 0.0) -> np.ndarray:
+    """The reference recipe's ``RandomChoice`` of four single-op ColorJitters: one of the four
+    ops, picked uniformly (an op with an empty range leaves the image as it is, as a
+    ColorJitter with nothing to do would), with its factor uniform in its range."""
+    ranges = _jitter_ranges(brightness, contrast, saturation, hue)
+    k = int(rng.integers(4))
+    if ranges[k] is None:
+        return img.copy()
+    return _OPS[k](img, rng.uniform(*ranges[k]))
+
+
 def color_jitter(img: np.ndarray, rng: np.random.Generator,
                  brightness: float | Sequence[float] = 0.0, contrast: float | Sequence[float] = 0.0,
                  saturation: float | Sequence[float] = 0.0, hue: float | Sequence[float] = 0.0) -> np.ndarray:
@@ -180,13 +218,8 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator,
     A number ``b`` means a factor in ``[max(0, 1−b), 1+b]`` (hue: shift in ``[−h, h]``); a pair
     is the range itself. An op whose range is empty (0 or (1, 1)) is skipped.
     """
-    ranges = (
-        _factor_range(brightness, "brightness"),
-        _factor_range(contrast, "contrast"),
-        _factor_range(saturation, "saturation"),
-        _factor_range(hue, "hue", center=0.0, bound=(-0.5, 0.5)),
-    )
-    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    ranges = _jitter_ranges(brightness, contrast, saturation, hue)
+    ops = _OPS
     order = rng.permutation(4)
     factors = [rng.uniform(*r) if r is not None else None for r in ranges]
     out = img

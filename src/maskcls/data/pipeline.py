@@ -69,7 +69,7 @@ def resolve_preprocessing(cfg: DataConfig, prep: Prepared, model_size: int, mode
     return Preprocessing(int(size), [float(x) for x in mean], [float(x) for x in std], cfg.faces, cfg.preset)
 
 
-def _source(prep: Prepared, rows: pd.DataFrame, *, faces: bool, cache: bool, image_size: int):
+def _source(prep: Prepared, rows: pd.DataFrame, *, faces: bool, cache: bool, image_size: int, preset: str):
     if faces:
         from .faces import load_face_crops
         crops, _ = load_face_crops(prep.dir)
@@ -78,11 +78,14 @@ def _source(prep: Prepared, rows: pd.DataFrame, *, faces: bool, cache: bool, ima
     if cache:
         # One cache over all training rows, shared by every fold (a per-fold row set would
         # change the cache key and rebuild it for each fold).
+        # The reference presets crop the photo's centre 380 px first: cache exactly that window.
         from .cache import build_cache
-        side = int(round(image_size * 1.15))
+        from .transforms import REFERENCE_CROP
+        side, mode = ((REFERENCE_CROP, "center") if preset.startswith("reference")
+                      else (int(round(image_size * 1.15)), "square"))
         everything = prep.train_rows()
         arr = build_cache(prep.abs_paths(everything), everything["fast"].to_numpy(), prep.dir / "cache", side,
-                          workers=os.cpu_count() or 2)
+                          workers=os.cpu_count() or 2, mode=mode)
         return RowSource(arr, everything.index.get_indexer(rows.index))
     return FileSource(paths, fast)
 
@@ -97,7 +100,8 @@ def make_dataset(prep: Prepared, rows: pd.DataFrame, cfg: DataConfig, pp: Prepro
     else:
         tf = create_transform(preset=cfg.preset, is_training=False, image_size=pp.image_size)
     labels = rows["label"].to_numpy(np.int64)
-    src = _source(prep, rows, faces=pp.faces, cache=cfg.cache and training, image_size=pp.image_size)
+    src = _source(prep, rows, faces=pp.faces, cache=cfg.cache and training, image_size=pp.image_size,
+                  preset=cfg.preset)
     return ImageDataset(src, labels, tf, seed=seed)
 
 

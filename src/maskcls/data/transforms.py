@@ -11,6 +11,9 @@ workers and exact on resume.
 Presets:
 * ``fast`` — centre square, RandomResizedCrop (area ``scale_min``…1), horizontal flip,
   colour jitter with probability ``jitter_p``, all on uint8 with OpenCV (:mod:`.fastaug`).
+* ``reference_fast`` — the reference recipe's augmentation (CenterCrop 380, flip, one of four
+  ColorJitters with its ranges) on the uint8 OpenCV ops of ``fast``: the same semantics,
+  within a few grey levels of torchvision (the loader benchmark compares the two).
 * ``reference`` — the reference recipe exactly, with torchvision's PIL transforms: CenterCrop
   380, RandomHorizontalFlip, RandomChoice of four ColorJitters (brightness/contrast/
   saturation 0.2–3, hue ±0.3), then Resize(image_size) when image_size ≠ 380. Its
@@ -29,8 +32,10 @@ from PIL import Image
 
 from . import fastaug as A
 
-PRESETS = ("fast", "reference")
+PRESETS = ("fast", "reference_fast", "reference")
 REFERENCE_CROP = 380
+# The reference's RandomChoice of four ColorJitters, as factor ranges for fastaug.
+REFERENCE_JITTER = dict(brightness=(0.2, 3.0), contrast=(0.2, 3.0), saturation=(0.2, 3.0), hue=(-0.3, 0.3))
 
 Transform = Callable[[np.ndarray, np.random.Generator], torch.Tensor]
 
@@ -86,12 +91,34 @@ class FastEval:
         return f"FastEval(size={self.image_size}, square={self.square})"
 
 
+class FastReference:
+    """Preset ``reference_fast``: CenterCrop 380 → (training: flip 0.5, one of the reference's
+    four ColorJitters) → resize to image_size when it is not 380; uint8 OpenCV ops."""
+
+    def __init__(self, image_size: int, is_training: bool):
+        self.image_size, self.is_training = image_size, is_training
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        img = A.center_crop(img, REFERENCE_CROP)
+        if self.is_training:
+            if rng.random() < 0.5:
+                img = A.hflip(img)
+            img = A.one_color_jitter(img, rng, **REFERENCE_JITTER)
+        return to_chw(A.resize(img, self.image_size))
+
+    def __repr__(self) -> str:
+        return f"FastReference(size={self.image_size}, training={self.is_training})"
+
+
 class Reference:
     """The reference recipe with torchvision's v1 PIL transforms, made deterministic per sample.
 
     torchvision draws from torch's and Python's global RNGs; both are seeded from the
     per-sample generator inside a saved/restored state, so the caller's RNGs are untouched.
+    Global RNGs make it unsafe in threads: loaders run it in worker processes.
     """
+
+    thread_safe = False
 
     def __init__(self, image_size: int, is_training: bool):
         import torchvision.transforms as T  # imported here: only this preset needs it
@@ -144,9 +171,10 @@ def create_transform(*, preset: str = "fast", is_training: bool, image_size: int
     """Build the transform ``(uint8 HWC array, rng) → uint8 CHW tensor of image_size²``.
 
     Args:
-        preset: ``"fast"`` (uint8 OpenCV augmentation) or ``"reference"`` (the reference
-            recipe with torchvision PIL transforms; the remaining augmentation arguments
-            are ignored because the recipe fixes them).
+        preset: ``"fast"`` (uint8 OpenCV augmentation), ``"reference_fast"`` (the reference
+            recipe's augmentation on the same uint8 ops) or ``"reference"`` (the reference
+            recipe with torchvision PIL transforms). The two reference presets ignore the
+            remaining augmentation arguments: the recipe fixes them.
         is_training: augment (training) or only crop and resize (evaluation, prediction).
         image_size: output side in pixels.
         scale_min: smallest area fraction kept by RandomResizedCrop. 0.75 keeps the face
@@ -178,6 +206,8 @@ def create_transform(*, preset: str = "fast", is_training: bool, image_size: int
         raise ValueError(f"hue must be in [0, 0.5], got {hue}")
     if preset == "reference":
         return Reference(image_size, is_training)
+    if preset == "reference_fast":
+        return FastReference(image_size, is_training)
     if not is_training:
         return FastEval(image_size, square)
     jitter = dict(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
