@@ -146,8 +146,17 @@ def test_nan_loss_stops_and_keeps_checkpoint(prepared_dir, tmp_path, monkeypatch
 
 
 def test_two_processes_match_one(prepared_dir, tmp_path):
-    """torchrun with 2 CPU processes (gloo): completes; validation metrics match 1 process (batch 2×8 = 16)."""
-    common = TINY + ["train.epochs=2", "train.accum_steps=1", "train.deterministic=true"]
+    """torchrun with 2 CPU processes (gloo): completes; validation metrics match 1 process (batch 2×8 = 16).
+
+    Exact equivalence needs a model whose normalisation does not depend on the per-process
+    batch (GroupNorm: BatchNorm statistics are per process, and SyncBatchNorm is CUDA-only),
+    no dropout, and an unweighted mean loss (class-weighted CE divides by each process's
+    own weight sum). Then DDP's averaged gradients equal the 16-image batch's gradient, and
+    the metrics match to float rounding.
+    """
+    common = [a for a in TINY if not a.startswith("model.name")] + [
+        "model.name=test_efficientnet_gn", "model.drop_rate=0", "loss.name=ce", "loss.label_smoothing=0",
+        "train.epochs=2", "train.accum_steps=1", "train.deterministic=true"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one = [a for a in common if not a.startswith("train.batch_size")] + ["train.batch_size=16"]
     cmd1 = [sys.executable, "-m", "maskcls", "train", str(prepared_dir), "--folds", "0",
@@ -162,8 +171,9 @@ def test_two_processes_match_one(prepared_dir, tmp_path):
     a = pd.read_csv(tmp_path / "one" / "fold0" / "metrics.csv")
     b = pd.read_csv(tmp_path / "two" / "fold0" / "metrics.csv")
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
-    assert np.allclose(a["valid_loss"], b["valid_loss"], atol=0.05)
-    assert np.allclose(a["valid_acc"], b["valid_acc"], atol=0.1)
+    assert np.allclose(a["train_loss"], b["train_loss"], atol=1e-3)
+    assert np.allclose(a["valid_loss"], b["valid_loss"], atol=1e-3)
+    assert np.allclose(a["valid_acc"], b["valid_acc"], atol=1e-6)
 
 
 def test_crop_cache_is_built_once_for_all_folds(prepared_dir, tmp_path):
