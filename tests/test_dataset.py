@@ -95,6 +95,15 @@ def test_corrupt_file_raises_data_error_naming_it(tmp_path, jpegs):
             list(make_loader(ds, batch_size=3, shuffle_seed=None, epoch=0, num_workers=1, kind=kind))
 
 
+def test_load_into_writes_the_sample_into_a_batch_slot(jpegs):
+    for tf in (create_transform(is_training=True, image_size=32, jitter_p=1.0),
+               lambda img, rng: torch.from_numpy(np.ascontiguousarray(A.resize(img, 32).transpose(2, 0, 1)))):
+        ds = ImageDataset(FileSource(jpegs), np.arange(8), tf, seed=4)
+        batch = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+        assert ds.load_into(5, batch[1]) == (5, 5)
+        assert torch.equal(batch[1], ds[5][0]) and not batch[0].any()
+
+
 def test_thread_loader_drop_last_early_exit_and_kind_choice(jpegs):
     ds = train_dataset(jpegs)
     loader = ThreadLoader(ds, batch_size=3, sampler=range(8), threads=2, drop_last=True)

@@ -107,7 +107,7 @@ def _pass(loader: DataLoader, consume) -> tuple[float, int]:
 
 
 def bench_loader(*, images: int = 300, batch_size: int = 30, workers: int = 2, image_size: int = 380,
-                 passes: int = 2, workdir: Path | None = None) -> dict:
+                 passes: int = 3, workdir: Path | None = None) -> dict:
     """Measure images/s of the reference loader and ours (from JPEG and from the crop cache).
 
     Args:

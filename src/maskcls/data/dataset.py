@@ -66,6 +66,7 @@ class ArraySource:
         if array.ndim != 4 or array.shape[3] != 3 or array.dtype != np.uint8:
             raise ValueError(f"ArraySource needs an N×H×W×3 uint8 array, got {array.shape} {array.dtype}")
         self.array = array
+        self._plain = np.asarray(array)  # an ndarray view: no memmap __getitem__ per image
 
     def __len__(self) -> int:
         return len(self.array)
@@ -74,7 +75,7 @@ class ArraySource:
         return f"{getattr(self.array, 'filename', None) or 'array'}[{i}]"
 
     def read(self, i: int) -> np.ndarray:
-        return self.array[i]
+        return self._plain[i]
 
 
 class ImageDataset(Dataset):
@@ -108,16 +109,34 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        i = int(i)
+    def _read(self, i: int) -> np.ndarray:
         try:
-            img = self.source.read(i)
+            return self.source.read(i)
         except (DataError, FileNotFoundError):
             raise
         except Exception as e:  # anything else a decoder throws: name the file
             raise DataError(f"{self.source.name(i)}: cannot read image ({type(e).__name__}: {e})") from e
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        i = int(i)
+        img = self._read(i)
         rng = np.random.default_rng([self.seed, self.epoch, i])
         return self.transform(img, rng), int(self.labels[i]), i
+
+    def load_into(self, i: int, out: torch.Tensor) -> tuple[int, int]:
+        """``ds[i]`` written into ``out`` (a slot of a batch tensor); returns (label, i).
+
+        The transforms of :mod:`.transforms` write their last step straight into ``out``,
+        which spares one copy of every image; any other callable is copied in.
+        """
+        i = int(i)
+        img = self._read(i)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        if getattr(self.transform, "writes_out", False):
+            self.transform(img, rng, out=out)
+        else:
+            out.copy_(self.transform(img, rng))
+        return int(self.labels[i]), i
 
 
 _MALLOC_TUNED = False

@@ -147,8 +147,10 @@ def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
     """
     if factor < 0:
         raise ValueError(f"saturation factor must be non-negative, got {factor}")
-    m = factor * np.eye(3) + (1.0 - factor) * np.tile(GREY_WEIGHTS, (3, 1))
-    return cv2.transform(np.ascontiguousarray(img), m.astype(np.float32))
+    g = (1.0 - factor) * GREY_WEIGHTS  # f·I + (1−f)·[w; w; w], built without small-array numpy calls
+    m = np.array([[factor + g[0], g[1], g[2]], [g[0], factor + g[1], g[2]], [g[0], g[1], factor + g[2]]],
+                 dtype=np.float32)
+    return cv2.transform(np.ascontiguousarray(img), m)
 
 
 def adjust_hue(img: np.ndarray, hue_factor: float) -> np.ndarray:
@@ -203,7 +205,17 @@ def one_color_jitter(img: np.ndarray, rng: np.random.Generator,
     """The reference recipe's ``RandomChoice`` of four single-op ColorJitters: one of the four
     ops, picked uniformly (an op with an empty range leaves the image as it is, as a
     ColorJitter with nothing to do would), with its factor uniform in its range."""
-    ranges = _jitter_ranges(brightness, contrast, saturation, hue)
+    return one_color_jitter_ranges(img, rng, _jitter_ranges(brightness, contrast, saturation, hue))
+
+
+def jitter_ranges(brightness: float | Sequence[float] = 0.0, contrast: float | Sequence[float] = 0.0,
+                  saturation: float | Sequence[float] = 0.0, hue: float | Sequence[float] = 0.0) -> tuple:
+    """The four factor ranges (None = op off), checked once, for :func:`one_color_jitter_ranges`."""
+    return _jitter_ranges(brightness, contrast, saturation, hue)
+
+
+def one_color_jitter_ranges(img: np.ndarray, rng: np.random.Generator, ranges: tuple) -> np.ndarray:
+    """:func:`one_color_jitter` with ranges from :func:`jitter_ranges` (no per-call parsing)."""
     k = int(rng.integers(4))
     if ranges[k] is None:
         return img.copy()

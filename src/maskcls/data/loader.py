@@ -19,6 +19,7 @@ import collections
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
@@ -57,13 +58,18 @@ class ThreadLoader:
     def _load(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         first, label, idx = self.dataset[indices[0]]
         x = torch.empty((len(indices),) + tuple(first.shape), dtype=first.dtype, pin_memory=self.pin_memory)
-        labels = torch.empty(len(indices), dtype=torch.int64)
-        index = torch.empty(len(indices), dtype=torch.int64)
+        labels = np.empty(len(indices), dtype=np.int64)
+        index = np.empty(len(indices), dtype=np.int64)
         x[0], labels[0], index[0] = first, label, idx
+        load_into = getattr(self.dataset, "load_into", None)  # writes into the batch: one copy less
         for k in range(1, len(indices)):
-            img, label, idx = self.dataset[indices[k]]
-            x[k], labels[k], index[k] = img, label, idx
-        return x, labels, index
+            if load_into is not None:
+                label, idx = load_into(indices[k], x[k])
+            else:
+                img, label, idx = self.dataset[indices[k]]
+                x[k] = img
+            labels[k], index[k] = label, idx
+        return x, torch.from_numpy(labels), torch.from_numpy(index)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         batches = iter(self.batch_sampler)
@@ -95,6 +101,8 @@ def build_loader(dataset: Dataset, *, batch_size: int, sampler: Sampler | Sequen
     """
     if kind not in KINDS:
         raise ValueError(f"unknown loader kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    from .dataset import tune_malloc
+    tune_malloc()  # batches and images are allocated and freed all the time: keep the pages
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     if kind == "auto":
         kind = "threads" if thread_safe(dataset) else "processes"

@@ -27,12 +27,13 @@ class RowSource:
 
     def __init__(self, array: np.ndarray, rows: np.ndarray):
         self.array, self.rows = array, np.asarray(rows, dtype=np.int64)
+        self._plain = np.asarray(array)  # an ndarray view: no memmap __getitem__ per image
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def read(self, i: int) -> np.ndarray:
-        return np.array(self.array[self.rows[i]])
+        return self._plain[self.rows[i]]  # a read-only view; transforms never write their input
 
     def name(self, i: int) -> str:
         return f"crop #{self.rows[i]}"

@@ -40,28 +40,36 @@ REFERENCE_JITTER = dict(brightness=(0.2, 3.0), contrast=(0.2, 3.0), saturation=(
 Transform = Callable[[np.ndarray, np.random.Generator], torch.Tensor]
 
 
-def to_chw(img: np.ndarray) -> torch.Tensor:
+def to_chw(img: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
     """HWC uint8 array → contiguous CHW uint8 tensor (one ``cv2.split`` pass, ≈25 µs at 380 px).
 
     Contiguous planes make the batch collate a plain copy, and the device's normalisation
-    a fast per-plane operation.
+    a fast per-plane operation. ``out``: a contiguous 3×H×W uint8 tensor to write into
+    (a slot of a batch: saves a copy of every image).
     """
     if img.ndim != 3 or img.shape[2] != 3 or img.strides[1:] != (3, 1):
         img = np.ascontiguousarray(img)  # OpenCV needs packed pixels (rows may be strided)
-    out = np.empty((3, img.shape[0], img.shape[1]), dtype=np.uint8)
-    cv2.split(img, [out[0], out[1], out[2]])
-    return torch.from_numpy(out)
+    if out is None:
+        out = torch.empty((3, img.shape[0], img.shape[1]), dtype=torch.uint8)
+    elif out.shape != (3, img.shape[0], img.shape[1]) or out.dtype != torch.uint8 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous uint8 tensor of shape (3, {img.shape[0]}, {img.shape[1]}), "
+                         f"got {tuple(out.shape)} {out.dtype}")
+    planes = out.numpy()
+    cv2.split(img, [planes[0], planes[1], planes[2]])
+    return out
 
 
 class FastTrain:
     """Training transform of the ``fast`` preset (picklable, so it crosses into workers)."""
+
+    writes_out = True  # accepts out= (see ImageDataset.load_into)
 
     def __init__(self, image_size: int, scale_min: float, hflip: float, jitter_p: float,
                  jitter: dict, square: bool):
         self.image_size, self.scale = image_size, (scale_min, 1.0)
         self.hflip, self.jitter_p, self.jitter, self.square = hflip, jitter_p, jitter, square
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(self, img: np.ndarray, rng: np.random.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
         if self.square:
             img = A.center_square(img)
         img = A.random_resized_crop(img, rng, self.image_size, scale=self.scale)
@@ -69,7 +77,7 @@ class FastTrain:
             img = A.hflip(img)
         if rng.random() < self.jitter_p:
             img = A.color_jitter(img, rng, **self.jitter)
-        return to_chw(img)
+        return to_chw(img, out)
 
     def __repr__(self) -> str:
         return (f"FastTrain(size={self.image_size}, scale={self.scale}, hflip={self.hflip}, "
@@ -79,13 +87,16 @@ class FastTrain:
 class FastEval:
     """Evaluation transform of the ``fast`` preset: centre square resized; no randomness."""
 
+    writes_out = True  # accepts out= (see ImageDataset.load_into)
+
     def __init__(self, image_size: int, square: bool):
         self.image_size, self.square = image_size, square
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
         if self.square:
             img = A.center_square(img)
-        return to_chw(A.resize(img, self.image_size))
+        return to_chw(A.resize(img, self.image_size), out)
 
     def __repr__(self) -> str:
         return f"FastEval(size={self.image_size}, square={self.square})"
@@ -95,16 +106,20 @@ class FastReference:
     """Preset ``reference_fast``: CenterCrop 380 → (training: flip 0.5, one of the reference's
     four ColorJitters) → resize to image_size when it is not 380; uint8 OpenCV ops."""
 
+    writes_out = True  # accepts out= (see ImageDataset.load_into)
+
     def __init__(self, image_size: int, is_training: bool):
         self.image_size, self.is_training = image_size, is_training
+        self.ranges = A.jitter_ranges(**REFERENCE_JITTER)
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
         img = A.center_crop(img, REFERENCE_CROP)
         if self.is_training:
             if rng.random() < 0.5:
                 img = A.hflip(img)
-            img = A.one_color_jitter(img, rng, **REFERENCE_JITTER)
-        return to_chw(A.resize(img, self.image_size))
+            img = A.one_color_jitter_ranges(img, rng, self.ranges)
+        return to_chw(A.resize(img, self.image_size), out)
 
     def __repr__(self) -> str:
         return f"FastReference(size={self.image_size}, training={self.is_training})"
@@ -119,6 +134,7 @@ class Reference:
     """
 
     thread_safe = False
+    writes_out = True
 
     def __init__(self, image_size: int, is_training: bool):
         import torchvision.transforms as T  # imported here: only this preset needs it
@@ -133,10 +149,11 @@ class Reference:
         self.pipeline = T.Compose(steps)
         self.image_size, self.is_training = image_size, is_training
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
         pil = Image.fromarray(img)
         if not self.is_training:
-            out = self.pipeline(pil)
+            pil_out = self.pipeline(pil)
         else:
             seed = int(rng.integers(0, 2**63 - 1)) if rng is not None else 0
             py_state = random.getstate()
@@ -144,10 +161,10 @@ class Reference:
                 torch.manual_seed(seed)
                 random.seed(seed)
                 try:
-                    out = self.pipeline(pil)
+                    pil_out = self.pipeline(pil)
                 finally:
                     random.setstate(py_state)
-        return to_chw(np.asarray(out.convert("RGB")))
+        return to_chw(np.asarray(pil_out.convert("RGB")), out)
 
     def __repr__(self) -> str:
         return f"Reference(size={self.image_size}, training={self.is_training}, {self.pipeline!r})"
