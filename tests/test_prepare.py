@@ -274,6 +274,15 @@ def test_stats_exact_pooled(prepared_dir):
     assert (np.mean(per_image, 0) < np.array(s["std"])).all()
 
 
+def test_channel_histograms_both_paths_count_exactly(monkeypatch):
+    from maskcls.data import stats
+    img = np.random.default_rng(0).integers(0, 256, (70, 50, 3), dtype=np.uint8)[:, ::2]  # strided too
+    expected = np.stack([np.bincount(img[..., c].ravel(), minlength=256) for c in range(3)])
+    assert np.array_equal(stats.channel_histograms(img), expected)  # OpenCV's calcHist
+    monkeypatch.setattr(stats, "_CALCHIST_MAX_PIXELS", 100)  # as for a > 16 MP image
+    assert np.array_equal(stats.channel_histograms(img), expected)  # np.bincount
+
+
 def test_prepared_version_mismatch(prepared_dir, tmp_path):
     import shutil
     d = tmp_path / "old"
