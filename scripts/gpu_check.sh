@@ -4,7 +4,8 @@
 # Run from the repository root, with the repo's venv (.venv) or after `python -m pip install -e .`:
 #     bash scripts/gpu_check.sh
 # It synthesises a small dataset in a temporary directory, trains fold 0 for 2 epochs with
-# bf16, fp16, and bf16 + torch.compile (channels_last is the default in every run), prints
+# bf16 (thread loader, as data.loader=auto picks on CUDA), bf16 with loader processes, fp16,
+# and bf16 + torch.compile (channels_last is the default in every run), prints
 # each run's images/s from metrics.csv, then runs `maskcls bench loader --images 300`.
 # Exits non-zero when CUDA is not available.
 set -euo pipefail
@@ -52,6 +53,7 @@ PYEOF
 }
 
 run bf16 --set train.mixed_precision=bf16
+run bf16-processes --set train.mixed_precision=bf16 --set data.loader=processes  # auto = threads on CUDA
 run fp16 --set train.mixed_precision=fp16
 run bf16-compile --set train.mixed_precision=bf16 --set train.compile=true
 

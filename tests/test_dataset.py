@@ -104,7 +104,7 @@ def test_load_into_writes_the_sample_into_a_batch_slot(jpegs):
         assert torch.equal(batch[1], ds[5][0]) and not batch[0].any()
 
 
-def test_thread_loader_drop_last_early_exit_and_kind_choice(jpegs):
+def test_thread_loader_drop_last_early_exit_and_kind_choice(jpegs, monkeypatch):
     ds = train_dataset(jpegs)
     loader = ThreadLoader(ds, batch_size=3, sampler=range(8), threads=2, drop_last=True)
     got = batches(loader)
@@ -114,9 +114,15 @@ def test_thread_loader_drop_last_early_exit_and_kind_choice(jpegs):
     it.close()  # leaving the loop early: pending batches are cancelled, the pool shut down
     assert first[2].tolist() == [0]
     assert not any(t.name.startswith("maskcls-loader") for t in threading.enumerate())
-    assert isinstance(build_loader(ds, batch_size=2, sampler=range(8), workers=2), ThreadLoader)
-    ref = ImageDataset(FileSource(jpegs), None, create_transform(preset="reference", is_training=True, image_size=16))
-    assert isinstance(build_loader(ref, batch_size=2, sampler=range(8), workers=2), DataLoader)  # global RNGs
+    assert isinstance(build_loader(ds, batch_size=2, sampler=range(8), workers=2, kind="threads"), ThreadLoader)
+    with monkeypatch.context() as m:  # auto: threads with CUDA, processes without
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        assert isinstance(build_loader(ds, batch_size=2, sampler=range(8), workers=2), ThreadLoader)
+        ref = ImageDataset(FileSource(jpegs), None, create_transform(preset="reference", is_training=True,
+                                                                     image_size=16))
+        assert isinstance(build_loader(ref, batch_size=2, sampler=range(8), workers=2), DataLoader)  # global RNGs
+    if not torch.cuda.is_available():
+        assert isinstance(build_loader(ds, batch_size=2, sampler=range(8), workers=2), DataLoader)
     assert isinstance(build_loader(ds, batch_size=2, sampler=range(8), workers=0), DataLoader)
     with pytest.raises(ValueError, match="threads, processes"):
         build_loader(ds, batch_size=2, sampler=range(8), workers=2, kind="fibers")

@@ -41,7 +41,8 @@ class DataConfig:
                                     min=0, max=64)
     loader: Literal["auto", "threads", "processes"] = _f(
         "auto", "Workers as threads in the trainer (no per-batch shared-memory hand-off; the decoders and "
-        "OpenCV release the GIL) or as DataLoader processes; auto = threads unless the preset is 'reference'.")
+        "OpenCV release the GIL) or as DataLoader processes; auto = threads when CUDA is present (unless the "
+        "preset is 'reference'), processes on CPU-only machines, where the trainer itself needs the GIL.")
     faces: bool = _f(False, "Train on MTCNN face crops made by `maskcls faces` instead of full photos.")
     cache: bool = _f(False, "Build/reuse a uint8 memory-mapped cache of fixed-size crops (fast repeated epochs).")
     scale_min: float = _f(0.75, "fast preset: smallest area fraction of the random crop.", min=0.05, max=1.0)

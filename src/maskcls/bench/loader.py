@@ -9,8 +9,9 @@ Five pipelines, each with ``num_workers=0`` and with ``workers`` workers, all pr
 * ``ours-jpeg`` — the same augmentation (preset ``reference_fast``: CenterCrop 380, flip,
   one of the four ColorJitters with the recipe's ranges) done our way: ImageDataset +
   FileSource, libjpeg-turbo decode, uint8 OpenCV ops, uint8 batches; then the float
-  normalisation the device would do, here on the CPU in the consumer, so that the
-  comparison counts all the work. The headline ``loader speedup`` is this row.
+  normalisation the device would do, here on the CPU in the consumer (``+norm`` rows).
+  The headline ``loader speedup`` is this row with ``workers`` threads (the thread loader,
+  which ``data.loader=auto`` uses when CUDA is present), without ``+norm``.
 * ``ours-cache`` — the same from the uint8 crop cache of the 380-px centre windows (its
   build time is reported apart). The headline ``loader cache speedup`` is this row.
 * ``default-jpeg`` / ``default-cache`` — our default training preset ``fast`` (random
@@ -163,7 +164,7 @@ def _run(root: Path, images: int, batch_size: int, workers: int, image_size: int
         return make_loader(datasets[name], batch_size=batch_size, shuffle_seed=0, epoch=epoch, num_workers=nw,
                            kind="auto" if kind == "-" else kind)
 
-    # (pipeline, workers, loader kind, consumer): ours run as they train (auto = threads);
+    # (pipeline, workers, loader kind, consumer): ours with threads, as auto runs them with CUDA;
     # the headline rows also run with worker processes and with the float normalisation
     # done here on the CPU ("+norm": what a CPU-only trainer pays; on a GPU it runs there).
     configs = [("reference", 0, "-", "")]
