@@ -257,7 +257,11 @@ def _train_cmd(*args: str) -> list[str]:
 def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     fh = open(log, "wb")
-    p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    # A shell without job control starts background commands with SIGINT ignored, and the
+    # child would inherit that (Python then installs no KeyboardInterrupt handler): restore
+    # the default so that the Ctrl-C step tests the trainer, not how the suite was launched.
+    p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     fh.close()
     return p
 
