@@ -140,6 +140,16 @@ def test_image_failing_mid_epoch_names_file(prepared_dir, tmp_path):
         train(d, tmp_path, "train.epochs=1")
 
 
+def test_class_weights_power():
+    from maskcls.engine.losses import class_weights
+    counts = np.array([50, 10, 10, 0])
+    full = class_weights(counts).numpy()  # 1/count, mean 1 over the present classes; absent: 1
+    assert np.allclose(full[:3], np.array([0.2, 1, 1]) * 3 / 2.2) and full[3] == 1
+    sqrt = class_weights(counts, 0.5).numpy()
+    assert np.allclose(sqrt[:3], np.array([5 ** -0.5, 1, 1]) * 3 / (2 + 5 ** -0.5))
+    assert np.allclose(class_weights(counts, 0.0).numpy(), 1.0)
+
+
 def test_nan_loss_stops_and_keeps_checkpoint(prepared_dir, tmp_path, monkeypatch):
     import maskcls.engine.trainer as T
     real = T.build_loss

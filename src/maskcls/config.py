@@ -119,6 +119,10 @@ class LossConfig:
     label_smoothing: float = _f(0.1, "Label smoothing for ce/weighted_ce (tolerates the known label noise).",
                                 min=0.0, max=0.5)
     focal_gamma: float = _f(2.0, "Focal loss gamma.", min=0.0)
+    weight_power: float = _f(0.5, "weighted_ce: class weights 1/count**p (1 = balanced, 0.5 = square root, "
+                             "0 = none). 0.5: fully balanced weights over-correct (the mask head's 'wear', 5 of "
+                             "every 7 photos, got 1/5 of the others' weight) and cost macro F1 on every seed "
+                             "measured (docs/benchmarks.md).", min=0.0, max=2.0)
     head_weights: list[float] = _f([1.0, 1.0, 1.0], "multi heads: weights of the mask, gender, age losses.")
 
 

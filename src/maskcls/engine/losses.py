@@ -44,8 +44,9 @@ class SoftF1Loss(nn.Module):
         return 1 - f1.mean()
 
 
-def class_weights(counts: np.ndarray) -> torch.Tensor:
-    """Inverse-frequency weights normalised to mean 1 over the present classes.
+def class_weights(counts: np.ndarray, power: float = 1.0) -> torch.Tensor:
+    """Inverse-frequency weights ``1 / count**power`` normalised to mean 1 over the present
+    classes (power 1 = fully balanced, 0.5 = square root, 0 = unweighted).
 
     A class absent from the training fold gets weight 1: it never occurs in training, and a
     zero weight would make the weighted mean 0/0 = NaN on a validation batch of that class.
@@ -54,16 +55,17 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
     present = c > 0
     w = np.ones_like(c)
     if present.any():
-        inv = 1.0 / c[present]
+        inv = 1.0 / c[present] ** power
         w[present] = inv * present.sum() / inv.sum()
     return torch.tensor(w, dtype=torch.float32)
 
 
-def _one(name: str, k: int, counts: np.ndarray, label_smoothing: float, gamma: float) -> nn.Module:
+def _one(name: str, k: int, counts: np.ndarray, label_smoothing: float, gamma: float,
+         power: float = 1.0) -> nn.Module:
     if name == "ce":
         return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     if name == "weighted_ce":
-        return nn.CrossEntropyLoss(weight=class_weights(counts), label_smoothing=label_smoothing)
+        return nn.CrossEntropyLoss(weight=class_weights(counts, power), label_smoothing=label_smoothing)
     if name == "focal":
         return FocalLoss(gamma)
     if name == "soft_f1":
@@ -86,7 +88,7 @@ class MultiHeadLoss(nn.Module):
 
 def build_loss(name: str, *, num_classes: int, class_counts: np.ndarray, heads: str = "single",
                label_smoothing: float = 0.0, focal_gamma: float = 2.0,
-               head_weights: list[float] | None = None) -> nn.Module:
+               head_weights: list[float] | None = None, weight_power: float = 1.0) -> nn.Module:
     """The training criterion.
 
     Args:
@@ -97,11 +99,13 @@ def build_loss(name: str, *, num_classes: int, class_counts: np.ndarray, heads: 
         label_smoothing: for ce / weighted_ce.
         focal_gamma: focal loss focusing parameter.
         head_weights: multi heads: weights of mask, gender, age.
+        weight_power: weighted_ce: class weights ``1 / count**weight_power``.
     """
     if heads == "single":
-        return _one(name, num_classes, class_counts, label_smoothing, focal_gamma)
+        return _one(name, num_classes, class_counts, label_smoothing, focal_gamma, weight_power)
     counts = np.asarray(class_counts).reshape(3, 2, 3)
     per_head = {"mask": counts.sum((1, 2)), "gender": counts.sum((0, 2)), "age": counts.sum((0, 1))}
     sizes = {"mask": 3, "gender": 2, "age": 3}
-    return MultiHeadLoss({h: _one(name, sizes[h], per_head[h], label_smoothing, focal_gamma) for h in sizes},
+    return MultiHeadLoss({h: _one(name, sizes[h], per_head[h], label_smoothing, focal_gamma, weight_power)
+                          for h in sizes},
                          head_weights or [1.0, 1.0, 1.0])

@@ -148,7 +148,8 @@ def train_fold(ctx: FoldContext, fold: int) -> dict:
     counts = np.bincount(tr_rows["label"].to_numpy(), minlength=ctx.prep.num_classes)
     criterion = build_loss(cfg.loss.name, num_classes=ctx.prep.num_classes, class_counts=counts,
                            heads=cfg.model.heads, label_smoothing=cfg.loss.label_smoothing,
-                           focal_gamma=cfg.loss.focal_gamma, head_weights=cfg.loss.head_weights).to(acc.device)
+                           focal_gamma=cfg.loss.focal_gamma, head_weights=cfg.loss.head_weights,
+                           weight_power=cfg.loss.weight_power).to(acc.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     groups = param_groups(model, lr=cfg.optim.lr, head_lr_mult=cfg.optim.head_lr_mult)
