@@ -174,12 +174,12 @@ def test_one_color_jitter_applies_exactly_one_op_of_the_four():
                A.adjust_hue(img, 0.1)]
     seen = set()
     for seed in range(40):
-        out = A.one_color_jitter(img, np.random.default_rng(seed), **f)
+        out = A.one_color_jitter(img, np.random.default_rng(seed), A.jitter_ranges(**f))
         matches = [k for k, o in enumerate(singles) if np.array_equal(o, out)]
         assert len(matches) == 1
         seen.add(matches[0])
     assert seen == {0, 1, 2, 3}  # uniform choice: all four come up in 40 draws
-    assert np.array_equal(A.one_color_jitter(img, np.random.default_rng(0)), img)  # nothing to do
+    assert np.array_equal(A.one_color_jitter(img, np.random.default_rng(0), A.jitter_ranges()), img)  # no-op
 
 
 def test_reference_fast_matches_the_reference_preset():

@@ -98,6 +98,7 @@ class ImageDataset(Dataset):
         if labels.shape != (n,):
             raise ValueError(f"{labels.shape[0] if labels.ndim else 0} labels for {n} images")
         self.source, self.labels, self.transform = source, labels, transform
+        self._writes_out = getattr(transform, "writes_out", False)  # see load_into
         self.seed, self.epoch = int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -109,18 +110,19 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _read(self, i: int) -> np.ndarray:
+    def _sample(self, i: int) -> tuple[np.ndarray, np.random.Generator]:
+        """Decoded image ``i`` and its augmentation RNG (a function of seed, epoch, index)."""
         try:
-            return self.source.read(i)
+            img = self.source.read(i)
         except (DataError, FileNotFoundError):
             raise
         except Exception as e:  # anything else a decoder throws: name the file
             raise DataError(f"{self.source.name(i)}: cannot read image ({type(e).__name__}: {e})") from e
+        return img, np.random.default_rng([self.seed, self.epoch, i])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         i = int(i)
-        img = self._read(i)
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        img, rng = self._sample(i)
         return self.transform(img, rng), int(self.labels[i]), i
 
     def load_into(self, i: int, out: torch.Tensor) -> tuple[int, int]:
@@ -130,9 +132,8 @@ class ImageDataset(Dataset):
         which spares one copy of every image; any other callable is copied in.
         """
         i = int(i)
-        img = self._read(i)
-        rng = np.random.default_rng([self.seed, self.epoch, i])
-        if getattr(self.transform, "writes_out", False):
+        img, rng = self._sample(i)
+        if self._writes_out:
             self.transform(img, rng, out=out)
         else:
             out.copy_(self.transform(img, rng))
@@ -186,11 +187,9 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle_seed: int | None, 
             persistent, so they see the epoch set here.
         drop_last: drop a final incomplete batch (training only; evaluation keeps all).
         sampler: e.g. a weighted or distributed sampler; it must be seeded by the caller.
-        kind: ``auto``, ``threads`` or ``processes`` (see :mod:`maskcls.data.loader`).
-
-    Also calls :func:`tune_malloc` (once per process).
+        kind: ``auto``, ``threads`` or ``processes`` (see :mod:`maskcls.data.loader`, which
+            also tunes malloc before any worker forks).
     """
-    tune_malloc()  # before workers fork, so they inherit it
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
     if sampler is not None:

@@ -37,7 +37,8 @@ AREA_BELOW = 0.5
 
 __all__ = [
     "center_square", "center_crop", "random_resized_crop", "resize", "hflip", "adjust_brightness",
-    "adjust_contrast", "adjust_saturation", "adjust_hue", "color_jitter", "one_color_jitter", "grey_mean",
+    "adjust_contrast", "adjust_saturation", "adjust_hue", "color_jitter", "jitter_ranges", "one_color_jitter",
+    "grey_mean",
 ]
 
 
@@ -187,7 +188,10 @@ def _factor_range(value: float | Sequence[float], name: str, center: float = 1.0
     return None if lo == hi == center else (lo, hi)
 
 
-def _jitter_ranges(brightness, contrast, saturation, hue) -> tuple:
+def jitter_ranges(brightness: float | Sequence[float] = 0.0, contrast: float | Sequence[float] = 0.0,
+                  saturation: float | Sequence[float] = 0.0, hue: float | Sequence[float] = 0.0) -> tuple:
+    """The four factor ranges (None = op off) in torchvision's ColorJitter convention, checked
+    once: callers that jitter every image keep the result (see :func:`one_color_jitter`)."""
     return (
         _factor_range(brightness, "brightness"),
         _factor_range(contrast, "contrast"),
@@ -199,23 +203,11 @@ def _jitter_ranges(brightness, contrast, saturation, hue) -> tuple:
 _OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def one_color_jitter(img: np.ndarray, rng: np.random.Generator,
-                     brightness: float | Sequence[float] = 0.0, contrast: float | Sequence[float] = 0.0,
-                     saturation: float | Sequence[float] = 0.0, hue: float | Sequence[float] = 0.0) -> np.ndarray:
+def one_color_jitter(img: np.ndarray, rng: np.random.Generator, ranges: tuple) -> np.ndarray:
     """The reference recipe's ``RandomChoice`` of four single-op ColorJitters: one of the four
     ops, picked uniformly (an op with an empty range leaves the image as it is, as a
-    ColorJitter with nothing to do would), with its factor uniform in its range."""
-    return one_color_jitter_ranges(img, rng, _jitter_ranges(brightness, contrast, saturation, hue))
-
-
-def jitter_ranges(brightness: float | Sequence[float] = 0.0, contrast: float | Sequence[float] = 0.0,
-                  saturation: float | Sequence[float] = 0.0, hue: float | Sequence[float] = 0.0) -> tuple:
-    """The four factor ranges (None = op off), checked once, for :func:`one_color_jitter_ranges`."""
-    return _jitter_ranges(brightness, contrast, saturation, hue)
-
-
-def one_color_jitter_ranges(img: np.ndarray, rng: np.random.Generator, ranges: tuple) -> np.ndarray:
-    """:func:`one_color_jitter` with ranges from :func:`jitter_ranges` (no per-call parsing)."""
+    ColorJitter with nothing to do would), with its factor uniform in its range.
+    ``ranges``: from :func:`jitter_ranges`."""
     k = int(rng.integers(4))
     if ranges[k] is None:
         return img.copy()
@@ -230,12 +222,11 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator,
     A number ``b`` means a factor in ``[max(0, 1−b), 1+b]`` (hue: shift in ``[−h, h]``); a pair
     is the range itself. An op whose range is empty (0 or (1, 1)) is skipped.
     """
-    ranges = _jitter_ranges(brightness, contrast, saturation, hue)
-    ops = _OPS
+    ranges = jitter_ranges(brightness, contrast, saturation, hue)
     order = rng.permutation(4)
     factors = [rng.uniform(*r) if r is not None else None for r in ranges]
     out = img
     for k in order:
         if factors[k] is not None:
-            out = ops[k](out, factors[k])
+            out = _OPS[k](out, factors[k])
     return out if out is not img else img.copy()

@@ -110,7 +110,7 @@ def build_loader(dataset: Dataset, *, batch_size: int, sampler: Sampler | Sequen
     if kind not in KINDS:
         raise ValueError(f"unknown loader kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     from .dataset import tune_malloc
-    tune_malloc()  # batches and images are allocated and freed all the time: keep the pages
+    tune_malloc()  # before workers fork; batches and images come and go: keep the pages
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     if kind == "auto":
         kind = "threads" if torch.cuda.is_available() and thread_safe(dataset) else "processes"

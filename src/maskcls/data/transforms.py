@@ -118,7 +118,7 @@ class FastReference:
         if self.is_training:
             if rng.random() < 0.5:
                 img = A.hflip(img)
-            img = A.one_color_jitter_ranges(img, rng, self.ranges)
+            img = A.one_color_jitter(img, rng, self.ranges)
         return to_chw(A.resize(img, self.image_size), out)
 
     def __repr__(self) -> str:
