@@ -18,8 +18,9 @@ Five pipelines, each with ``num_workers=0`` and with ``workers`` workers, all pr
   resized crop, resampled, + all four colour ops in random order with p 0.8), which does
   more work per image than the recipe; shown for information.
 
-Throughput is measured in steady state (from the first batch to the last; worker start-up
-is paid once per epoch of thousands of batches), over ≥ 2 passes after a warm-up, best pass
+Throughput is measured in steady state (from the arrival of batch max(1, workers) to the
+last: worker start-up is paid once per epoch of thousands of batches, and the first W
+batches of W workers are built together), over ≥ 2 passes after a warm-up, best pass
 kept; the passes of the pipelines are interleaved so that load from other processes on
 the machine hits them alike.
 """
@@ -36,6 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.cache import build_cache
+from ..errors import ConfigError
 from ..data.dataset import ArraySource, FileSource, ImageDataset, make_loader
 from ..data.transforms import REFERENCE_CROP, create_transform, reference_jitter
 from .common import make_jpegs
@@ -95,11 +97,18 @@ class Normalizer:
         return torch.from_numpy(self.buf)
 
 
-def _pass(loader: DataLoader, consume) -> tuple[float, int]:
-    """Seconds and images from the first batch to the end of one pass."""
+def _pass(loader, consume, skip: int) -> tuple[float, int]:
+    """Seconds and images of one pass, from the arrival of batch ``skip`` to the last one.
+
+    With W parallel workers the first W batches are built at the same time and arrive
+    together; timing from the first arrival would count W − 1 batches for free (it made a
+    pass of 2 batches look 100× faster than it was). ``skip`` = max(1, W) starts the clock
+    once the pipeline is full, so every timed batch was built inside the timed window's
+    steady state.
+    """
     it = iter(loader)
-    first = next(it)
-    consume(first)
+    for _ in range(skip):
+        consume(next(it))
     t0, n = time.perf_counter(), 0
     for batch in it:
         consume(batch)
@@ -125,6 +134,9 @@ def bench_loader(*, images: int = 300, batch_size: int = 30, workers: int = 2, i
         threads, against the reference with ``workers`` processes) and ``loader cache
         speedup vs reference: X.XX`` (ours-cache, likewise).
     """
+    if images < batch_size * (max(1, workers) + 4):
+        raise ConfigError(f"bench loader needs at least {batch_size * (max(1, workers) + 4)} images "
+                          f"(batch {batch_size} x (workers + 4)) to time a steady state; got --images {images}")
     threads = torch.get_num_threads()
     # One intra-op thread here, as in DataLoader workers: with more, every torch op of the
     # consumer (and of the reference at num_workers=0) stalls whenever another process holds
@@ -181,20 +193,19 @@ def _run(root: Path, images: int, batch_size: int, workers: int, image_size: int
     for rep in range(passes + 1):  # pass 0 warms up (page cache, allocator, imports)
         for c in configs:
             name, nw, kind, how = c
-            secs, n = _pass(loader(name, nw, kind, rep), consume[how])
+            secs, n = _pass(loader(name, nw, kind, rep), consume[how], skip=max(1, nw))
             log.debug("%s%s workers=%d %s pass %d: %.0f img/s", name, how, nw, kind, rep, n / secs)
             if rep > 0:
                 best[c] = max(best[c], n / secs)
 
     ref = {c[1]: best[c] for c in configs if c[0] == "reference"}
-    rows = [{"pipeline": name + how, "workers": nw, "loader": kind, "img_per_s": round(best[c], 1),
-             "vs_reference": round(best[c] / ref[nw], 2)} for c in configs for name, nw, kind, how in [c]]
+    rows = [{"pipeline": c[0] + c[3], "workers": c[1], "loader": c[2], "img_per_s": round(best[c], 1),
+             "vs_reference": round(best[c] / ref[c[1]], 2)} for c in configs]
     head = "threads" if workers > 0 else "-"
-    rate = {(r["pipeline"], r["workers"], r["loader"]): best[c] for r, c in zip(rows, configs)}
-    speedup = rate[("ours-jpeg", workers, head)] / ref[workers]
-    cache_speedup = rate[("ours-cache", workers, head)] / ref[workers]
-    norm_speedup = (rate[("ours-jpeg+norm", workers, head)] / ref[workers],
-                    rate[("ours-cache+norm", workers, head)] / ref[workers])
+    ratio = {(name, how): best[(name, workers, head, how)] / ref[workers]
+             for name in ("ours-jpeg", "ours-cache") for how in ("", "+norm")}
+    speedup, cache_speedup = ratio[("ours-jpeg", "")], ratio[("ours-cache", "")]
+    norm_speedup = (ratio[("ours-jpeg", "+norm")], ratio[("ours-cache", "+norm")])
     lines = [f"loader benchmark: {images} JPEGs 384x512 q90, batch {batch_size}, output {image_size} px, "
              f"best of {passes} passes, steady state",
              f"{'pipeline':<19} {'workers':>7} {'loader':>9} {'img/s':>9} {'vs ref':>7}"]
