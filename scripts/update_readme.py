@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from maskcls.config import config_table
+from maskcls.config_io import config_table
 
 readme = Path(__file__).resolve().parents[1] / "README.md"
 text = readme.read_text()

@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A read-only-by-convention synthetic competition dataset: 15 train + 6 eval persons, 96×128 photos."""
-    from maskcls.data.synth import synthesize
+    from maskcls.prep.synth import synthesize
     out = tmp_path_factory.mktemp("synth") / "data"
     synthesize(out, people=15, eval_people=6, seed=3, image_size=(96, 128), workers=1)
     return out
@@ -30,7 +30,7 @@ def dataset_copy(synth_root, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_dir(synth_root, tmp_path_factory) -> Path:
-    from maskcls.data.prepare import prepare
+    from maskcls.prep.prepare import prepare
     out = tmp_path_factory.mktemp("prep") / "prepared"
     prepare(synth_root, out, folds=3, seed=1)
     return out

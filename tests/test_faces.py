@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,9 @@ pytest.importorskip("facenet_pytorch")
 pytest.importorskip("skimage")
 
 from maskcls.bench.faces import astronaut_photo, background, iou, paste_astronaut, write_prepared  # noqa: E402
-from maskcls.data.faces import (build_face_crops, crop_square, fallback_region, load_face_crops,  # noqa: E402
-                                square_region)
 from maskcls.errors import ConfigError, DataError  # noqa: E402
+from maskcls.prep.face_crop import crop_square, fallback_region, square_region  # noqa: E402
+from maskcls.prep.faces import build_face_crops, load_face_crops  # noqa: E402
 
 SIZE = 64
 

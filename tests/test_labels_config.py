@@ -4,20 +4,23 @@ import pytest
 import yaml
 
 from maskcls import labels as L
-from maskcls.config import Config, config_table, dump_yaml, load_config
+from maskcls.config import Config
+from maskcls.config_io import config_table, dump_yaml, load_config
 from maskcls.errors import ConfigError, DataError
+
+T = L.Task.competition()
 
 
 def test_encode_decode_roundtrip_all_18():
     seen = set()
     for m, g, a in itertools.product(range(3), range(2), range(3)):
-        c = int(L.encode(m, g, a))
-        assert L.decode(c) == (m, g, a)
-        assert L.parse_name(L.class_name(c)) == c
+        c = int(T.encode(m, g, a))
+        assert T.decode(c) == (m, g, a)
+        assert T.parse_name(T.class_names[c]) == c
         seen.add(c)
     assert seen == set(range(18))
-    assert L.class_name(4) == "wear/female/30-59"
-    assert L.class_name(17, old_age=58) == "not worn/female/>=58"
+    assert T.class_names[4] == "wear/female/30-59"
+    assert L.Task.competition(old_age=58).class_names[17] == "not worn/female/>=58"
 
 
 def test_age_groups_threshold():
@@ -27,7 +30,7 @@ def test_age_groups_threshold():
 
 def test_decode_out_of_range():
     with pytest.raises(DataError):
-        L.decode(18)
+        T.decode(18)
 
 
 def test_config_defaults_and_overrides(tmp_path):
@@ -60,7 +63,8 @@ def test_unknown_key_in_yaml_names_file(tmp_path):
 
 
 def test_default_yaml_is_current():
-    """configs/default.yaml is the dump of the dataclass defaults (regenerate: maskcls config > configs/default.yaml)."""
+    """configs/default.yaml is the dump of the dataclass defaults
+    (regenerate: maskcls config > configs/default.yaml)."""
     from pathlib import Path
     repo = Path(__file__).resolve().parents[1]
     assert yaml.safe_load((repo / "configs" / "default.yaml").read_text()) == Config().to_dict()

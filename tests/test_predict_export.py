@@ -10,21 +10,19 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import TINY_SETS, tiny, train
 from maskcls.cli import main
-from maskcls.engine.trainer import run_training
 from maskcls.errors import CheckpointError, DataError
 from maskcls.predict import predict_images, predict_submission
-
-TINY = ["model.name=test_efficientnet", "model.pretrained=none", "data.image_size=64", "train.batch_size=8",
-        "train.valid_batch_size=16", "data.num_workers=0", "run.tensorboard=false", "train.epochs=1"]
 
 
 @pytest.fixture(scope="module")
 def run2(prepared_dir, tmp_path_factory) -> Path:
-    """A tiny two-fold run (report written by train)."""
+    """A tiny two-fold run (report written by `maskcls train`)."""
     out = tmp_path_factory.mktemp("run") / "r"
-    s = run_training(prepared=str(prepared_dir), overrides=TINY, folds="0,1", run_dir=str(out))
-    assert s["oof_f1"] is not None
+    sets = [a for s in TINY_SETS + ["run.report=true", "train.epochs=1"] for a in ("--set", s)]
+    assert main(["train", str(prepared_dir), "--folds", "0,1", "--run-dir", str(out), *sets]) == 0
+    assert json.loads((out / "summary.json").read_text())["oof_f1"] is not None
     return out
 
 
@@ -123,13 +121,12 @@ def test_models_listing(capsys):
 
 
 def test_face_crop_training_end_to_end(prepared_dir, synth_root, tmp_path):
-    from maskcls.data.faces import build_face_crops
+    from maskcls.prep.faces import build_face_crops
     prep = tmp_path / "prep"
     shutil.copytree(prepared_dir, prep)
     summary = build_face_crops(prep, size=96, progress=False)
     assert summary["counts"]["images"] == len(pd.read_csv(prep / "manifest.csv"))
-    s = run_training(prepared=str(prep), overrides=TINY + ["data.faces=true", "run.report=false"], folds="0",
-                     run_dir=str(tmp_path / "r"))
+    s = train(prep, tmp_path / "r", tiny(data={"faces": True}, train={"epochs": 1}))
     ck = torch.load(tmp_path / "r" / "fold0" / "best.pt", weights_only=True)
     assert ck["meta"]["preprocessing"]["faces"] is True and ck["meta"]["face_settings"]["size"] == 96
     sub = predict_submission(s["run_dir"], out=str(tmp_path / "sub.csv"))

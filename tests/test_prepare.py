@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskcls.data.prepare import prepare
-from maskcls.data.prepared import load_prepared
 from maskcls.errors import DataError
+from maskcls.prep.prepare import prepare
+from maskcls.prep.prepared import load_prepared
 
 
 def tree_hash(root: Path) -> str:
@@ -48,7 +48,7 @@ def test_prepare_competition_layout(synth_root, tmp_path):
 
 
 def test_folds_group_disjoint_and_stratified(prepared_dir):
-    from maskcls.data.folds import assign_folds
+    from maskcls.prep.folds import assign_folds
     prep = load_prepared(prepared_dir)
     tr = prep.train_rows()
     assert (tr.groupby("group")["fold"].nunique() == 1).all(), "a person straddles folds"
@@ -262,7 +262,7 @@ def test_csv_without_group_warns(tmp_path, synth_root):
 
 def test_stats_exact_pooled(prepared_dir):
     from maskcls.data.imageio import read_rgb
-    from maskcls.data.stats import compute_stats
+    from maskcls.prep.stats import compute_stats
     s = compute_stats(prepared_dir, workers=2)
     prep = load_prepared(prepared_dir)
     pix = np.concatenate([read_rgb(p).reshape(-1, 3) for p in prep.abs_paths(prep.train_rows())]).astype(np.float64)
@@ -275,7 +275,7 @@ def test_stats_exact_pooled(prepared_dir):
 
 
 def test_channel_histograms_both_paths_count_exactly(monkeypatch):
-    from maskcls.data import stats
+    from maskcls.prep import stats
     img = np.random.default_rng(0).integers(0, 256, (70, 50, 3), dtype=np.uint8)[:, ::2]  # strided too
     expected = np.stack([np.bincount(img[..., c].ravel(), minlength=256) for c in range(3)])
     assert np.array_equal(stats.channel_histograms(img), expected)  # OpenCV's calcHist

@@ -23,20 +23,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from bad_inputs import CASES, GUARANTEES, cases
+from helpers import TINY_SETS, tiny, train
 from maskcls.data.imageio import probe, read_pil, read_rgb
-from maskcls.data.prepare import prepare
-from maskcls.data.prepared import MANIFEST_COLUMNS, load_prepared
 from maskcls.engine.checkpoint import load_checkpoint, save_checkpoint
-from maskcls.engine.trainer import run_training
+from maskcls.engine.run import resume_training
 from maskcls.errors import CheckpointError, ConfigError, DataError
+from maskcls.prep.prepare import prepare
+from maskcls.prep.prepared import MANIFEST_COLUMNS, load_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.name=test_efficientnet", "model.pretrained=none", "data.image_size=64", "train.batch_size=8",
-        "train.valid_batch_size=16", "data.num_workers=0", "run.report=false", "run.tensorboard=false"]
 TIMING = ["seconds", "images_per_s"]
 PHOTO_SLOTS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
 
@@ -90,8 +88,7 @@ def handled_run(handled_dataset, tmp_path_factory):
     root, made = handled_dataset
     base = tmp_path_factory.mktemp("handled_run")
     meta = prepare(root, base / "prep", folds=3, seed=1)   # no --skip-bad: every case must be accepted
-    s = run_training(prepared=str(base / "prep"), overrides=TINY + ["train.epochs=1"], folds="0",
-                     run_dir=str(base / "run"))
+    s = train(base / "prep", base / "run", tiny(train={"epochs": 1}))
     return base / "prep", Path(s["run_dir"]), meta, s
 
 
@@ -109,7 +106,7 @@ def corpus_dir(tmp_path_factory):
 def reference_run(prepared_dir, tmp_path_factory):
     """An uninterrupted 3-epoch run (the yardstick of the resume and reproducibility tests)."""
     run = tmp_path_factory.mktemp("ref") / "run"
-    run_training(prepared=str(prepared_dir), overrides=TINY + ["train.epochs=3"], folds="0", run_dir=str(run))
+    train(prepared_dir, run, tiny(train={"epochs": 3}))
     return run
 
 
@@ -285,7 +282,7 @@ def _wait_rows(proc: subprocess.Popen, csv: Path, rows: int, log: Path, limit: f
 @pytest.mark.timeout(420)
 def test_kill_and_ctrl_c_then_resume_equal_uninterrupted(prepared_dir, reference_run, tmp_path):
     run = tmp_path / "R"
-    sets = [a for s in TINY + ["train.epochs=3"] for a in ("--set", s)]
+    sets = [a for s in TINY_SETS + ["train.epochs=3"] for a in ("--set", s)]
     csv = run / "fold0" / "metrics.csv"
     # 1. SIGKILL during epoch 2 (the epoch-1 row is the signal that epoch 2 has started)
     proc = _spawn(_train_cmd(str(prepared_dir), "--folds", "0", "--run-dir", str(run), *sets), tmp_path / "a.log")
@@ -306,7 +303,7 @@ def test_kill_and_ctrl_c_then_resume_equal_uninterrupted(prepared_dir, reference
     assert ck["epoch"] == 2 and torch.load(run / "fold0" / "last.pt", weights_only=True)["epoch"] == 2
     assert json.loads((run / "summary.json").read_text())["finished"] is False
     # 3. resume to the end: identical to the uninterrupted run
-    s = run_training(prepared=None, resume=str(run))
+    s = resume_training(run)
     assert s["finished"] and s["folds"]["0"]["status"] == "done"
     pd.testing.assert_frame_equal(metrics(reference_run), metrics(run))
 
@@ -378,8 +375,7 @@ def test_same_seed_same_folds(synth_root, tmp_path):
 
 
 def test_same_seed_same_metrics(prepared_dir, reference_run, tmp_path):
-    run_training(prepared=str(prepared_dir), overrides=TINY + ["train.epochs=3"], folds="0",
-                 run_dir=str(tmp_path / "again"))
+    train(prepared_dir, tmp_path / "again", tiny(train={"epochs": 3}))
     pd.testing.assert_frame_equal(metrics(reference_run), metrics(tmp_path / "again"))
     a = pd.read_csv(reference_run / "fold0" / "oof.csv")
     b = pd.read_csv(tmp_path / "again" / "fold0" / "oof.csv")
@@ -399,10 +395,10 @@ def _snapshot(root: Path) -> dict[str, tuple]:
 @pytest.mark.timeout(300)
 def test_workflow_leaves_a_read_only_dataset_untouched(tmp_path, capsys):
     from maskcls.cli import main
-    from maskcls.data.faces import build_face_crops
-    from maskcls.data.stats import compute_stats
-    from maskcls.data.synth import synthesize
     from maskcls.predict import predict_submission
+    from maskcls.prep.faces import build_face_crops
+    from maskcls.prep.stats import compute_stats
+    from maskcls.prep.synth import synthesize
     from maskcls.report import write_report
     data = tmp_path / "data"
     synthesize(data, people=8, eval_people=3, seed=5, image_size=(96, 128), workers=1)
@@ -414,9 +410,9 @@ def test_workflow_leaves_a_read_only_dataset_untouched(tmp_path, capsys):
         prepare(data, tmp_path / "prep", folds=3, seed=0)
         compute_stats(tmp_path / "prep", workers=1)
         build_face_crops(tmp_path / "prep", size=96, workers=1, progress=False)
-        s = run_training(prepared=str(tmp_path / "prep"), folds="0", run_dir=str(tmp_path / "run"),
-                         overrides=TINY[:-2] + ["train.epochs=1", "data.faces=true", "data.normalize=dataset",
-                                                "run.tensorboard=false"])
+        s = train(tmp_path / "prep", tmp_path / "run",
+                  tiny(train={"epochs": 1}, data={"faces": True, "normalize": "dataset"}))
+        write_report(tmp_path / "run")
         assert s["finished"] and (tmp_path / "run" / "report.html").exists()
         p1 = predict_submission(tmp_path / "run", folds="0", num_workers=0)
         p2 = predict_submission(tmp_path / "run", folds="0", num_workers=0)
@@ -427,7 +423,7 @@ def test_workflow_leaves_a_read_only_dataset_untouched(tmp_path, capsys):
         run_before = _snapshot(tmp_path / "run")
         capsys.readouterr()
         rc = main(["train", str(tmp_path / "prep"), "--folds", "0", "--run-dir", str(tmp_path / "run"),
-                   *[a for x in TINY + ["train.epochs=1"] for a in ("--set", x)]])
+                   *[a for x in TINY_SETS + ["train.epochs=1"] for a in ("--set", x)]])
         err = capsys.readouterr().err
         assert rc == 2 and "already exists" in err and "--resume" in err, err
         assert _snapshot(tmp_path / "run") == run_before
@@ -463,7 +459,7 @@ def test_pickled_checkpoint_is_refused(tmp_path):
 
 
 def test_yaml_python_tags_are_rejected(tmp_path, reference_run):
-    from maskcls.config import load_config
+    from maskcls.config_io import load_config
     marker = tmp_path / "pwned"
     tag = f'!!python/object/apply:os.system ["touch {marker}"]'
     cfg = tmp_path / "evil.yaml"
@@ -477,5 +473,5 @@ def test_yaml_python_tags_are_rejected(tmp_path, reference_run):
     shutil.copy(reference_run / "run.json", run / "run.json")
     (run / "config.yaml").write_text(f"run:\n  name: {tag}\n")
     with pytest.raises(ConfigError, match="config.yaml"):
-        run_training(prepared=None, resume=str(run))
+        resume_training(run)
     assert not marker.exists(), "a YAML python tag was executed"

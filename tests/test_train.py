@@ -12,21 +12,18 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from maskcls.engine.trainer import run_training
+from helpers import TINY_SETS, tiny
+from helpers import train as train_run
+from maskcls.engine.run import resume_training
 from maskcls.errors import ConfigError, DataError
 
-TINY = ["model.name=test_efficientnet", "model.pretrained=none", "data.image_size=64", "train.batch_size=8",
-        "train.valid_batch_size=16", "data.num_workers=0", "run.report=false", "run.tensorboard=false"]
 
-
-def train(prepared, tmp_path, *extra, folds="0", name="r"):
-    return run_training(prepared=str(prepared), overrides=TINY + list(extra), folds=folds,
-                        run_dir=str(tmp_path / name))
+def train(prepared, tmp_path, folds=(0,), name="r", **sections):
+    return train_run(prepared, tmp_path / name, tiny(**sections), folds=folds)
 
 
 def test_outputs_and_exact_f1(prepared_dir, tmp_path):
-    s = run_training(prepared=str(prepared_dir), overrides=TINY[:-1] + ["train.epochs=2"], folds="0",
-                     run_dir=str(tmp_path / "r"))
+    s = train(prepared_dir, tmp_path, train={"epochs": 2}, run={"tensorboard": True})
     run = Path(s["run_dir"])
     for f in ("config.yaml", "summary.json", "run.json", "fold0/best.pt", "fold0/last.pt", "fold0/metrics.csv",
               "fold0/oof.csv", "fold0/lr.csv"):
@@ -53,47 +50,48 @@ def test_outputs_and_exact_f1(prepared_dir, tmp_path):
 
 def test_multi_heads_and_losses(prepared_dir, tmp_path):
     for i, loss in enumerate(["focal", "weighted_ce", "soft_f1"]):
-        s = train(prepared_dir, tmp_path, "train.epochs=1", "model.heads=multi", f"loss.name={loss}",
-                  "data.sampler=balanced", "optim.name=sgd", "sched.name=onecycle", name=f"m{i}")
+        s = train(prepared_dir, tmp_path, train={"epochs": 1}, model={"heads": "multi"}, loss={"name": loss},
+                  data={"sampler": "balanced"}, optim={"name": "sgd"}, sched={"name": "onecycle"}, name=f"m{i}")
         assert 0 <= s["folds"]["0"]["best_f1"] <= 1
         assert s["head_f1"] is not None
 
 
 def test_resume_equals_uninterrupted(prepared_dir, tmp_path):
-    s = train(prepared_dir, tmp_path, "train.epochs=3", name="full")
+    s = train(prepared_dir, tmp_path, train={"epochs": 3}, name="full")
     run = Path(s["run_dir"])
     full = pd.read_csv(run / "fold0" / "metrics.csv")
     # rewind: the previous last.pt (after epoch 2) becomes last.pt, as if killed during epoch 3
     shutil.copy(run / "fold0" / "last.prev.pt", run / "fold0" / "last.pt")
     ck = torch.load(run / "fold0" / "last.pt", weights_only=True)
     assert ck["epoch"] == 2
-    run_training(prepared=None, resume=str(run))
+    resume_training(run)
     resumed = pd.read_csv(run / "fold0" / "metrics.csv")
     cols = [c for c in full.columns if c not in ("seconds", "images_per_s")]
     pd.testing.assert_frame_equal(full[cols], resumed[cols])
 
 
-def test_resume_rejects_overrides(prepared_dir, tmp_path):
-    s = train(prepared_dir, tmp_path, "train.epochs=1")
-    with pytest.raises(ConfigError, match="resume"):
-        run_training(prepared=None, resume=s["run_dir"], overrides=["train.epochs=5"])
+def test_resume_rejects_overrides(prepared_dir, tmp_path, capsys):
+    from maskcls.cli import main
+    s = train(prepared_dir, tmp_path, train={"epochs": 1})
+    assert main(["train", "--resume", s["run_dir"], "--set", "train.epochs=5"]) == 2
+    assert "resume" in capsys.readouterr().err
 
 
 def test_run_dir_never_overwritten(prepared_dir, tmp_path):
     (tmp_path / "r").mkdir()
     with pytest.raises(FileExistsError, match="--resume"):
-        train(prepared_dir, tmp_path, "train.epochs=1")
+        train(prepared_dir, tmp_path, train={"epochs": 1})
 
 
 def test_unknown_model_did_you_mean(prepared_dir, tmp_path):
     with pytest.raises(ConfigError, match="did you mean.*efficientnet_b0"):
-        train(prepared_dir, tmp_path, "model.name=efficentnet_b0")
+        train(prepared_dir, tmp_path, model={"name": "efficentnet_b0"})
     assert not (tmp_path / "r").exists(), "nothing may be created before the model is known"
 
 
 def test_package_weights_for_arch_without(prepared_dir, tmp_path):
     with pytest.raises(ConfigError, match="tf_efficientnet_lite0"):
-        train(prepared_dir, tmp_path, "model.pretrained=package", "train.epochs=1")
+        train(prepared_dir, tmp_path, model={"pretrained": "package"}, train={"epochs": 1})
 
 
 @pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "mobilenetv2_100"])
@@ -119,12 +117,12 @@ def test_package_weights_are_imagenet_weights(arch):
 
 def test_missing_weights_file(prepared_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        train(prepared_dir, tmp_path, f"model.pretrained={tmp_path / 'nope.pth'}", "train.epochs=1")
+        train(prepared_dir, tmp_path, model={"pretrained": str(tmp_path / "nope.pth")}, train={"epochs": 1})
 
 
 def test_batch_larger_than_training_set(prepared_dir, tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
-        train(prepared_dir, tmp_path, "train.batch_size=4000", "train.epochs=1")
+        train(prepared_dir, tmp_path, train={"batch_size": 4000, "epochs": 1})
 
 
 def test_image_failing_mid_epoch_names_file(prepared_dir, tmp_path):
@@ -137,7 +135,7 @@ def test_image_failing_mid_epoch_names_file(prepared_dir, tmp_path):
     man.loc[i, "path"] = str(bad)
     man.to_csv(d / "manifest.csv", index=False)
     with pytest.raises(DataError, match="broken.jpg"):
-        train(d, tmp_path, "train.epochs=1")
+        train(d, tmp_path, train={"epochs": 1})
 
 
 def test_class_weights_power():
@@ -151,7 +149,7 @@ def test_class_weights_power():
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(prepared_dir, tmp_path, monkeypatch):
-    import maskcls.engine.trainer as T
+    import maskcls.engine.fold as T
     real = T.build_loss
     calls = {"n": 0}
 
@@ -169,7 +167,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(prepared_dir, tmp_path, monkeypatch
         return NanAfter(real(*a, **k))
 
     monkeypatch.setattr(T, "build_loss", nan_after_first_epoch)
-    s = train(prepared_dir, tmp_path, "train.epochs=4")
+    s = train(prepared_dir, tmp_path, train={"epochs": 4})
     fold = s["folds"]["0"]
     assert fold["status"] == "diverged"
     ck = torch.load(Path(s["run_dir"]) / "fold0" / "last.pt", weights_only=True)
@@ -185,7 +183,7 @@ def test_two_processes_match_one(prepared_dir, tmp_path):
     own weight sum). Then DDP's averaged gradients equal the 16-image batch's gradient, and
     the metrics match to float rounding.
     """
-    common = [a for a in TINY if not a.startswith("model.name")] + [
+    common = [a for a in TINY_SETS if not a.startswith("model.name")] + [
         "model.name=test_efficientnet_gn", "model.drop_rate=0", "loss.name=ce", "loss.label_smoothing=0",
         "train.epochs=2", "train.accum_steps=1", "train.deterministic=true"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -210,10 +208,10 @@ def test_two_processes_match_one(prepared_dir, tmp_path):
 def test_crop_cache_is_built_once_for_all_folds(prepared_dir, tmp_path):
     d = tmp_path / "prep"
     shutil.copytree(prepared_dir, d)
-    train(d, tmp_path, "train.epochs=1", "data.cache=true", name="c0")
+    train(d, tmp_path, train={"epochs": 1}, data={"cache": True}, name="c0")
     (npy,) = (d / "cache").glob("*.npy")
     first = npy.stat().st_mtime_ns
     arr = np.load(npy, mmap_mode="r")
     assert len(arr) == (pd.read_csv(d / "manifest.csv")["split"] == "train").sum()
-    train(d, tmp_path, "train.epochs=1", "data.cache=true", folds="1", name="c1")
+    train(d, tmp_path, train={"epochs": 1}, data={"cache": True}, folds=(1,), name="c1")
     assert npy.stat().st_mtime_ns == first, "another fold rebuilt the crop cache"

@@ -6,7 +6,6 @@ for the traceback). Printing happens here only; library modules log.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     # Library modules log; the CLI shows warnings, plus the progress lines of training and the demo.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
-        for name in ("maskcls.engine.trainer", "maskcls.demo"):
+        for name in ("maskcls.engine", "maskcls.demo"):
             logging.getLogger(name).setLevel(logging.INFO)
     if args.cmd is None:
         parser.print_help()

@@ -1,13 +1,19 @@
-"""Subcommand handlers: turn parsed arguments into library calls and print results."""
+"""Subcommand handlers: turn parsed arguments into typed library calls and print the results.
+
+This is the command line's edge: YAML files and ``--set`` overrides become a
+:class:`~maskcls.config.Config` here, fold lists become integers, and only here is anything printed.
+"""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
 
+from .errors import ConfigError
+
 
 def cmd_synth(args) -> int:
-    from .data.synth import synthesize
+    from .prep.synth import synthesize
     s = synthesize(args.out, people=args.people, seed=args.seed, eval_people=args.eval_people,
                    image_size=tuple(args.size), workers=args.workers)
     print(f"wrote {args.out}: {s['train_people']} train persons ({s['train_images']} photos), "
@@ -17,7 +23,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from .data.prepare import prepare
+    from .prep.prepare import prepare
     m = prepare(args.source, args.out, folds=args.folds, seed=args.seed, old_age=args.old_age, fixes=args.fixes,
                 skip_bad=args.skip_bad, allow_absolute=args.allow_absolute, num_classes=args.num_classes,
                 workers=args.workers)
@@ -32,7 +38,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from .data.stats import compute_stats
+    from .prep.stats import compute_stats
     r = compute_stats(args.dir, faces=args.faces, workers=args.workers)
     fmt = lambda v: "[" + ", ".join(f"{x:.4f}" for x in v) + "]"  # noqa: E731
     print(f"{r['images']} images: mean {fmt(r['mean'])} std {fmt(r['std'])} -> {Path(args.dir) / 'stats.json'}")
@@ -40,7 +46,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_faces(args) -> int:
-    from .data.faces import build_face_crops
+    from .prep.faces import build_face_crops
     s = build_face_crops(args.dir, margin=args.margin, size=args.size, batch_size=args.batch_size,
                          workers=args.workers or 2)
     c = s["counts"]
@@ -50,7 +56,7 @@ def cmd_faces(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from .config import config_table, dump_yaml, load_config
+    from .config_io import config_table, dump_yaml, load_config
     if args.table:
         sys.stdout.write(config_table())
     else:
@@ -79,23 +85,96 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from .engine.trainer import RunInterrupted, format_summary, run_training
+def parse_folds(spec: str | None, k: int) -> list[int]:
+    """'all' → every fold; '0' → [0]; '0,2' → [0, 2]; checked against the k folds."""
+    if spec in ("all", "", None):
+        return list(range(k))
     try:
-        s = run_training(prepared=args.dir, config=args.config, overrides=args.overrides, folds=args.folds,
-                         run_dir=args.run_dir, resume=args.resume)
+        folds = sorted({int(s) for s in str(spec).split(",")})
+    except ValueError:
+        raise ConfigError(f"--folds {spec!r}: use 'all', one fold like 0, or a list like 0,2") from None
+    bad = [f for f in folds if not 0 <= f < k]
+    if bad:
+        raise ConfigError(f"--folds {spec!r}: fold(s) {bad} do not exist; the prepared dir has folds 0..{k - 1}")
+    return folds
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"run: {s['run_dir']}"]
+    for f, r in s["folds"].items():
+        if r.get("best_f1") is not None:
+            lines.append(f"fold {f}: best val macro F1 {r['best_f1']:.4f} (acc {r['best_acc']:.4f}, epoch "
+                         f"{r['best_epoch']}, {r['status']})")
+    if s.get("oof_f1") is not None:
+        lines.append(f"out-of-fold macro F1: {s['oof_f1']:.4f}")
+    if s.get("head_f1"):
+        lines.append("per-head F1: " + ", ".join(f"{h} {v:.4f}" for h, v in s["head_f1"].items()))
+    if s.get("mean_f1") is not None:
+        lines.append(f"best val macro F1: {s['mean_f1']:.4f}")
+    return "\n".join(lines)
+
+
+def write_report_safely(run: str | Path) -> None:
+    """The report after training: a failure is a warning, never a lost training."""
+    from .report import write_report
+    try:
+        write_report(run)
+    except Exception as e:  # noqa: BLE001 - a report failure must not lose a finished training
+        print(f"maskcls: warning: could not write the report ({e}); run `maskcls report {run}` to retry",
+              file=sys.stderr)
+
+
+def cmd_train(args) -> int:
+    from .config_io import load_config
+    from .engine.run import RunInterrupted, resume_training, run_training
+    from .engine.rundir import read_run_config
+    from .prep.prepared import load_prepared
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("--resume continues a run with its recorded config; drop -c/--set")
+        report = read_run_config(args.resume).run.report
+        start = lambda: resume_training(args.resume, prepared=args.dir)  # noqa: E731
+    else:
+        if not args.dir:
+            raise ConfigError("train needs a prepared directory (maskcls prepare SOURCE --out DIR), or --resume RUN")
+        cfg = load_config(args.config, args.overrides)
+        prep = load_prepared(args.dir)
+        folds = parse_folds(args.folds, prep.num_folds)
+        report = cfg.run.report
+        start = lambda: run_training(cfg, prep, folds=folds, run_dir=args.run_dir)  # noqa: E731
+    try:
+        s = start()
     except RunInterrupted as e:
+        if report and e.is_main:
+            write_report_safely(e.run)
         print(f"interrupted: completed epochs are saved; continue with maskcls train --resume {e.run}",
               file=sys.stderr)
         return 130
     if s["is_main"]:  # other ranks of a multi-process run stay quiet
+        if report:
+            write_report_safely(s["run_dir"])
         print(format_summary(s))
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_command
-    return predict_command(args)
+    from .predict import predict_images, predict_submission
+    if args.images:
+        res = predict_images(args.run, args.images, folds=args.folds, tta=args.tta,
+                             batch_size=args.batch_size or 32)
+        for r in res:
+            if args.json:
+                print(json.dumps(r))
+            elif "error" in r:
+                print(f"{r['path']}\terror: {r['error']}")
+            else:
+                print(f"{r['path']}\t{r['label']}\tclass {r['class_id']}\tconfidence {r['confidence']:.3f}")
+        return 1 if any("error" in r for r in res) else 0
+    s = predict_submission(args.run, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
+                           batch_size=args.batch_size)
+    print(f"submission: {s['submission']} ({s['rows']} rows, folds {s['folds']}, tta {s['tta']})")
+    print(f"probabilities: {s['probabilities']}")
+    return 0
 
 
 def cmd_report(args) -> int:

@@ -1,21 +1,15 @@
-"""One typed configuration: dataclass defaults ← YAML file (``-c``) ← ``--set key=value``.
+"""The typed configuration: one dataclass per section, each field with its default, help and range.
 
-Every key is checked: unknown keys fail with a did-you-mean, values are coerced to the
-field's type, choices (``Literal``) and ranges (``metadata={"min": …}``) are enforced.
-``configs/default.yaml`` is a dump of these defaults (a test keeps it current).
+Components receive their section (``make_accelerator(cfg.train)``, ``build_loss(cfg.loss, …)``),
+never the whole config. Reading YAML / ``--set`` and checking values is :mod:`.config_io`;
+``configs/default.yaml`` and the README table are generated from these classes (tests keep
+them current).
 """
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Optional
-
-import yaml
-
-from .errors import ConfigError, did_you_mean
+from typing import Literal, Optional
 
 
 def _f(default, help: str, **limits):
@@ -123,7 +117,8 @@ class LossConfig:
                              "0 = none). 0.5: fully balanced weights over-correct (the mask head's 'wear', 5 of "
                              "every 7 photos, got 1/5 of the others' weight) and cost macro F1 on every seed "
                              "measured (docs/benchmarks.md).", min=0.0, max=2.0)
-    head_weights: list[float] = _f([1.0, 1.0, 1.0], "multi heads: weights of the mask, gender, age losses.")
+    head_weights: Optional[list[float]] = _f(None, "multi heads: weight of each attribute's loss, in the task's "
+                                             "order (mask, gender, age); null = equal weights.")
 
 
 @dataclass
@@ -146,165 +141,3 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# ----------------------------------------------------------------------------- checking
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of "
-                              f"{', '.join(map(repr, args))}{did_you_mean(str(value), map(str, args))}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list like [0.5, 0.5, 0.5], got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"unsupported config type {tp} for {key}")
-
-
-def _check_range(key: str, value: Any, meta: dict) -> None:
-    if value is None or isinstance(value, (list, str, bool)):
-        return
-    lo, hi = meta.get("min"), meta.get("max")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise ConfigError(f"{key}: {value!r} is out of range {rng}")
-
-
-def _sections(cfg: Config) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-
-
-def set_value(cfg: Config, dotted: str, value: Any) -> None:
-    """Set ``section.key`` on ``cfg`` with type/choice/range checks."""
-    sections = _sections(cfg)
-    if "." not in dotted:
-        raise ConfigError(f"config key {dotted!r} needs a section, e.g. train.epochs; sections: "
-                          f"{', '.join(sections)}{did_you_mean(dotted, all_keys())}")
-    sec_name, key = dotted.split(".", 1)
-    if sec_name not in sections:
-        raise ConfigError(f"unknown config section {sec_name!r} in {dotted!r}; sections: {', '.join(sections)}"
-                          f"{did_you_mean(dotted, all_keys())}")
-    sec = sections[sec_name]
-    fields = {f.name: f for f in dataclasses.fields(sec)}
-    if key not in fields:
-        raise ConfigError(f"unknown config key {dotted!r}{did_you_mean(dotted, all_keys())}; "
-                          f"keys of {sec_name}: {', '.join(fields)}")
-    hints = typing.get_type_hints(type(sec))
-    v = _coerce(dotted, value, hints[key])
-    _check_range(dotted, v, dict(fields[key].metadata))
-    setattr(sec, key, v)
-
-
-def all_keys() -> list[str]:
-    cfg = Config()
-    return [f"{s}.{f.name}" for s, sec in _sections(cfg).items() for f in dataclasses.fields(sec)]
-
-
-def apply_dict(cfg: Config, data: dict, source: str = "config") -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections (data:, model:, train: …)")
-    for sec, values in data.items():
-        if not isinstance(values, dict):
-            set_value(cfg, str(sec), values)  # raises with a clear message
-        for k, v in values.items():
-            try:
-                set_value(cfg, f"{sec}.{k}", v)
-            except ConfigError as e:
-                raise ConfigError(f"{source}: {e}") from None
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'train.epochs=3' → ('train.epochs', 3). The value is parsed as YAML (safe_load)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.epochs=3")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: cannot parse value ({e.problem})") from None
-    return key.strip(), value
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults ← YAML file ← ``key=value`` overrides, all checked."""
-    cfg = Config()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} not found; pass an existing YAML file to -c "
-                                    "(configs/default.yaml is a template)")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})") from None
-        apply_dict(cfg, data, source=str(p))
-    for text in overrides or []:
-        set_value(cfg, *parse_override(text))
-    validate(cfg)
-    return cfg
-
-
-def config_from_dict(data: dict) -> Config:
-    cfg = Config()
-    apply_dict(cfg, data)
-    return cfg
-
-
-def validate(cfg: Config) -> None:
-    """Cross-field checks."""
-    if cfg.data.normalize == "custom" and (cfg.data.mean is None or cfg.data.std is None):
-        raise ConfigError("data.normalize=custom needs data.mean and data.std (3 numbers each)")
-    for k in ("mean", "std"):
-        v = getattr(cfg.data, k)
-        if v is not None and len(v) != 3:
-            raise ConfigError(f"data.{k} needs 3 numbers (R, G, B), got {len(v)}")
-    if cfg.data.std is not None and min(cfg.data.std) <= 0:
-        raise ConfigError("data.std values must be > 0")
-    if len(cfg.loss.head_weights) != 3:
-        raise ConfigError("loss.head_weights needs 3 numbers (mask, gender, age)")
-
-
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-def config_table() -> str:
-    """Markdown table (key, default, meaning) generated from the dataclasses, for the README."""
-    rows = ["| key | default | meaning |", "|---|---|---|"]
-    for s, sec in _sections(Config()).items():
-        for f in dataclasses.fields(sec):
-            default = yaml.safe_dump(getattr(sec, f.name), default_flow_style=True).strip()
-            default = default.removesuffix("\n...").removesuffix("...").strip()
-            rows.append(f"| `{s}.{f.name}` | `{default}` | {f.metadata.get('help', '')} |")
-    return "\n".join(rows) + "\n"

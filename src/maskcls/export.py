@@ -6,7 +6,6 @@ A JSON beside the model documents the crop, size, classes and check values.
 """
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -16,10 +15,10 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .inference import LoadedFold
+from .fsutil import atomic_path, atomic_write_json
+from .inference import LoadedFold, load_folds
+from .labels import Task
 from .models.heads import probabilities
-from .predict import load_folds
-from .utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +26,17 @@ log = logging.getLogger(__name__)
 class ProbabilityEnsemble(nn.Module):
     """Average of the folds' class probabilities."""
 
-    def __init__(self, models: list[nn.Module], heads: str):
+    def __init__(self, models: list[nn.Module], task: Task, heads: str):
         super().__init__()
         self.models = nn.ModuleList(models)
-        self.heads = heads
+        self.task, self.heads = task, heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([probabilities(m(x), self.heads) for m in self.models]).mean(0)
+        return torch.stack([probabilities(m(x), self.task, self.heads) for m in self.models]).mean(0)
 
 
 def build_ensemble(folds: list[LoadedFold]) -> ProbabilityEnsemble:
-    return ProbabilityEnsemble([f.model.float().eval() for f in folds], folds[0].meta["heads"]).eval()
+    return ProbabilityEnsemble([f.model.float().eval() for f in folds], folds[0].task, folds[0].heads).eval()
 
 
 def _example(size: int, n: int = 2) -> torch.Tensor:
@@ -57,15 +56,13 @@ def export_run(run: str | Path, *, fmt: str = "onnx", folds: str = "all", out: s
     x = _example(pp.image_size)
     with torch.no_grad():
         expected = model(x).numpy()
-    tmp = out.with_name(f".{out.name}.tmp")
-    with warnings.catch_warnings():
+    with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "onnx":
             torch.onnx.export(model, (x,), str(tmp), dynamo=False, input_names=["image"], output_names=["probs"],
                               dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}}, opset_version=17)
         else:
             torch.jit.save(torch.jit.trace(model, (x,)), str(tmp))
-    tmp.replace(out)
     got = run_exported(out, x.numpy())
     err = float(np.abs(got - expected).max())
     meta = loaded[0].meta
@@ -80,7 +77,7 @@ def export_run(run: str | Path, *, fmt: str = "onnx", folds: str = "all", out: s
             "output": {"name": "probs", "meaning": "class probabilities (fold average)",
                        "class_names": meta["class_names"]},
             "check": {"max_abs_diff_vs_pytorch": err}}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(spec, indent=2))
+    atomic_write_json(out.with_suffix(".json"), spec)
     log.info("exported %s (max |diff| vs PyTorch %.2e)", out, err)
     return out
 

@@ -1,17 +1,26 @@
-"""Loading trained folds back for prediction and export."""
+"""The inference layer: trained folds loaded back from a run, and their averaged probabilities.
+
+``predict``, ``export`` (and serving) all load folds here: the model is rebuilt from the
+checkpoint's meta (architecture, heads, preprocessing, task), never from a guess.
+"""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .config import Config, config_from_dict
-from .data.pipeline import Preprocessing
+from .config import Config
+from .config_io import config_from_dict
+from .engine.accel import cpu_has_native_bf16
 from .engine.checkpoint import load_checkpoint
+from .engine.fold_data import Preprocessing
 from .errors import CheckpointError
+from .labels import Task
 from .models.factory import MaskClsNet, build_model
+from .models.heads import probabilities
 
 
 @dataclass
@@ -24,6 +33,14 @@ class LoadedFold:
     @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(**self.meta["preprocessing"])
+
+    @property
+    def task(self) -> Task:
+        return Task.from_meta(self.meta)
+
+    @property
+    def heads(self) -> str:
+        return self.meta["heads"]
 
 
 def available_folds(run: Path) -> dict[int, Path]:
@@ -52,7 +69,8 @@ def select_folds(run: str | Path, spec: str = "all") -> dict[int, Path]:
         raise CheckpointError(f"--folds {spec!r}: use all, best, or a list like 0,2") from None
     missing = [f for f in wanted if f not in found]
     if missing:
-        raise CheckpointError(f"--folds {spec!r}: no best.pt for fold(s) {missing} in {run}; available: {sorted(found)}")
+        raise CheckpointError(f"--folds {spec!r}: no best.pt for fold(s) {missing} in {run}; "
+                              f"available: {sorted(found)}")
     return {f: found[f] for f in wanted}
 
 
@@ -60,8 +78,9 @@ def load_fold(path: Path, fold: int) -> LoadedFold:
     ck = load_checkpoint(path)
     meta, cfg = ck["meta"], config_from_dict(ck["config"])
     pp = meta["preprocessing"]
-    model, _ = build_model(meta["model_name"], num_classes=meta["num_classes"], heads=meta["heads"],
-                           pretrained="none", mean=pp["mean"], std=pp["std"])
+    task = Task.from_meta(meta)
+    model, _ = build_model(meta["model_name"], num_outputs=task.outputs(meta["heads"]), pretrained="none",
+                           mean=pp["mean"], std=pp["std"], image_size=pp["image_size"])
     model.load_state_dict(ck["model"])
     model.eval()
     return LoadedFold(fold, model, meta, cfg)
@@ -77,30 +96,34 @@ def check_compatible(folds: list[LoadedFold]) -> None:
                                       "only, or pick folds with --folds")
 
 
+def load_folds(run: str | Path, spec: str = "all") -> list[LoadedFold]:
+    """The folds of ``run`` chosen by ``spec`` ('all', 'best', '0,2'), checked to form one ensemble."""
+    folds = [load_fold(p, f) for f, p in select_folds(run, spec).items()]
+    check_compatible(folds)
+    return folds
+
+
 def device_for_inference() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()
 def ensemble_probs(folds: list[LoadedFold], loader, *, tta: str = "none", device: torch.device | None = None,
-                   bf16: bool | None = None, progress: bool = True) -> "np.ndarray":
+                   bf16: bool | None = None, progress: bool = True) -> np.ndarray:
     """Average class probabilities of ``folds`` (and of the flipped view with tta='hflip') over ``loader``."""
-    import numpy as np
     from tqdm import tqdm
-
-    from .models.heads import probabilities
     device = device or device_for_inference()
     if bf16 is None:
-        from .engine.trainer import cpu_has_native_bf16
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu" and cpu_has_native_bf16()
+        bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()
+                or device.type == "cpu" and cpu_has_native_bf16())
     models = [f.model.to(device).to(memory_format=torch.channels_last).eval() for f in folds]
-    heads = folds[0].meta["heads"]
+    task, heads = folds[0].task, folds[0].heads
     out = []
     for x, _, _ in tqdm(loader, desc="predict", leave=False, disable=not progress, dynamic_ncols=True):
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         views = [x, torch.flip(x, dims=[3])] if tta == "hflip" else [x]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            p = sum(probabilities(m(v).float(), heads) for m in models for v in views) / (len(models) * len(views))
+            p = sum(probabilities(m(v).float(), task, heads) for m in models for v in views)
+            p = p / (len(models) * len(views))
         out.append(p.float().cpu().numpy())
-    k = folds[0].meta["num_classes"]
-    return np.concatenate(out) if out else np.zeros((0, k), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, task.num_classes), np.float32)

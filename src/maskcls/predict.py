@@ -1,9 +1,7 @@
 """``maskcls predict``: a competition submission, or one line per image for a person at a shell."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,29 +9,13 @@ import pandas as pd
 
 from .data.imageio import is_image_name, probe
 from .data.loader import build_loader
-from .data.pipeline import make_dataset, paths_dataset
-from .data.prepared import load_prepared
+from .engine.fold_data import make_dataset, paths_dataset, resolve_loader
 from .errors import DataError
-from .inference import LoadedFold, check_compatible, ensemble_probs, load_fold, select_folds
-from .utils import atomic_write_text
+from .fsutil import atomic_write_text, free_name
+from .inference import ensemble_probs, load_folds
+from .prep.prepared import load_prepared
 
 log = logging.getLogger(__name__)
-
-
-def load_folds(run: str | Path, spec: str) -> list[LoadedFold]:
-    folds = [load_fold(p, f) for f, p in select_folds(run, spec).items()]
-    check_compatible(folds)
-    return folds
-
-
-def _free_name(path: Path) -> Path:
-    """``path`` if free, else path-2, path-3… (predictions never overwrite each other)."""
-    if not path.exists():
-        return path
-    n = 2
-    while (alt := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
-        n += 1
-    return alt
 
 
 def predict_submission(run: str | Path, *, data: str | None = None, out: str | None = None, folds: str = "all",
@@ -58,13 +40,13 @@ def predict_submission(run: str | Path, *, data: str | None = None, out: str | N
                         f"{missing}); re-run `maskcls prepare` without --skip-bad for the eval part")
     pp = loaded[0].preprocessing
     ds = make_dataset(prep, rows, cfg.data, pp, training=False, seed=0)
-    nw = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+    workers, kind = resolve_loader(cfg.data)  # the run's data.num_workers and loader
     loader = build_loader(ds, batch_size=batch_size or cfg.train.valid_batch_size, sampler=range(len(ds)),
-                          workers=nw, kind=cfg.data.loader)
+                          workers=workers if num_workers is None else num_workers, kind=kind)
     probs = ensemble_probs(loaded, loader, tta=tta)
     sub = info.copy()
     sub["ans"] = probs.argmax(1)
-    out_path = _free_name(Path(out) if out else Path(run) / "submission.csv")
+    out_path = free_name(Path(out) if out else Path(run) / "submission.csv")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_path, sub.to_csv(index=False))
     prob_df = pd.DataFrame(probs, columns=[f"prob_{i}" for i in range(probs.shape[1])])
@@ -107,8 +89,7 @@ def predict_images(run: str | Path, items: list[str], *, folds: str = "all", tta
         except (DataError, OSError) as e:
             results.append({"path": p, "error": str(e).replace(f"{p}: ", "")})
     if good:
-        pp = loaded[0].preprocessing
-        ds = paths_dataset(good, loaded[0].cfg.data.preset, pp, face_settings=meta.get("face_settings"))
+        ds = paths_dataset(good, loaded[0].preprocessing, face_settings=meta.get("face_settings"))
         probs = ensemble_probs(loaded, build_loader(ds, batch_size=batch_size, sampler=range(len(ds)), workers=0),
                                tta=tta, progress=False)
         names = meta["class_names"]
@@ -118,21 +99,3 @@ def predict_images(run: str | Path, items: list[str], *, folds: str = "all", tta
                             "confidence": float(pr[c])})
     order = {p: i for i, p in enumerate(paths)}
     return sorted(results, key=lambda r: order[r["path"]])
-
-
-def predict_command(args) -> int:
-    if args.images:
-        res = predict_images(args.run, args.images, folds=args.folds, tta=args.tta, batch_size=args.batch_size or 32)
-        for r in res:
-            if args.json:
-                print(json.dumps(r))
-            elif "error" in r:
-                print(f"{r['path']}\terror: {r['error']}")
-            else:
-                print(f"{r['path']}\t{r['label']}\tclass {r['class_id']}\tconfidence {r['confidence']:.3f}")
-        return 1 if any("error" in r for r in res) else 0
-    s = predict_submission(args.run, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
-                           batch_size=args.batch_size)
-    print(f"submission: {s['submission']} ({s['rows']} rows, folds {s['folds']}, tta {s['tta']})")
-    print(f"probabilities: {s['probabilities']}")
-    return 0

@@ -21,13 +21,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 PAGE_CSS = """
-body{margin:0;background:#f3f4f6;color:#111827;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
+body{margin:0;background:#f3f4f6;color:#111827;
+font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
 header{background:linear-gradient(135deg,#111827,#1e3a8a);color:#fff;padding:28px 0 22px}
 .wrap{max-width:1180px;margin:0 auto;padding:0 24px}
 h1{margin:0;font-size:28px}.sub{color:#c7d2fe;margin-top:4px}
 .kpis{display:flex;flex-wrap:wrap;gap:12px;margin-top:18px}
 .kpi{background:rgba(255,255,255,.1);border-radius:10px;padding:10px 16px;min-width:120px}
-.kpi b{display:block;font-size:24px}.kpi span{font-size:12px;color:#c7d2fe;text-transform:uppercase;letter-spacing:.04em}
+.kpi b{display:block;font-size:24px}
+.kpi span{font-size:12px;color:#c7d2fe;text-transform:uppercase;letter-spacing:.04em}
 .banner{background:#fef3c7;border:1px solid #f59e0b;border-radius:10px;padding:12px 18px;margin:18px 0 0}
 section{background:#fff;border-radius:12px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:18px 22px;margin:18px 0}
 h2{margin:0 0 12px;font-size:19px}img.fig{max-width:100%;display:block;margin:auto}
@@ -41,7 +43,8 @@ tr.weak td{background:#fee2e2}tr.weak .bar{background:#dc2626}tr.macro td{font-w
 .card{border:1px solid #e5e7eb;border-radius:8px;padding:6px;font-size:12px;text-align:center}
 .card img,.ph{width:128px;height:128px;object-fit:contain;background:#f3f4f6;display:block;margin:0 auto 4px}
 .ph{display:flex;align-items:center;justify-content:center;color:#9ca3af}
-.t{color:#047857}.p{color:#b91c1c}.card small{display:block;color:#6b7280;font-size:10px;text-transform:uppercase;letter-spacing:.05em;margin-top:3px}.muted{color:#6b7280}
+.t{color:#047857}.p{color:#b91c1c}.muted{color:#6b7280}
+.card small{display:block;color:#6b7280;font-size:10px;text-transform:uppercase;letter-spacing:.05em;margin-top:3px}
 pre{background:#0f172a;color:#e2e8f0;padding:14px;border-radius:8px;overflow:auto;font-size:13px}
 summary{cursor:pointer;font-weight:600}
 """

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..data.prepared import FORMAT_VERSION, MANIFEST_COLUMNS
+from ..prep.prepared import FORMAT_VERSION, MANIFEST_COLUMNS
 
 # Head-and-shoulders region of astronaut() (rows, cols) and MTCNN's face box inside it.
 _HEAD_Y, _HEAD_X = (0, 330), (95, 355)
@@ -135,7 +135,8 @@ def bench_faces(*, images: int = 200, workdir: Path | None = None, reference_ima
                 batch_size: int = 16, workers: int = 2) -> dict:
     """Time ``build_face_crops`` on ``images`` astronaut photos against the naive reference."""
     import facenet_pytorch  # noqa: F401  - imported once, outside both timings
-    from ..data.faces import build_face_crops
+
+    from ..prep.faces import build_face_crops
     with tempfile.TemporaryDirectory(prefix="maskcls-bench-faces-", dir=workdir) as tmp:
         root, prep = Path(tmp) / "dataset", Path(tmp) / "prepared"
         names, truth = _make_photos(root, images)

@@ -36,10 +36,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.cache import build_cache
-from ..errors import ConfigError
-from ..data.dataset import ArraySource, FileSource, ImageDataset, make_loader
+from ..data.dataset import ArraySource, FileSource, ImageDataset
+from ..data.loader import build_loader, set_epoch
+from ..data.sampler import EpochSampler
 from ..data.transforms import REFERENCE_CROP, create_transform, reference_jitter
+from ..errors import ConfigError
+from ..prep.cache import build_cache
 from .common import make_jpegs
 
 log = logging.getLogger(__name__)
@@ -173,8 +175,11 @@ def _run(root: Path, images: int, batch_size: int, workers: int, image_size: int
     def loader(name: str, nw: int, kind: str, epoch: int):
         if name == "reference":  # a plain DataLoader, as the recipe built it
             return DataLoader(datasets[name], batch_size=batch_size, shuffle=True, num_workers=nw)
-        return make_loader(datasets[name], batch_size=batch_size, shuffle_seed=0, epoch=epoch, num_workers=nw,
+        ds = datasets[name]  # the training path: an epoch-seeded sampler, then set_epoch
+        out = build_loader(ds, batch_size=batch_size, sampler=EpochSampler(len(ds), seed=0), workers=nw,
                            kind="auto" if kind == "-" else kind)
+        set_epoch(out, epoch)
+        return out
 
     # (pipeline, workers, loader kind, consumer): ours with threads, as auto runs them with CUDA;
     # the headline rows also run with worker processes and with the float normalisation
@@ -212,7 +217,8 @@ def _run(root: Path, images: int, batch_size: int, workers: int, image_size: int
     lines += [f"{r['pipeline']:<19} {r['workers']:>7} {r['loader']:>9} {r['img_per_s']:>9.1f} {r['vs_reference']:>7.2f}"
               for r in rows]
     lines += [f"with the float normalisation on this CPU: JPEG {norm_speedup[0]:.2f}x, cache {norm_speedup[1]:.2f}x"]
-    lines += [f"crop cache build: {cache_s:.2f} s ({images / cache_s:.0f} img/s, {max(1, workers)} threads, not counted above)",
+    lines += [f"crop cache build: {cache_s:.2f} s ({images / cache_s:.0f} img/s, {max(1, workers)} threads, "
+              "not counted above)",
               f"loader speedup vs reference: {speedup:.2f}",
               f"loader cache speedup vs reference: {cache_speedup:.2f}"]
     return {"rows": rows, "cache_build_s": round(cache_s, 3), "speedup": round(speedup, 2),

@@ -51,10 +51,10 @@ def bench_memory(*, images: int = 20000, workers: int = 2, image_size: int = 128
     from torch.utils.data import DataLoader
 
     from ..config import DataConfig
-    from ..data.pipeline import Preprocessing, make_dataset
-    from ..data.prepare import prepare
-    from ..data.prepared import load_prepared
-    from ..data.synth import synthesize
+    from ..engine.fold_data import Preprocessing, make_dataset
+    from ..prep.prepare import prepare
+    from ..prep.prepared import load_prepared
+    from ..prep.synth import synthesize
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         t0 = time.time()
         people = max(2, round(images / 7))
@@ -79,7 +79,8 @@ def bench_memory(*, images: int = 20000, workers: int = 2, image_size: int = 128
         f"{workers} workers",
         f"synth {t_synth:.0f}s, prepare {t_prep:.0f}s, loader pass {t_pass:.0f}s ({n / t_pass:.0f} img/s)",
         f"main process RSS before the pass: {base / gib:.2f} GiB",
-        f"peak RSS of the process tree (main + workers, shared pages counted per process): {mem.peak_rss / gib:.2f} GiB",
+        "peak RSS of the process tree (main + workers, shared pages counted per process): "
+        f"{mem.peak_rss / gib:.2f} GiB",
         f"peak PSS of the process tree (shared pages split): {mem.peak_pss / gib:.2f} GiB",
         f"target < 2 GiB: {'met' if mem.peak_rss < 2 * gib else 'NOT met'}"])
     return {"images": n, "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss, "text": text}

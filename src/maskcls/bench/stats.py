@@ -26,7 +26,7 @@ def reference_stats(paths) -> dict:
 def bench_stats(*, images: int = 300, workers: int = 2, workdir: Path | None = None) -> dict:
     """Time both routines on the same generated 384×512 JPEGs; return rows and printable text."""
     from ..data.imageio import read_rgb
-    from ..data.stats import pooled_stats
+    from ..prep.stats import pooled_stats
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         paths = make_jpegs(Path(tmp), images)
         t0 = time.perf_counter()
@@ -40,7 +40,8 @@ def bench_stats(*, images: int = 300, workers: int = 2, workdir: Path | None = N
     lines = [
         f"images: {images} (384x512 JPEG), workers: {workers}",
         f"{'routine':<34}{'img/s':>10}{'std R':>10}{'std G':>10}{'std B':>10}",
-        f"{'reference (mean of per-image std)':<34}{images / t_ref:>10.1f}" + "".join(f"{s:>10.4f}" for s in ref["std"]),
+        f"{'reference (mean of per-image std)':<34}{images / t_ref:>10.1f}"
+        + "".join(f"{s:>10.4f}" for s in ref["std"]),
         f"{'maskcls (exact pooled std)':<34}{images / t_ours:>10.1f}" + "".join(f"{s:>10.4f}" for s in ours["std"]),
         f"means agree: max |diff| = {np.max(np.abs(np.array(ref['mean']) - ours['mean'])):.2e}",
         f"reference std is biased low by {100 * (1 - np.mean(ref['std']) / np.mean(ours['std'])):.1f}% on average",

@@ -68,7 +68,7 @@ def bench_train(*, images: int = 120, batch_size: int = 30, model_name: str = "e
         "text"}``; ``text`` ends with ``train speedup vs reference: X.XX`` for the ``auto``
         precision.
     """
-    from ..engine.trainer import cpu_has_native_bf16
+    from ..engine.accel import cpu_has_native_bf16
     from ..models.factory import build_model
     native = cpu_has_native_bf16()
     auto = "bf16" if native else "fp32"
@@ -86,11 +86,11 @@ def bench_train(*, images: int = 120, batch_size: int = 30, model_name: str = "e
 
     def ours_model() -> nn.Module:
         torch.manual_seed(0)
-        model, _ = build_model(model_name, num_classes=18, pretrained="none")
+        model, _ = build_model(model_name, num_outputs=18, pretrained="none")
         return model.to(memory_format=torch.channels_last)
 
     torch.manual_seed(0)
-    ref_model, _ = build_model(model_name, num_classes=18, pretrained="none")
+    ref_model, _ = build_model(model_name, num_outputs=18, pretrained="none")
     ref = _Loop(ref_model.backbone, bf16=False, channels_last=False)  # plain timm model, float input
     fp32 = _Loop(ours_model(), bf16=False, channels_last=True)
     ref.step(ref_x[0], ys[0], timed=False)  # warm-up: allocator, oneDNN primitives

@@ -8,21 +8,19 @@ Design points (each one prevents a real failure):
   augmented the same way whichever worker draws it, for any ``num_workers``, and a
   resumed run sees exactly the images an uninterrupted one would.
 * Loaders use non-persistent workers, so a worker forked for epoch ``e`` sees
-  ``set_epoch(e)``; build one loader per epoch with :func:`make_loader`.
+  ``set_epoch(e)`` (:func:`maskcls.data.loader.set_epoch` sets it on dataset and sampler).
 * A file that cannot be decoded raises :class:`DataError` naming it — never a silent skip
   (that would change the epoch's contents) and never a hang.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import sys
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .imageio import read_rgb
@@ -60,22 +58,28 @@ class FileSource:
 
 
 class ArraySource:
-    """Images as rows of an ``N×H×W×3`` uint8 array, typically the crop cache's memmap."""
+    """Images as rows of an ``N×H×W×3`` uint8 array (the crop cache, face crops), read lazily.
 
-    def __init__(self, array: np.ndarray):
+    Args:
+        array: the array, typically a read-only memory map.
+        rows: which rows, in dataset order (default: all of them).
+    """
+
+    def __init__(self, array: np.ndarray, rows: Sequence[int] | None = None):
         if array.ndim != 4 or array.shape[3] != 3 or array.dtype != np.uint8:
             raise ValueError(f"ArraySource needs an N×H×W×3 uint8 array, got {array.shape} {array.dtype}")
         self.array = array
+        self.rows = np.arange(len(array)) if rows is None else np.asarray(rows, dtype=np.int64)
         self._plain = np.asarray(array)  # an ndarray view: no memmap __getitem__ per image
 
     def __len__(self) -> int:
-        return len(self.array)
+        return len(self.rows)
 
     def name(self, i: int) -> str:
-        return f"{getattr(self.array, 'filename', None) or 'array'}[{i}]"
+        return f"{getattr(self.array, 'filename', None) or 'array'}[{self.rows[i]}]"
 
     def read(self, i: int) -> np.ndarray:
-        return self._plain[i]
+        return self._plain[self.rows[i]]  # a read-only view; transforms never write their input
 
 
 class ImageDataset(Dataset):
@@ -138,67 +142,3 @@ class ImageDataset(Dataset):
         else:
             out.copy_(self.transform(img, rng))
         return int(self.labels[i]), i
-
-
-_MALLOC_TUNED = False
-
-
-def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
-    """Keep freed heap memory for reuse instead of returning it to the OS (glibc only).
-
-    Each image allocates and frees a few 0.4–2 MB arrays. glibc's defaults hand such
-    blocks back to the kernel and fault them in again on the next image; page faults are
-    costly (≈2.5 µs per 4 kB page in the VMs this was measured on): re-faulting took
-    about 45% of the time of decode + centre square + resize. Retained memory is bounded by the process's peak use.
-    Idempotent; returns False where glibc's ``mallopt`` is unavailable (a no-op there).
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(-3, int(mmap_threshold)) == 1  # M_MMAP_THRESHOLD
-        ok = libc.mallopt(-1, int(trim_threshold)) == 1 and ok  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return False
-    _MALLOC_TUNED = ok
-    return ok
-
-
-def shuffle_generator(seed: int, epoch: int) -> torch.Generator:
-    """A torch Generator for epoch ``epoch`` of a run seeded ``seed`` (no (s, e) collisions)."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def make_loader(dataset: Dataset, *, batch_size: int, shuffle_seed: int | None, epoch: int,
-                num_workers: int, drop_last: bool = False, sampler: Sampler | None = None, kind: str = "auto"):
-    """A loader for one epoch: deterministic order and augmentation for that epoch.
-
-    Args:
-        dataset: usually an :class:`ImageDataset`; ``set_epoch(epoch)`` is called on it.
-        batch_size: images per batch.
-        shuffle_seed: None = dataset order; else a random permutation that depends only
-            on (shuffle_seed, epoch). Ignored when ``sampler`` is given.
-        epoch: the epoch this loader serves (also passed to ``sampler.set_epoch`` if any).
-        num_workers: workers (0 = load in the calling thread). Worker processes are not
-            persistent, so they see the epoch set here.
-        drop_last: drop a final incomplete batch (training only; evaluation keeps all).
-        sampler: e.g. a weighted or distributed sampler; it must be seeded by the caller.
-        kind: ``auto``, ``threads`` or ``processes`` (see :mod:`maskcls.data.loader`, which
-            also tunes malloc before any worker forks).
-    """
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
-    if sampler is not None:
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-    elif shuffle_seed is None:
-        sampler = SequentialSampler(dataset)
-    else:
-        sampler = RandomSampler(dataset, generator=shuffle_generator(shuffle_seed, epoch))
-    from .loader import build_loader
-    return build_loader(dataset, batch_size=batch_size, sampler=sampler, workers=num_workers, kind=kind,
-                        drop_last=drop_last)

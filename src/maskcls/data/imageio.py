@@ -69,7 +69,8 @@ def read_pil(path: str | Path) -> np.ndarray:
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path} not found; re-run `maskcls prepare` if the dataset moved") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: cannot decode image ({e}); fix or remove the file, or prepare with --skip-bad") from None
+        raise DataError(f"{path}: cannot decode image ({e}); fix or remove the file, or prepare with "
+                        "--skip-bad") from None
 
 
 def read_rgb(path: str | Path, fast: bool = True) -> np.ndarray:

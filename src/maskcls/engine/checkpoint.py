@@ -9,31 +9,26 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
 
 def save_checkpoint(state: dict, path: str | Path, *, keep_previous: bool = False) -> None:
+    """Write ``state`` atomically; ``keep_previous`` rotates the current file to ``*.prev.pt`` first."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+
+    def rotate() -> None:
         if keep_previous and path.exists():
             os.replace(path, path.with_suffix(".prev.pt"))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, before_replace=rotate) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path, *, fallback: bool = True) -> dict:

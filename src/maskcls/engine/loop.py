@@ -10,6 +10,7 @@ import torch
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
+from ..labels import Task
 from ..models.heads import probabilities
 from .metrics import confusion, summarize
 
@@ -25,11 +26,12 @@ def _to_device(x: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def train_one_epoch(model, criterion, optimizer, scheduler, loader, accelerator, *, epoch: int, num_classes: int,
+def train_one_epoch(model, criterion, optimizer, scheduler, loader, accelerator, *, epoch: int, task: Task,
                     heads: str, accum_steps: int = 1, clip_grad: float = 0.0, channels_last: bool = True,
-                    max_batches: int = 0, per_head: bool = False, lr_log: list | None = None) -> dict:
+                    max_batches: int = 0, lr_log: list | None = None) -> dict:
     """Train for one epoch; gradients accumulate over ``accum_steps`` batches (the last window may be shorter)."""
     model.train()
+    num_classes = task.num_classes
     n_batches = len(loader) if not max_batches else min(max_batches, len(loader))
     cm = np.zeros((num_classes, num_classes), np.int64)
     loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
@@ -61,7 +63,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, accelerator,
             if lr_log is not None:
                 lr_log.append(optimizer.param_groups[0]["lr"])
         pred = logits.detach().float()
-        pred = probabilities(pred, heads).argmax(1) if heads == "multi" else pred.argmax(1)
+        pred = probabilities(pred, task, heads).argmax(1) if heads == "multi" else pred.argmax(1)
         cm += confusion(y.cpu().numpy(), pred.cpu().numpy(), num_classes)
         loss_sum += loss.item() * len(y)
         seen += len(y)
@@ -73,7 +75,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, accelerator,
     totals = accelerator.reduce(torch.tensor(np.append(cm.ravel(), [loss_sum, seen]), dtype=torch.float64,
                                              device=accelerator.device), reduction="sum").cpu().numpy()
     cm = totals[:-2].reshape(num_classes, num_classes).round().astype(np.int64)
-    out = summarize(cm, float(totals[-2]), int(totals[-1]), heads=per_head)
+    out = summarize(cm, float(totals[-2]), int(totals[-1]), task)
     out["images"] = int(totals[-1])
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -88,7 +90,7 @@ class _nullctx:
 
 
 @torch.no_grad()
-def predict_probs(model, loader, accelerator, *, heads: str, channels_last: bool = True, tta: str = "none",
+def predict_probs(model, loader, accelerator, *, task: Task, heads: str, channels_last: bool = True,
                   criterion=None, desc: str = "valid") -> tuple[np.ndarray, np.ndarray, float]:
     """Probabilities for every sample of a (possibly sharded) loader, gathered on all ranks.
 
@@ -104,9 +106,7 @@ def predict_probs(model, loader, accelerator, *, heads: str, channels_last: bool
             logits = model(x).float()
             if criterion is not None and (y >= 0).all():
                 loss_sum += criterion(logits, y.to(accelerator.device)).item() * len(y)
-            p = probabilities(logits, heads)
-            if tta == "hflip":
-                p = (p + probabilities(model(torch.flip(x, dims=[3])).float(), heads)) / 2
+            p = probabilities(logits, task, heads)
         idx_parts.append(idx.numpy())
         prob_parts.append(p.cpu().numpy())
     idx = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
@@ -120,15 +120,16 @@ def predict_probs(model, loader, accelerator, *, heads: str, channels_last: bool
     return idx[order], probs[order], loss_sum
 
 
-def evaluate(model, loader, accelerator, *, criterion, labels: np.ndarray, num_classes: int, heads: str,
-             channels_last: bool = True, per_head: bool = False) -> tuple[dict, np.ndarray]:
+def evaluate(model, loader, accelerator, *, criterion, labels: np.ndarray, task: Task, heads: str,
+             channels_last: bool = True) -> tuple[dict, np.ndarray]:
     """Validation metrics over the whole set (exact macro F1), and the probabilities."""
     t0 = time.perf_counter()
-    idx, probs, loss_sum = predict_probs(model, loader, accelerator, heads=heads, channels_last=channels_last,
-                                         criterion=criterion)
-    assert len(idx) == len(labels) and (idx == np.arange(len(labels))).all(), "validation rows lost or duplicated"
-    cm = confusion(labels, probs.argmax(1), num_classes)
-    out = summarize(cm, loss_sum, len(labels), heads=per_head)
+    idx, probs, loss_sum = predict_probs(model, loader, accelerator, task=task, heads=heads,
+                                         channels_last=channels_last, criterion=criterion)
+    if len(idx) != len(labels) or (idx != np.arange(len(labels))).any():
+        raise RuntimeError(f"validation gathered {len(idx)} rows for {len(labels)} images: rows lost or duplicated")
+    cm = confusion(labels, probs.argmax(1), task.num_classes)
+    out = summarize(cm, loss_sum, len(labels), task)
     out["seconds"] = time.perf_counter() - t0
     return out, probs
 

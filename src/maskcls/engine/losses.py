@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import LossConfig
 from ..errors import ConfigError
-from ..models.heads import HEAD_SLICES, split_targets
+from ..labels import Task
 
 LOSSES = ("ce", "focal", "weighted_ce", "soft_f1")
 
@@ -74,38 +75,37 @@ def _one(name: str, k: int, counts: np.ndarray, label_smoothing: float, gamma: f
 
 
 class MultiHeadLoss(nn.Module):
-    """Weighted sum of the mask, gender and age losses, targets derived from the 18-class label."""
+    """Weighted sum of one loss per attribute, each on its slice of the logits; the attribute
+    targets come from the class id through the task."""
 
-    def __init__(self, losses: dict[str, nn.Module], weights: list[float]):
+    def __init__(self, task: Task, losses: dict[str, nn.Module], weights: list[float]):
         super().__init__()
+        self.task = task
         self.losses = nn.ModuleDict(losses)
-        self.weights = dict(zip(("mask", "gender", "age"), weights))
+        self.weights = dict(zip(losses, weights))
 
     def forward(self, logits, target):
-        t = split_targets(target)
-        return sum(self.weights[h] * self.losses[h](logits[:, HEAD_SLICES[h]], t[h]) for h in self.losses)
+        t = self.task.split(target)
+        slices = self.task.head_slices
+        return sum(self.weights[h] * self.losses[h](logits[:, slices[h]], t[h]) for h in self.losses)
 
 
-def build_loss(name: str, *, num_classes: int, class_counts: np.ndarray, heads: str = "single",
-               label_smoothing: float = 0.0, focal_gamma: float = 2.0,
-               head_weights: list[float] | None = None, weight_power: float = 1.0) -> nn.Module:
-    """The training criterion.
+def build_loss(cfg: LossConfig, *, task: Task, heads: str, class_counts: np.ndarray) -> nn.Module:
+    """The training criterion for ``heads`` ('single': one K-way loss; 'multi': one per attribute).
 
     Args:
-        name: ce | focal | weighted_ce | soft_f1.
-        num_classes: K.
-        class_counts: training examples per class (weighted_ce).
-        heads: 'single' or 'multi' (one loss per head, weighted sum).
-        label_smoothing: for ce / weighted_ce.
-        focal_gamma: focal loss focusing parameter.
-        head_weights: multi heads: weights of mask, gender, age.
-        weight_power: weighted_ce: class weights ``1 / count**weight_power``.
+        cfg: loss.name, label_smoothing, focal_gamma, weight_power, head_weights.
+        task: the label space (attributes and their order).
+        heads: 'single' or 'multi'.
+        class_counts: training examples per class (weighted_ce; per attribute for multi).
     """
+    args = dict(label_smoothing=cfg.label_smoothing, gamma=cfg.focal_gamma, power=cfg.weight_power)
     if heads == "single":
-        return _one(name, num_classes, class_counts, label_smoothing, focal_gamma, weight_power)
-    counts = np.asarray(class_counts).reshape(3, 2, 3)
-    per_head = {"mask": counts.sum((1, 2)), "gender": counts.sum((0, 2)), "age": counts.sum((0, 1))}
-    sizes = {"mask": 3, "gender": 2, "age": 3}
-    return MultiHeadLoss({h: _one(name, sizes[h], per_head[h], label_smoothing, focal_gamma, weight_power)
-                          for h in sizes},
-                         head_weights or [1.0, 1.0, 1.0])
+        return _one(cfg.name, task.num_classes, class_counts, **args)
+    weights = cfg.head_weights or [1.0] * len(task.attributes)
+    if len(weights) != len(task.attributes):
+        raise ConfigError(f"loss.head_weights has {len(weights)} numbers but the task has "
+                          f"{len(task.attributes)} heads ({', '.join(a.name for a in task.attributes)})")
+    counts = task.attribute_counts(class_counts)
+    return MultiHeadLoss(task, {a.name: _one(cfg.name, a.size, counts[a.name], **args) for a in task.attributes},
+                         weights)

@@ -1,16 +1,21 @@
-"""Epoch metrics from a confusion matrix: exact macro F1 over all K classes, accuracy, per-head F1.
+"""Metrics from a confusion matrix: exact macro F1 over all K classes, accuracy, per-attribute F1.
 
 Counts accumulate over the whole epoch (never per-batch averages); F1 of a class with no
 true and no predicted examples is 0, as sklearn's ``zero_division=0`` with ``labels=range(K)``.
+The run summary, the report and the epoch lines all score through these functions.
 """
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+
+from ..labels import Task
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
     """K×K counts, rows = true class, columns = predicted class."""
-    return np.bincount(np.asarray(labels) * k + np.asarray(preds), minlength=k * k).reshape(k, k)
+    return np.bincount(np.asarray(labels, np.int64) * k + np.asarray(preds, np.int64),
+                       minlength=k * k).reshape(k, k)
 
 
 def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
@@ -21,7 +26,7 @@ def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support, "predicted": predicted}
 
 
 def macro_f1(cm: np.ndarray) -> float:
@@ -33,18 +38,36 @@ def accuracy(cm: np.ndarray) -> float:
     return float(np.trace(cm) / n) if n else 0.0
 
 
-def head_confusions(cm18: np.ndarray) -> dict[str, np.ndarray]:
-    """Marginal mask (3×3), gender (2×2) and age (3×3) matrices of an 18-class matrix."""
-    c = cm18.reshape(3, 2, 3, 3, 2, 3)  # true (m,g,a) × pred (m,g,a)
-    return {"mask": c.sum((1, 2, 4, 5)), "gender": c.sum((0, 2, 3, 5)), "age": c.sum((0, 1, 3, 4))}
+def head_f1(cm: np.ndarray, task: Task) -> dict[str, float]:
+    """Macro F1 of each attribute (mask, gender, age …) of a factored task; {} otherwise."""
+    if not task.factored:
+        return {}
+    return {h: macro_f1(m) for h, m in task.attribute_confusions(cm).items()}
 
 
-def head_f1(cm18: np.ndarray) -> dict[str, float]:
-    return {h: macro_f1(m) for h, m in head_confusions(cm18).items()}
-
-
-def summarize(cm: np.ndarray, loss_sum: float, n: int, *, heads: bool) -> dict[str, float]:
+def summarize(cm: np.ndarray, loss_sum: float, n: int, task: Task) -> dict[str, float]:
+    """Loss, accuracy, macro F1 and ``f1_<attribute>`` for a factored task."""
     out = {"loss": loss_sum / max(n, 1), "acc": accuracy(cm), "f1": macro_f1(cm)}
-    if heads:
-        out.update({f"f1_{h}": v for h, v in head_f1(cm).items()})
+    out.update({f"f1_{h}": v for h, v in head_f1(cm, task).items()})
     return out
+
+
+def class_table(cm: np.ndarray, names: list[str]) -> pd.DataFrame:
+    """Per-class precision, recall, F1, support, predicted (index = class name) plus a 'macro' row
+    whose F1 is the macro F1."""
+    pc = per_class(cm)
+    table = pd.DataFrame({k: pc[k] for k in ("precision", "recall", "f1", "support", "predicted")},
+                         index=list(names))
+    table.loc["macro"] = [pc["precision"].mean(), pc["recall"].mean(), pc["f1"].mean(), pc["support"].sum(),
+                          pc["predicted"].sum()]
+    return table
+
+
+def oof_scores(oof: pd.DataFrame, task: Task) -> dict:
+    """Scores of out-of-fold rows (``label``, ``pred`` columns): the one place they are computed.
+
+    Returns {"f1", "acc", "head_f1", "images", "cm"}.
+    """
+    cm = confusion(oof["label"].to_numpy(), oof["pred"].to_numpy(), task.num_classes)
+    return {"f1": macro_f1(cm), "acc": accuracy(cm), "head_f1": head_f1(cm, task), "images": int(cm.sum()),
+            "cm": cm}

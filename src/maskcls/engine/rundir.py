@@ -1,4 +1,9 @@
-"""Run directories: a new one per run (never overwritten), its config, and its summary."""
+"""Run directories: a new one per run (never overwritten), and the files in it.
+
+``RUN/config.yaml`` (the resolved config), ``RUN/run.json`` (where the data came from, which
+folds, what was resolved at start), ``RUN/summary.json``, and per fold ``metrics.csv``,
+``lr.csv``, ``oof.csv`` (checkpoints: :mod:`.checkpoint`). Every write is atomic.
+"""
 from __future__ import annotations
 
 import json
@@ -8,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import Config
+from ..config_io import dump_yaml, read_config
 from ..errors import CheckpointError
-from ..utils import atomic_write_text
-from .metrics import confusion, head_f1, macro_f1
+from ..fsutil import atomic_write_json, atomic_write_text
+from ..labels import Task
+from .metrics import oof_scores
 
 
 def next_run_dir(runs_dir: str | Path, name: str) -> Path:
@@ -29,6 +37,12 @@ def create_run_dir(path: Path) -> Path:
     return path
 
 
+def write_run_files(run: Path, cfg: Config, info: dict) -> None:
+    """config.yaml (resolved) and run.json."""
+    atomic_write_text(run / "config.yaml", dump_yaml(cfg))
+    atomic_write_json(run / "run.json", info)
+
+
 def read_run_info(run: str | Path) -> dict:
     run = Path(run)
     p = run / "run.json"
@@ -36,6 +50,15 @@ def read_run_info(run: str | Path) -> dict:
         raise CheckpointError(f"{run} is not a maskcls run directory (no run.json); pass the folder that "
                               "`maskcls train` created")
     return json.loads(p.read_text())
+
+
+def read_run_config(run: str | Path) -> Config:
+    """The run's typed config (config.yaml as train wrote it)."""
+    return read_config(Path(run) / "config.yaml")
+
+
+def fold_dir(run: Path, fold: int) -> Path:
+    return run / f"fold{fold}"
 
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:
@@ -53,21 +76,23 @@ def write_oof(path: Path, rows: pd.DataFrame, paths: np.ndarray, probs: np.ndarr
     atomic_write_text(path, pd.concat([df, probs_df], axis=1).to_csv(index=False, float_format="%.6f"))
 
 
-def summarize_run(run: Path, *, name: str, task: str, class_names: list[str], heads: str,
-                  folds: dict[int, dict], finished: bool) -> dict:
+def read_oof(run: Path, folds) -> pd.DataFrame | None:
+    """The out-of-fold rows of ``folds`` written so far (with a ``fold`` column), or None."""
+    parts = [pd.read_csv(fold_dir(run, f) / "oof.csv").assign(fold=f) for f in sorted(folds)
+             if (fold_dir(run, f) / "oof.csv").exists()]
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def summarize_run(run: Path, *, name: str, task: Task, heads: str, folds: dict[int, dict], finished: bool) -> dict:
     """summary.json: per-fold bests, mean over folds, out-of-fold F1 when several folds ran."""
-    k = len(class_names)
-    oofs = [pd.read_csv(run / f"fold{f}" / "oof.csv") for f in sorted(folds) if (run / f"fold{f}" / "oof.csv").exists()]
-    oof_f1, hf1 = None, None
-    if oofs:
-        allo = pd.concat(oofs)
-        cm = confusion(allo["label"].to_numpy(), allo["pred"].to_numpy(), k)
-        oof_f1 = macro_f1(cm) if len(oofs) > 1 else None
-        hf1 = head_f1(cm) if task == "mask_gender_age" else None
+    oof = read_oof(run, folds)
+    scores = oof_scores(oof, task) if oof is not None else None
     done = [r["best_f1"] for r in folds.values() if r.get("best_f1") is not None and r["best_f1"] >= 0]
-    summary = {"run": name, "task": task, "num_classes": k, "class_names": class_names, "heads": heads,
+    summary = {"run": name, **task.to_meta(), "heads": heads,
                "folds": {str(f): r for f, r in sorted(folds.items())},
-               "mean_f1": float(np.mean(done)) if done else None, "oof_f1": oof_f1, "head_f1": hf1,
+               "mean_f1": float(np.mean(done)) if done else None,
+               "oof_f1": scores["f1"] if scores and oof["fold"].nunique() > 1 else None,
+               "head_f1": (scores["head_f1"] or None) if scores else None,
                "finished": finished}
-    atomic_write_text(run / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_json(run / "summary.json", summary)
     return summary

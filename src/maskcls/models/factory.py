@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, did_you_mean
-from .heads import HEAD_OUTPUTS
 from .weights import PACKAGE_WEIGHTS, hub_reachable, load_file_state, load_package_state, package_weights_available
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,7 @@ class ModelInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weights: str
+    fixed_size: bool = False  # the architecture is built for one input size (ViTs: position embeddings)
 
 
 def check_name(name: str) -> None:
@@ -55,28 +55,45 @@ def pretrained_info(name: str) -> ModelInfo:
     cfg = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else (cfg or {})
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     return ModelInfo(size, tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-                     tuple(cfg.get("std", (0.229, 0.224, 0.225))), "")
+                     tuple(cfg.get("std", (0.229, 0.224, 0.225))), "", bool(cfg.get("fixed_input_size", False)))
 
 
-def _create(name: str, pretrained: str, num_outputs: int, drop_rate: float) -> tuple[nn.Module, str]:
+def size_kwargs(info: ModelInfo, name: str, image_size: int | None) -> dict:
+    """What timm must be told for ``image_size``: nothing for convolutional nets (any size runs);
+    ``img_size`` for fixed-size architectures, refused up front where timm cannot build it."""
+    if not info.fixed_size or image_size is None or image_size == info.image_size:
+        return {}
+    try:
+        with torch.random.fork_rng(devices=[]):  # a probe: the caller's random stream stays untouched
+            timm.create_model(name, pretrained=False, num_classes=1, img_size=image_size)
+    except Exception as e:  # noqa: BLE001 - TypeError (no img_size), AssertionError (not a patch multiple), ...
+        raise ConfigError(f"{name} is built for {info.image_size}px inputs and cannot be built for "
+                          f"data.image_size={image_size} ({type(e).__name__}: {e}); use "
+                          f"data.image_size={info.image_size} or a convolutional model") from None
+    return {"img_size": image_size}
+
+
+def _create(name: str, pretrained: str, num_outputs: int, drop_rate: float, **size) -> tuple[nn.Module, str]:
     if pretrained == "none":
-        return timm.create_model(name, pretrained=False, num_classes=num_outputs, drop_rate=drop_rate), "random init"
+        return timm.create_model(name, pretrained=False, num_classes=num_outputs, drop_rate=drop_rate,
+                                 **size), "random init"
     if pretrained == "hub":
         if not hub_reachable():
             raise ConfigError(f"model.pretrained=hub: the model hub is unreachable (offline or HF_HUB_OFFLINE=1). "
                               f"Use model.pretrained=package ({', '.join(sorted(PACKAGE_WEIGHTS))}), a local "
                               "weights file, or none")
         try:
-            return timm.create_model(name, pretrained=True, num_classes=num_outputs, drop_rate=drop_rate), "hub"
+            return timm.create_model(name, pretrained=True, num_classes=num_outputs, drop_rate=drop_rate,
+                                     **size), "hub"
         except Exception as e:  # noqa: BLE001 - network / missing-weights errors of many kinds
             raise ConfigError(f"model.pretrained=hub: download of {name} failed ({e}); use a local file") from None
     if pretrained == "package":
-        m = timm.create_model(name, pretrained=False, drop_rate=drop_rate)
+        m = timm.create_model(name, pretrained=False, drop_rate=drop_rate, **size)
         m.load_state_dict(load_package_state(name, m))
         m.reset_classifier(num_outputs)
         return m, f"package ({PACKAGE_WEIGHTS[name][2].split()[0]})"
     # a local file
-    m = timm.create_model(name, pretrained=False, num_classes=num_outputs, drop_rate=drop_rate)
+    m = timm.create_model(name, pretrained=False, num_classes=num_outputs, drop_rate=drop_rate, **size)
     state = load_file_state(pretrained)
     own = m.state_dict()
     clf = m.pretrained_cfg.get("classifier", "classifier")
@@ -90,29 +107,23 @@ def _create(name: str, pretrained: str, num_outputs: int, drop_rate: float) -> t
     return m, f"file {pretrained}"
 
 
-def build_model(name: str, *, num_classes: int, heads: str = "single", pretrained: str = "package",
-                drop_rate: float = 0.0, mean=None, std=None) -> tuple[MaskClsNet, ModelInfo]:
+def build_model(name: str, *, num_outputs: int, pretrained: str = "package", drop_rate: float = 0.0,
+                mean=None, std=None, image_size: int | None = None) -> tuple[MaskClsNet, ModelInfo]:
     """Create ``name`` from timm with weights from ``pretrained`` (package | hub | none | path).
 
     Args:
         name: timm architecture.
-        num_classes: classes of the task (18 for the competition).
-        heads: 'single' (one K-way head) or 'multi' (mask 3 + gender 2 + age 3 logits).
+        num_outputs: width of the last layer (the task's ``outputs(heads)``).
         pretrained: weight source; a missing source is an error, never a silent random init.
         drop_rate: classifier dropout.
         mean, std: normalisation (0–1 scale); default the pretrained config's.
+        image_size: input side; fixed-size architectures (ViTs) are built for it, or refused.
     """
     info = pretrained_info(name)
-    if heads == "auto":
-        heads = "multi" if num_classes == 18 else "single"
-    if heads not in HEAD_OUTPUTS:
-        raise ConfigError(f"model.heads={heads!r}; choose one of {sorted(HEAD_OUTPUTS)}")
-    if heads == "multi" and num_classes != 18:
-        raise ConfigError("model.heads=multi needs the 18-class mask/gender/age task")
     if pretrained == "package" and name not in PACKAGE_WEIGHTS:
         raise ConfigError(f"no offline package weights for {name!r}; architectures that have them: "
                           f"{', '.join(sorted(PACKAGE_WEIGHTS))}. Or use model.pretrained=<local file>, hub, none")
-    backbone, source = _create(name, pretrained, HEAD_OUTPUTS[heads] or num_classes, drop_rate)
+    backbone, source = _create(name, pretrained, num_outputs, drop_rate, **size_kwargs(info, name, image_size))
     info.weights = source
     model = MaskClsNet(backbone, mean or info.mean, std or info.std)
     log.debug("built %s (%s), %d parameters", name, source, sum(p.numel() for p in model.parameters()))

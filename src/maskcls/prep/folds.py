@@ -13,7 +13,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from ..errors import DataError
 
 
-def assign_folds(groups: np.ndarray, labels: np.ndarray, *, k: int = 5, seed: int = 719) -> tuple[np.ndarray, list[str]]:
+def assign_folds(groups: np.ndarray, labels: np.ndarray, *, k: int = 5,
+                 seed: int = 719) -> tuple[np.ndarray, list[str]]:
     """Return (fold per row, warnings). Deterministic for a seed.
 
     Args:

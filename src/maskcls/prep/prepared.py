@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ..labels import Task
 
 FORMAT_VERSION = 1
 MANIFEST_COLUMNS = ["path", "group", "label", "mask", "gender", "age", "age_years", "split", "fold",
@@ -40,8 +41,9 @@ class Prepared:
         return list(self.meta["class_names"])
 
     @property
-    def task(self) -> str:
-        return self.meta["task"]
+    def task(self) -> Task:
+        """The label space (class names, attributes, the scoring age threshold)."""
+        return Task.from_meta(self.meta)
 
     @property
     def num_folds(self) -> int:

@@ -30,10 +30,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..data.fastaug import center_crop, center_square, resize
+from ..data.imageio import read_rgb
+from ..data.loader import tune_malloc
 from ..errors import DataError
-from .fastaug import center_crop, center_square, resize
-from .dataset import tune_malloc
-from .imageio import read_rgb
+from ..fsutil import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -145,22 +146,13 @@ def build_cache(paths: Sequence[str | os.PathLike], fast: Sequence[bool] | None,
     _check_space(cache_dir, nbytes)
     log.info("building crop cache %s: %d images at %d px (%.2f GB)", npy, len(paths), side, nbytes / 1e9)
     t0 = time.perf_counter()
-    tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(npy) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
         _fill_all(out, paths, fast_arr, side, mode, workers)
         out.flush()
         del out
-        os.replace(tmp, npy)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _write_json(meta, {"key": key, "format_version": FORMAT_VERSION, "side": side, "count": len(paths),
-                       "built_seconds": round(time.perf_counter() - t0, 2)})
+    # the key last: it is only ever recorded for a complete array
+    atomic_write_json(meta, {"key": key, "format_version": FORMAT_VERSION, "side": side, "count": len(paths),
+                             "built_seconds": round(time.perf_counter() - t0, 2)}, indent=1)
     log.info("crop cache built in %.1f s", time.perf_counter() - t0)
     return np.load(npy, mmap_mode="r", allow_pickle=False)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)

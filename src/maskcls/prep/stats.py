@@ -8,9 +8,7 @@ mean(σᵢ²) + var(μᵢ), not mean(σᵢ)².
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,8 +17,8 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from ..utils import atomic_write_text
-from .imageio import read_rgb
+from ..data.imageio import read_rgb
+from ..fsutil import atomic_write_json, default_workers
 from .prepared import load_prepared
 
 log = logging.getLogger(__name__)
@@ -82,7 +80,7 @@ def compute_stats(prepared_dir: str | Path, *, faces: bool = False, workers: int
     t0 = time.time()
     prep = load_prepared(prepared_dir)
     rows = prep.train_rows()
-    workers = workers or os.cpu_count() or 1
+    workers = workers or default_workers(cap=64)
     if faces:
         from .faces import load_face_crops
         crops, _ = load_face_crops(prep.dir)
@@ -93,6 +91,6 @@ def compute_stats(prepared_dir: str | Path, *, faces: bool = False, workers: int
         result = pooled_stats(len(paths), lambda i: read_rgb(paths[i], fast=bool(fast[i])), workers=workers)
     result.update({"images": int(len(rows)), "source": "faces" if faces else "photos",
                    "seconds": round(time.time() - t0, 3)})
-    atomic_write_text(Path(prepared_dir) / "stats.json", json.dumps(result, indent=2))
+    atomic_write_json(Path(prepared_dir) / "stats.json", result)
     log.info("stats over %d images: mean %s std %s", len(rows), result["mean"], result["std"])
     return result

@@ -5,7 +5,6 @@ Nothing is written into the source; the output directory must be new (or empty).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -16,13 +15,14 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from .. import labels as L
+from ..data.imageio import probe
 from ..errors import DataError
-from ..utils import atomic_write_text, ensure_new_dir
+from ..fsutil import atomic_write_json, atomic_write_text, default_workers, ensure_new_dir
+from .competition import read_competition, read_fixes
+from .csv_manifest import read_csv_source
 from .folds import assign_folds
-from .imageio import probe
 from .prepared import FORMAT_VERSION, MANIFEST_COLUMNS
-from .sources import SourceTable, detect_kind, read_competition, read_csv_source
+from .sources import SourceTable, detect_kind
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 50
@@ -50,7 +50,7 @@ def _format_problems(problems: list[dict]) -> str:
 def _read_source(source: Path, *, old_age: int, fixes: str | None, allow_absolute: bool,
                  num_classes: int | None) -> SourceTable:
     kind = detect_kind(source)
-    fixes_df = L.read_fixes(fixes) if fixes else None
+    fixes_df = read_fixes(fixes) if fixes else None
     if kind == "competition":
         return read_competition(source, old_age=old_age, fixes=fixes_df)
     if fixes_df is not None:
@@ -85,7 +85,7 @@ def prepare(source: str | Path, out: str | Path, *, folds: int = 5, seed: int = 
                          num_classes=num_classes)
     rows = table.rows.reset_index(drop=True)
     abs_paths = [p if os.path.isabs(p) else str(table.root / p) for p in rows["path"]]
-    infos, bad_images = _probe_all(abs_paths, workers or os.cpu_count() or 1)
+    infos, bad_images = _probe_all(abs_paths, workers or default_workers(cap=64))
     problems = table.problems + bad_images
     if problems and not skip_bad:
         raise DataError(f"{len(problems)} problem(s) in {source}:\n{_format_problems(problems)}\n"
@@ -106,10 +106,10 @@ def prepare(source: str | Path, out: str | Path, *, folds: int = 5, seed: int = 
     rows = rows.reindex(columns=MANIFEST_COLUMNS)
     rows[["mask", "gender", "age", "age_years"]] = rows[["mask", "gender", "age", "age_years"]].fillna(-1).astype(int)
     ensure_new_dir(out)
-    rows.to_csv(out / "manifest.csv", index=False)
+    atomic_write_text(out / "manifest.csv", rows.to_csv(index=False))
     meta = _meta(source, table, rows, folds=folds, seed=seed, old_age=old_age, fixes=fixes, skip_bad=skip_bad,
                  problems=problems, fold_notes=fold_notes, seconds=time.time() - t0)
-    atomic_write_text(out / "prepare.json", json.dumps(meta, indent=2))
+    atomic_write_json(out / "prepare.json", meta)
     log.info("prepared %d images (%d train, %d eval) into %s", len(rows), int(train.sum()),
              int((~train).sum()), out)
     return meta
@@ -118,12 +118,12 @@ def prepare(source: str | Path, out: str | Path, *, folds: int = 5, seed: int = 
 def _meta(source: Path, table: SourceTable, rows: pd.DataFrame, *, folds, seed, old_age, fixes, skip_bad,
           problems, fold_notes, seconds) -> dict:
     tr = rows[rows["split"] == "train"]
-    k = len(table.class_names)
+    k = table.task.num_classes
     return {
         "format_version": FORMAT_VERSION, "maskcls_version": __version__,
-        "source": str(source), "root": str(table.root), "kind": table.kind, "task": table.task,
-        "eval_csv": table.eval_csv, "num_classes": k, "class_names": table.class_names,
-        "folds": folds, "seed": seed, "old_age": old_age, "fixes_file": fixes, "fixes": table.fixes,
+        "source": str(source), "root": str(table.root), "kind": table.kind, **table.task.to_meta(),
+        "eval_csv": table.eval_csv, "folds": folds, "seed": seed, "old_age": old_age, "fixes_file": fixes,
+        "fixes": table.fixes,
         "counts": {
             "images": int(len(rows)), "train_images": int(len(tr)), "eval_images": int(len(rows) - len(tr)),
             "groups": int(tr["group"].nunique()),

@@ -1,0 +1,55 @@
+"""Where training runs: the precision actually used, the Accelerator, determinism and seeds."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: there bf16 autocast speeds CPU training up; on AVX2-only CPUs it is
+    emulated and measured ~8x slower than fp32 (docs/benchmarks.md)."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(c() for c in checks if c is not None)
+
+
+def resolve_precision(choice: str) -> str:
+    """``train.mixed_precision`` → what Accelerate is told: 'bf16', 'fp16' or 'no'.
+
+    'auto' = bf16 on GPUs that support it, else fp16; on CPU bf16 only with native support.
+    """
+    if choice != "auto":
+        if choice == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 (works on CPU) or no")
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def make_accelerator(train: TrainConfig) -> Accelerator:
+    """An Accelerator for ``train``'s precision, with deterministic kernels when asked for."""
+    if train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    acc = Accelerator(mixed_precision=resolve_precision(train.mixed_precision), cpu=not torch.cuda.is_available())
+    if not acc.is_main_process:  # one rank speaks
+        logging.getLogger("maskcls").setLevel(logging.WARNING)
+    return acc
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

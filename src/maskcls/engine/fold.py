@@ -1,0 +1,236 @@
+"""One fold's training: model, data, loss, optimiser and schedule from the config, then epochs.
+
+Each epoch ends with exact validation metrics, ``metrics.csv``, ``lr.csv`` and ``last.pt``
+(full state: resuming from it equals not having stopped); ``best.pt`` and ``oof.csv`` follow
+the best validation macro F1. Every rank trains its shard; rank 0 alone writes.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from .. import __version__
+from ..config import Config
+from ..data.loader import set_epoch
+from ..labels import Task
+from ..models.factory import build_model, unwrap_model
+from ..prep.prepared import Prepared
+from .accel import seed_everything
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .fold_data import Preprocessing, fold_data
+from .loop import TrainingDiverged, evaluate, steps_per_epoch, train_one_epoch
+from .losses import build_loss
+from .optim import build_optimizer, build_scheduler, param_groups
+from .rundir import fold_dir, write_lr_csv, write_metrics_csv, write_oof
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """What every fold of a run shares (the config is the resolved one, as config.yaml records it)."""
+    cfg: Config
+    prep: Prepared
+    task: Task
+    pp: Preprocessing
+    run: Path
+    acc: Accelerator
+    resume: bool
+
+
+@dataclass
+class FoldState:
+    """Progress of one fold; stored as a plain dict in last.pt (``state``) so resuming restores it."""
+    epoch: int = 0              # epochs completed
+    best_f1: float = -1.0
+    best_acc: float = 0.0
+    best_epoch: int = -1        # 0-based index of the best epoch; -1 = none yet
+    bad_epochs: int = 0         # epochs since the best (early stopping)
+    history: list[dict] = field(default_factory=list)  # metrics.csv rows
+    lrs: list[float] = field(default_factory=list)     # lr after every optimizer step
+    status: str = "running"     # running | done | stopped | diverged
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FoldState:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def record(self, row: dict, f1: float, acc: float) -> bool:
+        """Add a finished epoch's metrics row; True when it is the best so far."""
+        best = f1 > self.best_f1
+        self.epoch, self.history = row["epoch"], self.history + [row]
+        if best:
+            self.best_f1, self.best_acc, self.best_epoch, self.bad_epochs = f1, acc, row["epoch"] - 1, 0
+        else:
+            self.bad_epochs += 1
+        return best
+
+    def result(self) -> dict:
+        """The fold's entry in summary.json."""
+        return {"best_f1": self.best_f1, "best_acc": self.best_acc, "best_epoch": self.best_epoch + 1,
+                "epochs_run": self.epoch, "status": self.status}
+
+
+def epoch_line(fold: int, epoch: int, epochs: int, tm: dict, vm: dict, lr: float, best: bool,
+               task: Task) -> str:
+    heads = "".join(f" {a.name} {vm[f'f1_{a.name}']:.3f}" for a in task.attributes if f"f1_{a.name}" in vm)
+    return (f"fold {fold} epoch {epoch + 1}/{epochs}: train loss {tm['loss']:.4f} acc {tm['acc']:.3f} "
+            f"f1 {tm['f1']:.3f} | valid loss {vm['loss']:.4f} acc {vm['acc']:.3f} f1 {vm['f1']:.4f}"
+            f"{' (' + heads.strip() + ')' if heads else ''} | lr {lr:.2e} | "
+            f"{tm['seconds'] + vm['seconds']:.1f}s {tm['images'] / max(tm['seconds'], 1e-9):.1f} img/s"
+            f"{' *best*' if best else ''}")
+
+
+class FoldTrainer:
+    """Builds everything fold ``fold`` needs; :meth:`run` trains it (or continues it) to the end."""
+
+    def __init__(self, ctx: RunContext, fold: int):
+        self.ctx, self.fold, self.dir = ctx, fold, fold_dir(ctx.run, fold)
+        cfg, acc, task = ctx.cfg, ctx.acc, ctx.task
+        if acc.is_main_process:
+            self.dir.mkdir(exist_ok=True)
+        seed = cfg.train.seed + fold
+        seed_everything(seed)
+        model, info = build_model(cfg.model.name, num_outputs=task.outputs(cfg.model.heads),
+                                  pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate,
+                                  mean=ctx.pp.mean, std=ctx.pp.std, image_size=ctx.pp.image_size)
+        self.data = fold_data(ctx.prep, fold, cfg.data, ctx.pp, batch_size=cfg.train.batch_size,
+                              valid_batch_size=cfg.train.valid_batch_size, seed=seed, rank=acc.process_index,
+                              world=acc.num_processes)
+        counts = np.bincount(self.data.train_rows["label"].to_numpy(), minlength=task.num_classes)
+        self.criterion = build_loss(cfg.loss, task=task, heads=cfg.model.heads, class_counts=counts).to(acc.device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        groups = param_groups(model, lr=cfg.optim.lr, head_lr_mult=cfg.optim.head_lr_mult)
+        o = cfg.optim
+        optimizer = build_optimizer(groups, name=o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                                    nesterov=o.nesterov)
+        spe = steps_per_epoch(len(self.data.train_loader), cfg.train.accum_steps, cfg.train.max_train_batches)
+        s = cfg.sched
+        self.scheduler = build_scheduler(optimizer, name=s.name, steps_per_epoch=spe, epochs=cfg.train.epochs,
+                                         base_lr=o.lr, warmup_epochs=s.warmup_epochs, T_0=s.T_0, T_mult=s.T_mult,
+                                         max_lr=s.max_lr, min_lr=s.min_lr)
+        if cfg.train.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.state = FoldState()
+        self.weights = info.weights
+
+    # ------------------------------------------------------------------ state on disk
+    def _resume(self) -> None:
+        ck = load_checkpoint(self.dir / "last.pt")
+        unwrap_model(self.ctx.acc.unwrap_model(self.model)).load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        if self.ctx.acc.scaler is not None and ck.get("scaler"):
+            self.ctx.acc.scaler.load_state_dict(ck["scaler"])
+        self.state = FoldState.from_dict(ck["state"])
+        set_rng_state(ck["rng"])
+        log.info("fold %d: resuming after epoch %d (best f1 %.4f)", self.fold, self.state.epoch, self.state.best_f1)
+
+    def _meta(self) -> dict:
+        """What prediction needs to rebuild and feed the model (stored in every checkpoint)."""
+        ctx = self.ctx
+        meta = {**ctx.task.to_meta(), "heads": ctx.cfg.model.heads, "model_name": ctx.cfg.model.name,
+                "fold": self.fold, "preprocessing": ctx.pp.to_dict(), "prepared": str(ctx.prep.dir.resolve()),
+                "weights": self.weights, "maskcls_version": __version__}
+        if ctx.pp.faces:  # predict on new photos must crop them the same way
+            from ..prep.faces import face_settings, load_face_crops
+            meta["face_settings"] = face_settings(load_face_crops(ctx.prep.dir)[1])
+        return meta
+
+    def _weights_state(self) -> dict:
+        return {k: v.detach().cpu() for k, v in unwrap_model(self.model).state_dict().items()}
+
+    def _save_last(self, rotate: bool = True) -> None:
+        acc = self.ctx.acc
+        save_checkpoint({"model": self._weights_state(), "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict(),
+                         "scaler": acc.scaler.state_dict() if acc.scaler is not None else {},
+                         "state": self.state.to_dict(), "rng": rng_state(), "epoch": self.state.epoch,
+                         "metric": self.state.best_f1, "config": self.ctx.cfg.to_dict(), "meta": self.meta},
+                        self.dir / "last.pt", keep_previous=rotate)
+
+    # ------------------------------------------------------------------ epochs
+    def _end_epoch(self, epoch: int, tm: dict, vm: dict, probs: np.ndarray, writer) -> None:
+        cfg, acc = self.ctx.cfg, self.ctx.acc
+        lr = self.optimizer.param_groups[0]["lr"]
+        row = {"epoch": epoch + 1, "train_loss": tm["loss"], "train_acc": tm["acc"], "train_f1": tm["f1"],
+               "valid_loss": vm["loss"], "valid_acc": vm["acc"], "valid_f1": vm["f1"],
+               **{f"valid_f1_{a.name}": vm.get(f"f1_{a.name}") for a in self.ctx.task.attributes},
+               "lr": lr, "seconds": tm["seconds"] + vm["seconds"],
+               "images_per_s": tm["images"] / max(tm["seconds"], 1e-9)}
+        best = self.state.record(row, vm["f1"], vm["acc"])
+        if not acc.is_main_process:
+            return
+        if best:
+            rows = self.data.valid_rows
+            write_oof(self.dir / "oof.csv", rows, self.ctx.prep.abs_paths(rows), probs)
+            save_checkpoint({"model": self._weights_state(), "epoch": epoch + 1, "metric": vm["f1"],
+                             "config": cfg.to_dict(), "meta": self.meta}, self.dir / "best.pt")
+        self._save_last()
+        write_metrics_csv(self.dir / "metrics.csv", self.state.history)
+        write_lr_csv(self.dir / "lr.csv", self.state.lrs)
+        if writer is not None:
+            for k, v in row.items():
+                if k != "epoch" and v is not None:
+                    writer.add_scalar(k.replace("_", "/", 1), v, epoch + 1)
+        log.info(epoch_line(self.fold, epoch, cfg.train.epochs, tm, vm, lr, best, self.ctx.task))
+
+    def _epoch(self, epoch: int) -> tuple[dict, dict, np.ndarray]:
+        cfg, t = self.ctx.cfg, self.ctx.cfg.train
+        set_epoch(self.data.train_loader, epoch)
+        tm = train_one_epoch(self.model, self.criterion, self.optimizer, self.scheduler, self.data.train_loader,
+                             self.ctx.acc, epoch=epoch, task=self.ctx.task, heads=cfg.model.heads,
+                             accum_steps=t.accum_steps, clip_grad=t.clip_grad, channels_last=t.channels_last,
+                             max_batches=t.max_train_batches, lr_log=self.state.lrs)
+        vm, probs = evaluate(self.model, self.data.valid_loader, self.ctx.acc, criterion=self.criterion,
+                             labels=self.data.valid_rows["label"].to_numpy(), task=self.ctx.task,
+                             heads=cfg.model.heads, channels_last=t.channels_last)
+        return tm, vm, probs
+
+    def run(self) -> dict:
+        """Train the remaining epochs; returns the fold's summary entry."""
+        cfg, acc = self.ctx.cfg, self.ctx.acc
+        if self.ctx.resume and ((self.dir / "last.pt").exists() or (self.dir / "last.prev.pt").exists()):
+            self._resume()
+        self.meta = self._meta()
+        if self.state.status in ("done", "stopped"):
+            return self.state.result()
+        writer = _writer(self.dir) if acc.is_main_process and cfg.run.tensorboard else None
+        try:
+            for epoch in range(self.state.epoch, cfg.train.epochs):
+                try:
+                    tm, vm, probs = self._epoch(epoch)
+                except TrainingDiverged as e:
+                    log.error("fold %d stopped: %s; the last good checkpoint %s is kept", self.fold, e,
+                              self.dir / "last.pt")
+                    self.state.status = "diverged"
+                    break
+                self._end_epoch(epoch, tm, vm, probs, writer)
+                if cfg.train.patience and self.state.bad_epochs >= cfg.train.patience:
+                    log.info("fold %d: no better validation F1 for %d epochs; stopping early", self.fold,
+                             self.state.bad_epochs)
+                    self.state.status = "stopped"
+                    break
+            else:
+                self.state.status = "done"
+            if acc.is_main_process:  # the same state with its final status; last.prev.pt stays the epoch before
+                self._save_last(rotate=False)
+        finally:
+            if writer is not None:
+                writer.close()
+        acc.wait_for_everyone()
+        return self.state.result()
+
+
+def _writer(directory: Path):
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(directory / "tb"))

@@ -1,0 +1,162 @@
+"""A fold's datasets and loaders (and prediction's), from a prepared directory and the data config.
+
+This is where the image source is chosen (photos, face crops, or the uint8 crop cache), the
+input size and mean/std are resolved into a :class:`Preprocessing` (what prediction must
+repeat exactly), the loader's kind and workers are resolved, and transforms are created.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import DataConfig
+from ..data.dataset import ArraySource, FileSource, ImageDataset
+from ..data.loader import build_loader
+from ..data.sampler import EpochSampler, balanced_weights
+from ..data.transforms import REFERENCE_CROP, create_transform
+from ..errors import ConfigError, DataError
+from ..fsutil import default_workers
+from ..prep.prepared import Prepared
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Preprocessing:
+    """Everything prediction must repeat exactly: recorded in checkpoints and exports."""
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    faces: bool
+    preset: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_preprocessing(cfg: DataConfig, prep: Prepared, model_size: int, model_mean, model_std) -> Preprocessing:
+    """The input size and mean/std actually used: the config's, the dataset's stats or the model's."""
+    size = cfg.image_size or model_size
+    if cfg.normalize == "custom":
+        mean, std = cfg.mean, cfg.std
+    elif cfg.normalize == "dataset":
+        stats = prep.stats()
+        if stats is None:
+            raise ConfigError(f"data.normalize=dataset needs {prep.dir / 'stats.json'}; run `maskcls stats "
+                              f"{prep.dir}` first, or use data.normalize=model")
+        if cfg.faces and stats.get("source") != "faces":
+            log.warning("stats.json was computed on photos but training uses face crops")
+        mean, std = stats["mean"], stats["std"]
+    else:
+        mean, std = list(model_mean), list(model_std)
+    return Preprocessing(int(size), [float(x) for x in mean], [float(x) for x in std], cfg.faces, cfg.preset)
+
+
+def resolve_loader(cfg: DataConfig) -> tuple[int, str]:
+    """(workers, kind) actually used: ``num_workers`` null → one per CPU (at most 8); ``loader``
+    auto → threads when CUDA is present and the preset is thread-safe, else processes."""
+    workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
+    kind = cfg.loader
+    if kind == "auto":
+        # the 'reference' preset draws from torch's and Python's global RNGs: not thread-safe
+        kind = "threads" if torch.cuda.is_available() and cfg.preset != "reference" else "processes"
+    return workers, kind
+
+
+def _source(prep: Prepared, rows: pd.DataFrame, *, faces: bool, cache: bool, image_size: int, preset: str):
+    if faces:
+        from ..prep.faces import load_face_crops
+        crops, _ = load_face_crops(prep.dir)
+        return ArraySource(crops, rows.index.to_numpy())
+    if cache:
+        # One cache over all training rows, shared by every fold (a per-fold row set would
+        # change the cache key and rebuild it for each fold).
+        # The reference presets crop the photo's centre 380 px first: cache exactly that window.
+        from ..prep.cache import build_cache
+        side, mode = ((REFERENCE_CROP, "center") if preset.startswith("reference")
+                      else (int(round(image_size * 1.15)), "square"))
+        everything = prep.train_rows()
+        arr = build_cache(prep.abs_paths(everything), everything["fast"].to_numpy(), prep.dir / "cache", side,
+                          workers=default_workers(), mode=mode)
+        return ArraySource(arr, everything.index.get_indexer(rows.index))
+    return FileSource(prep.abs_paths(rows), rows["fast"].to_numpy())
+
+
+def make_dataset(prep: Prepared, rows: pd.DataFrame, cfg: DataConfig, pp: Preprocessing, *, training: bool,
+                 seed: int, labels: np.ndarray | None = None) -> ImageDataset:
+    """Dataset over manifest ``rows`` (uint8 CHW tensors, label, row position).
+
+    ``labels``: the targets to serve (default: the rows' ``label`` column).
+    """
+    if training:
+        tf = create_transform(preset=cfg.preset, is_training=True, image_size=pp.image_size,
+                              scale_min=cfg.scale_min, hflip=cfg.hflip, brightness=cfg.brightness,
+                              contrast=cfg.contrast, saturation=cfg.saturation, hue=cfg.hue, jitter_p=cfg.jitter_p)
+    else:
+        tf = create_transform(preset=cfg.preset, is_training=False, image_size=pp.image_size)
+    labels = rows["label"].to_numpy(np.int64) if labels is None else labels
+    src = _source(prep, rows, faces=pp.faces, cache=cfg.cache and training, image_size=pp.image_size,
+                  preset=cfg.preset)
+    return ImageDataset(src, labels, tf, seed=seed)
+
+
+def fold_rows(prep: Prepared, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, validation rows) of ``fold``."""
+    tr = prep.train_rows()
+    if fold not in set(tr["fold"]):
+        raise DataError(f"fold {fold} does not exist in {prep.dir} (folds 0..{prep.num_folds - 1})")
+    return tr[tr["fold"] != fold], tr[tr["fold"] == fold]
+
+
+@dataclass
+class FoldData:
+    """A fold's rows, datasets and loaders (the training loader's epoch is set by ``set_epoch``)."""
+    train_rows: pd.DataFrame
+    valid_rows: pd.DataFrame
+    train_loader: object
+    valid_loader: object
+
+
+def fold_data(prep: Prepared, fold: int, data: DataConfig, pp: Preprocessing, *, batch_size: int,
+              valid_batch_size: int, seed: int, rank: int = 0, world: int = 1,
+              train_labels: np.ndarray | None = None) -> FoldData:
+    """Datasets and loaders of ``fold``: training rows augmented and shuffled per (seed, epoch), sharded
+    over ``world`` processes; validation rows in order, each image on exactly one process.
+
+    ``train_labels``: targets for the training rows (default: their ``label`` column).
+    """
+    tr_rows, va_rows = fold_rows(prep, fold)
+    train_ds = make_dataset(prep, tr_rows, data, pp, training=True, seed=seed, labels=train_labels)
+    valid_ds = make_dataset(prep, va_rows, data, pp, training=False, seed=seed)
+    per_rank = len(train_ds) // world
+    if batch_size > per_rank:
+        raise ConfigError(f"train.batch_size={batch_size} is larger than the training set of fold {fold} "
+                          f"({per_rank} images per process); lower train.batch_size")
+    weights = balanced_weights(train_ds.labels) if data.sampler == "balanced" else None
+    sampler = EpochSampler(len(train_ds), seed=seed, weights=weights, rank=rank, world=world)
+    workers, kind = resolve_loader(data)
+    train_loader = build_loader(train_ds, batch_size=batch_size, sampler=sampler, workers=workers, kind=kind)
+    vs = EpochSampler(len(valid_ds), seed=0, shuffle=False, rank=rank, world=world, drop_uneven=False)
+    valid_loader = build_loader(valid_ds, batch_size=valid_batch_size, sampler=vs, workers=workers, kind=kind)
+    return FoldData(tr_rows, va_rows, train_loader, valid_loader)
+
+
+def paths_dataset(paths: list[str], pp: Preprocessing, *, face_settings: dict | None = None) -> ImageDataset:
+    """Dataset over arbitrary image files (``maskcls predict RUN photo.jpg``); labels are -1.
+
+    A run trained on face crops gets its faces detected and cropped the same way first.
+    """
+    tf = create_transform(preset=pp.preset, is_training=False, image_size=pp.image_size)
+    labels = np.full(len(paths), -1, np.int64)
+    if pp.faces:
+        from ..prep.faces import crop_files
+        if not face_settings:
+            raise DataError("this run trained on face crops but its checkpoint records no face settings; "
+                            "predict its eval set (maskcls predict RUN) instead")
+        return ImageDataset(ArraySource(crop_files(list(paths), face_settings)), labels, tf, seed=0)
+    return ImageDataset(FileSource(np.asarray(paths), None), labels, tf, seed=0)
+

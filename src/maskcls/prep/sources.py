@@ -1,0 +1,43 @@
+"""Reading a dataset source into a table of images (one row per image).
+
+Two kinds of source:
+* the competition layout: ``train/train.csv`` + ``train/images/<id>_<gender>_<race>_<age>/``
+  (7 photos per person), optional ``eval/info.csv`` + ``eval/images/``;
+* a CSV manifest (``path`` + ``label`` or ``mask,gender,age``; optional ``group``,
+  ``label_name``, ``split``) — the reference recipe's own input, and any face-attribute task.
+
+Readers never open images (``prepare`` does) and never write. Problems a user must fix are
+collected as ``{"file", "reason"}`` dicts so that prepare can list them all at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..labels import Task
+
+
+@dataclass
+class SourceTable:
+    """What a reader found: image rows, the label space, and problems/warnings."""
+    rows: pd.DataFrame
+    root: Path
+    kind: str                      # "competition" | "csv"
+    task: Task
+    problems: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    fixes: list[dict] = field(default_factory=list)
+    eval_csv: str | None = None
+
+
+def detect_kind(source: Path) -> str:
+    if source.is_file() and source.suffix.lower() == ".csv":
+        return "csv"
+    if source.is_dir():
+        if (source / "train").is_dir() or (source / "train.csv").exists():
+            return "competition"
+        raise FileNotFoundError(f"{source}: no train/ folder; expected the competition layout "
+                                "(train/train.csv, train/images/) or pass a CSV manifest file")
+    raise FileNotFoundError(f"dataset source {source} not found; pass the competition folder or a CSV file")
