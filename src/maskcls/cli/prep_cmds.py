@@ -1,0 +1,93 @@
+"""``maskcls synth | prepare | stats | faces``: making and preparing datasets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import sub
+
+
+def register(subs) -> None:
+    s = sub(subs, "synth", "write a synthetic dataset in the competition layout",
+             "maskcls synth demo-data --people 120 --seed 0")
+    s.add_argument("out")
+    s.add_argument("--people", type=int, default=120, help="training persons (7 photos each)")
+    s.add_argument("--eval-people", type=int, default=None, help="evaluation persons (default 2/3 of --people)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, nargs=2, default=(384, 512), metavar=("W", "H"), help="photo size")
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(run=cmd_synth)
+
+    s = sub(subs, "prepare", "index a dataset: check images, make person-grouped folds, write a manifest",
+             "maskcls prepare /data/mask --out prepared --folds 5 --seed 719\n"
+             "maskcls prepare my_faces.csv --out prepared-mine      # CSV: path,label[,group]\n"
+             "maskcls prepare /data/mask --out prepared --fixes fixes.csv --old-age 59")
+    s.add_argument("source", help="competition folder (train/, eval/) or a CSV manifest")
+    s.add_argument("--out", required=True, help="new directory for manifest.csv and prepare.json")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=719)
+    s.add_argument("--old-age", type=int, default=60, help="first age of the oldest group (58/59 help training)")
+    s.add_argument("--fixes", help="label-fixes CSV: folder,field,value (field gender|age|swap_incorrect_normal)")
+    s.add_argument("--skip-bad", action="store_true", help="exclude bad files (recorded) instead of stopping")
+    s.add_argument("--allow-absolute", action="store_true", help="accept absolute paths in a CSV manifest")
+    s.add_argument("--num-classes", type=int, default=None, help="K for a CSV label column (labels 0..K-1)")
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(run=cmd_prepare)
+
+    s = sub(subs, "stats", "exact per-channel mean / pooled std of the training images -> stats.json",
+             "maskcls stats prepared\nmaskcls stats prepared --faces")
+    s.add_argument("dir")
+    s.add_argument("--faces", action="store_true", help="over the face crops instead of the photos")
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(run=cmd_stats)
+
+    s = sub(subs, "faces", "crop faces with MTCNN (offline weights) into the prepared directory",
+             "maskcls faces prepared --margin 0.2 --size 256")
+    s.add_argument("dir")
+    s.add_argument("--margin", type=float, default=0.2, help="box widening, fraction of the box per side")
+    s.add_argument("--size", type=int, default=256, help="side of the stored square crops")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(run=cmd_faces)
+
+
+def cmd_synth(args) -> int:
+    from ..prep.synth import synthesize
+    s = synthesize(args.out, people=args.people, seed=args.seed, eval_people=args.eval_people,
+                   image_size=tuple(args.size), workers=args.workers)
+    print(f"wrote {args.out}: {s['train_people']} train persons ({s['train_images']} photos), "
+          f"{s['eval_people']} eval persons ({s['eval_images']} photos) in {s['seconds']:.1f}s "
+          f"({s['images_per_s']:.0f} img/s)")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from ..prep.prepare import prepare
+    m = prepare(args.source, args.out, folds=args.folds, seed=args.seed, old_age=args.old_age, fixes=args.fixes,
+                skip_bad=args.skip_bad, allow_absolute=args.allow_absolute, num_classes=args.num_classes,
+                workers=args.workers)
+    c = m["counts"]
+    print(f"prepared {args.out}: {c['train_images']} training images of {c['groups']} groups in {m['folds']} folds "
+          f"{c['per_fold']}, {c['eval_images']} eval images, {m['num_classes']} classes")
+    for w in m["warnings"]:
+        print(f"warning: {w}")
+    if m["excluded"]:
+        print(f"excluded {len(m['excluded'])} bad entr(ies); listed in {Path(args.out) / 'prepare.json'}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from ..prep.stats import compute_stats
+    r = compute_stats(args.dir, faces=args.faces, workers=args.workers)
+    fmt = lambda v: "[" + ", ".join(f"{x:.4f}" for x in v) + "]"  # noqa: E731
+    print(f"{r['images']} images: mean {fmt(r['mean'])} std {fmt(r['std'])} -> {Path(args.dir) / 'stats.json'}")
+    return 0
+
+
+def cmd_faces(args) -> int:
+    from ..prep.faces import build_face_crops
+    s = build_face_crops(args.dir, margin=args.margin, size=args.size, batch_size=args.batch_size,
+                         workers=args.workers or 2)
+    c = s["counts"]
+    print(f"face crops in {Path(args.dir) / 'faces'}: {c['images']} images, {c['detected']} detected, "
+          f"{c['fallback']} fallback (centre crop)")
+    return 0

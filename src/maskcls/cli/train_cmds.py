@@ -1,0 +1,125 @@
+"""``maskcls train | config | models``: training runs and what configures them.
+
+YAML files and ``--set`` overrides become a typed Config here, fold lists become integers.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from .common import add_config_args, sub
+
+
+def register(subs) -> None:
+    s = sub(subs, "train", "train k-fold on a prepared directory",
+             "maskcls train prepared --folds 0 --set train.epochs=3 --set data.image_size=128\n"
+             "maskcls train prepared --folds all -c my.yaml\n"
+             "maskcls train prepared --resume runs/tf_efficientnet_lite0-1\n"
+             "accelerate launch -m maskcls train prepared --folds 0   # multi-GPU")
+    s.add_argument("dir", nargs="?", help="prepared directory (optional with --resume)")
+    add_config_args(s)
+    s.add_argument("--folds", default="all", help="'all', one fold '0', or a list '0,2'")
+    s.add_argument("--run-dir", help="new run directory (default runs/<name>-<n>)")
+    s.add_argument("--resume", metavar="RUN", help="continue the unfinished folds of RUN from last.pt")
+    s.set_defaults(run=cmd_train)
+
+    s = sub(subs, "config", "print the default config YAML or the README table",
+             "maskcls config > my.yaml\nmaskcls config --table")
+    s.add_argument("--table", action="store_true")
+    add_config_args(s)
+    s.set_defaults(run=cmd_config)
+
+    s = sub(subs, "models", "list timm architectures (* = offline pretrained weights available)",
+             "maskcls models 'eff*'\nmaskcls models --offline")
+    s.add_argument("pattern", nargs="?", default="*")
+    s.add_argument("--offline", action="store_true", help="only architectures with offline weights")
+    s.set_defaults(run=cmd_models)
+
+
+def parse_folds(spec: str | None, k: int) -> list[int]:
+    """'all' → every fold; '0' → [0]; '0,2' → [0, 2]; checked against the k folds."""
+    if spec in ("all", "", None):
+        return list(range(k))
+    try:
+        folds = sorted({int(s) for s in str(spec).split(",")})
+    except ValueError:
+        raise ConfigError(f"--folds {spec!r}: use 'all', one fold like 0, or a list like 0,2") from None
+    bad = [f for f in folds if not 0 <= f < k]
+    if bad:
+        raise ConfigError(f"--folds {spec!r}: fold(s) {bad} do not exist; the prepared dir has folds 0..{k - 1}")
+    return folds
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"run: {s['run_dir']}"]
+    for f, r in s["folds"].items():
+        if r.get("best_f1") is not None:
+            lines.append(f"fold {f}: best val macro F1 {r['best_f1']:.4f} (acc {r['best_acc']:.4f}, epoch "
+                         f"{r['best_epoch']}, {r['status']})")
+    if s.get("oof_f1") is not None:
+        lines.append(f"out-of-fold macro F1: {s['oof_f1']:.4f}")
+    if s.get("head_f1"):
+        lines.append("per-head F1: " + ", ".join(f"{h} {v:.4f}" for h, v in s["head_f1"].items()))
+    if s.get("mean_f1") is not None:
+        lines.append(f"best val macro F1: {s['mean_f1']:.4f}")
+    return "\n".join(lines)
+
+
+def write_report_safely(run: str | Path) -> None:
+    """The report after training: a failure is a warning, never a lost training."""
+    from ..report import write_report
+    try:
+        write_report(run)
+    except Exception as e:  # noqa: BLE001 - a report failure must not lose a finished training
+        print(f"maskcls: warning: could not write the report ({e}); run `maskcls report {run}` to retry",
+              file=sys.stderr)
+
+
+def cmd_train(args) -> int:
+    from ..config_io import load_config
+    from ..engine.run import RunInterrupted, resume_training, run_training
+    from ..engine.rundir import read_run_config
+    from ..prep.prepared import load_prepared
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("--resume continues a run with its recorded config; drop -c/--set")
+        report = read_run_config(args.resume).run.report
+        start = lambda: resume_training(args.resume, prepared=args.dir)  # noqa: E731
+    else:
+        if not args.dir:
+            raise ConfigError("train needs a prepared directory (maskcls prepare SOURCE --out DIR), or --resume RUN")
+        cfg = load_config(args.config, args.overrides)
+        prep = load_prepared(args.dir)
+        folds = parse_folds(args.folds, prep.num_folds)
+        report = cfg.run.report
+        start = lambda: run_training(cfg, prep, folds=folds, run_dir=args.run_dir)  # noqa: E731
+    try:
+        s = start()
+    except RunInterrupted as e:
+        if report and e.is_main:
+            write_report_safely(e.run)
+        print(f"interrupted: completed epochs are saved; continue with maskcls train --resume {e.run}",
+              file=sys.stderr)
+        return 130
+    if s["is_main"]:  # other ranks of a multi-process run stay quiet
+        if report:
+            write_report_safely(s["run_dir"])
+        print(format_summary(s))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from ..config_io import config_table, dump_yaml, load_config
+    if args.table:
+        sys.stdout.write(config_table())
+    else:
+        sys.stdout.write(dump_yaml(load_config(args.config, args.overrides)))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from ..models.factory import list_models
+    for name, offline in list_models(args.pattern, offline_only=args.offline):
+        print(f"{'*' if offline else ' '} {name}")
+    return 0
