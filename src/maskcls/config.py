@@ -50,6 +50,12 @@ class DataConfig:
     jitter_p: float = _f(0.8, "fast preset: probability of applying colour jitter.", min=0.0, max=1.0)
     sampler: Literal["shuffle", "balanced"] = _f("shuffle", "'balanced' draws classes with equal probability "
                                                  "(helps the rare >=60 classes).")
+    mixup: float = _f(0.0, "MixUp alpha (timm's Mixup, soft targets, per head for multi-head models); 0 = off.",
+                      min=0.0, max=10.0)
+    cutmix: float = _f(0.0, "CutMix alpha; 0 = off. With both on, each batch uses one of them.", min=0.0, max=10.0)
+    mix_prob: float = _f(1.0, "Probability that a batch is mixed when mixup/cutmix is on.", min=0.0, max=1.0)
+    mix_switch_prob: float = _f(0.5, "With both mixup and cutmix on: probability of CutMix for a batch.",
+                                min=0.0, max=1.0)
 
 
 @dataclass
@@ -79,6 +85,13 @@ class TrainConfig:
     patience: int = _f(0, "Stop a fold after this many epochs without a better validation F1; 0 = off.", min=0)
     deterministic: bool = _f(True, "Deterministic algorithms where available (bit-exact CPU reruns).")
     max_train_batches: int = _f(0, "Debug: stop each epoch after this many batches; 0 = all.", min=0)
+    old_age: Optional[int] = _f(None, "Age threshold of the oldest group for the training labels only (e.g. 58 or "
+                                "59: the data stops at 60); validation, out-of-fold scores and reports keep the "
+                                "dataset's scoring threshold. null = the dataset's.", min=31, max=120)
+    ema: bool = _f(False, "Keep an exponential moving average of the weights (timm's ModelEmaV3); it is what is "
+                   "validated and saved in best.pt.")
+    ema_decay: float = _f(0.9998, "EMA decay ceiling; the decay warms up from 0 (1 - (1 + step)^-0.75), so short "
+                          "runs average over their last few dozen steps.", min=0.0, max=1.0)
 
 
 @dataclass

@@ -229,6 +229,14 @@ class Task:
         axes = range(len(self.attributes))
         return {a.name: c.sum(tuple(j for j in axes if j != i)) for i, a in enumerate(self.attributes)}
 
+    def marginals(self, probs) -> dict:
+        """Per-attribute probabilities (or soft targets) of N×K class probabilities (numpy or torch)."""
+        sizes = [a.size for a in self.attributes]
+        p = probs.reshape(len(probs), *sizes)
+        axes = range(1, len(sizes) + 1)
+        return {a.name: p.sum(tuple(j for j in axes if j != i + 1)) if len(sizes) > 1 else p
+                for i, a in enumerate(self.attributes)}
+
     def attribute_confusions(self, cm: np.ndarray) -> dict[str, np.ndarray]:
         """Per-attribute confusion matrices (true × predicted) marginalised from a K×K one."""
         sizes = [a.size for a in self.attributes]

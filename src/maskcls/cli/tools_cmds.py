@@ -1,16 +1,25 @@
 """``maskcls bench | demo``: measurements side by side with the reference, and the demo."""
 from __future__ import annotations
 
-from .common import sub
+from .common import add_config_args, sub
 
 
 def register(subs) -> None:
     s = sub(subs, "bench", "benchmarks measured side by side with the reference recipe",
              "maskcls bench loader --images 300\nmaskcls bench stats\nmaskcls bench train\n"
-             "maskcls bench faces\nmaskcls bench memory --images 20000")
-    s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory"])
+             "maskcls bench faces\nmaskcls bench memory --images 20000\n"
+             "maskcls bench quality --seeds 2                      # real dev sets, fixed budget\n"
+             "maskcls bench quality --set data.sampler=balanced    # a variant against the defaults")
+    s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "quality"])
     s.add_argument("--images", type=int, default=None)
     s.add_argument("--workers", type=int, default=2)
+    q = s.add_argument_group("quality")
+    q.add_argument("--data", default=".cache/devdata", help="folder of the development sets (<set>/manifest.csv)")
+    q.add_argument("--seeds", type=int, default=2, help="training seeds per set")
+    q.add_argument("--sets", default="mask3dev,agegender6dev", help="comma-separated development sets")
+    q.add_argument("--work", default=".cache/quality", help="prepared sets, runs and cached results")
+    q.add_argument("--fresh", action="store_true", help="retrain even when a cached result exists")
+    add_config_args(q)
     s.set_defaults(run=cmd_bench)
 
     s = sub(subs, "demo", "the whole job on a synthetic dataset, in minutes",
@@ -23,6 +32,8 @@ def register(subs) -> None:
 
 def cmd_bench(args) -> int:
     kw = {"images": args.images} if args.images else {}
+    if args.what == "quality":
+        return _bench_quality(args)
     if args.what == "stats":
         from ..bench.stats import bench_stats
         r = bench_stats(workers=args.workers, **kw)
@@ -38,6 +49,18 @@ def cmd_bench(args) -> int:
     else:
         from ..bench.memory import bench_memory
         r = bench_memory(workers=args.workers, **kw)
+    print(r["text"])
+    return 0
+
+
+def _bench_quality(args) -> int:
+    from ..bench.quality import BUDGET, bench_quality
+    from ..config_io import load_config
+    budget = [f"data.image_size={BUDGET['image_size']}", f"train.epochs={BUDGET['epochs']}"]
+    variant = load_config(args.config, budget + args.overrides) if (args.config or args.overrides) else None
+    label = " ".join(args.overrides) or str(args.config)
+    r = bench_quality(data_dir=args.data, seeds=args.seeds, variant=variant, variant_label=label,
+                      sets=tuple(s for s in args.sets.split(",") if s), work=args.work, fresh=args.fresh)
     print(r["text"])
     return 0
 

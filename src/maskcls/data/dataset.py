@@ -1,4 +1,4 @@
-"""Dataset and loader: images from files or a uint8 array, augmented per (seed, epoch, index).
+"""The dataset: images from files or a uint8 array, augmented per (seed, epoch, index).
 
 Design points (each one prevents a real failure):
 * All state lives in numpy arrays (paths as one fixed-width bytes array), never in Python

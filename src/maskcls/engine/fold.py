@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from .. import __version__
-from ..config import Config
+from ..config import Config, TrainConfig
 from ..data.loader import set_epoch
 from ..labels import Task
 from ..models.factory import build_model, unwrap_model
@@ -25,6 +25,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .fold_data import Preprocessing, fold_data
 from .loop import TrainingDiverged, evaluate, steps_per_epoch, train_one_epoch
 from .losses import build_loss
+from .mixing import make_mixer
 from .optim import build_optimizer, build_scheduler, param_groups
 from .rundir import fold_dir, write_lr_csv, write_metrics_csv, write_oof
 
@@ -103,8 +104,8 @@ class FoldTrainer:
                                   mean=ctx.pp.mean, std=ctx.pp.std, image_size=ctx.pp.image_size)
         self.data = fold_data(ctx.prep, fold, cfg.data, ctx.pp, batch_size=cfg.train.batch_size,
                               valid_batch_size=cfg.train.valid_batch_size, seed=seed, rank=acc.process_index,
-                              world=acc.num_processes)
-        counts = np.bincount(self.data.train_rows["label"].to_numpy(), minlength=task.num_classes)
+                              world=acc.num_processes, old_age=cfg.train.old_age)
+        counts = np.bincount(self.data.train_labels, minlength=task.num_classes)
         self.criterion = build_loss(cfg.loss, task=task, heads=cfg.model.heads, class_counts=counts).to(acc.device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -120,8 +121,15 @@ class FoldTrainer:
         if cfg.train.compile:
             model = torch.compile(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.mixer = make_mixer(cfg.data, num_classes=task.num_classes)
+        self.ema = make_ema(unwrap_model(self.model), cfg.train) if cfg.train.ema else None
         self.state = FoldState()
         self.weights = info.weights
+
+    @property
+    def validated(self):
+        """The model that is validated and kept in best.pt: the EMA of the weights when on."""
+        return self.ema.module if self.ema is not None else self.model
 
     # ------------------------------------------------------------------ state on disk
     def _resume(self) -> None:
@@ -131,6 +139,8 @@ class FoldTrainer:
         self.scheduler.load_state_dict(ck["scheduler"])
         if self.ctx.acc.scaler is not None and ck.get("scaler"):
             self.ctx.acc.scaler.load_state_dict(ck["scaler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ck["ema"])
         self.state = FoldState.from_dict(ck["state"])
         set_rng_state(ck["rng"])
         log.info("fold %d: resuming after epoch %d (best f1 %.4f)", self.fold, self.state.epoch, self.state.best_f1)
@@ -146,8 +156,9 @@ class FoldTrainer:
             meta["face_settings"] = face_settings(load_face_crops(ctx.prep.dir)[1])
         return meta
 
-    def _weights_state(self) -> dict:
-        return {k: v.detach().cpu() for k, v in unwrap_model(self.model).state_dict().items()}
+    def _weights_state(self, model=None) -> dict:
+        model = self.model if model is None else model
+        return {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
 
     def _save_last(self, rotate: bool = True) -> None:
         acc = self.ctx.acc
@@ -155,7 +166,8 @@ class FoldTrainer:
                          "scheduler": self.scheduler.state_dict(),
                          "scaler": acc.scaler.state_dict() if acc.scaler is not None else {},
                          "state": self.state.to_dict(), "rng": rng_state(), "epoch": self.state.epoch,
-                         "metric": self.state.best_f1, "config": self.ctx.cfg.to_dict(), "meta": self.meta},
+                         "metric": self.state.best_f1, "config": self.ctx.cfg.to_dict(), "meta": self.meta,
+                         **({"ema": self._weights_state(self.ema.module)} if self.ema is not None else {})},
                         self.dir / "last.pt", keep_previous=rotate)
 
     # ------------------------------------------------------------------ epochs
@@ -173,7 +185,7 @@ class FoldTrainer:
         if best:
             rows = self.data.valid_rows
             write_oof(self.dir / "oof.csv", rows, self.ctx.prep.abs_paths(rows), probs)
-            save_checkpoint({"model": self._weights_state(), "epoch": epoch + 1, "metric": vm["f1"],
+            save_checkpoint({"model": self._weights_state(self.validated), "epoch": epoch + 1, "metric": vm["f1"],
                              "config": cfg.to_dict(), "meta": self.meta}, self.dir / "best.pt")
         self._save_last()
         write_metrics_csv(self.dir / "metrics.csv", self.state.history)
@@ -190,8 +202,9 @@ class FoldTrainer:
         tm = train_one_epoch(self.model, self.criterion, self.optimizer, self.scheduler, self.data.train_loader,
                              self.ctx.acc, epoch=epoch, task=self.ctx.task, heads=cfg.model.heads,
                              accum_steps=t.accum_steps, clip_grad=t.clip_grad, channels_last=t.channels_last,
-                             max_batches=t.max_train_batches, lr_log=self.state.lrs)
-        vm, probs = evaluate(self.model, self.data.valid_loader, self.ctx.acc, criterion=self.criterion,
+                             max_batches=t.max_train_batches, lr_log=self.state.lrs, mixer=self.mixer,
+                             ema=self.ema)
+        vm, probs = evaluate(self.validated, self.data.valid_loader, self.ctx.acc, criterion=self.criterion,
                              labels=self.data.valid_rows["label"].to_numpy(), task=self.ctx.task,
                              heads=cfg.model.heads, channels_last=t.channels_last)
         return tm, vm, probs
@@ -229,6 +242,12 @@ class FoldTrainer:
                 writer.close()
         acc.wait_for_everyone()
         return self.state.result()
+
+
+def make_ema(model, train: TrainConfig):
+    """timm's ModelEmaV3 of ``model`` with a warmed-up decay: 1 − (1 + step)^−3/4, capped at ``train.ema_decay``."""
+    from timm.utils import ModelEmaV3
+    return ModelEmaV3(model, decay=train.ema_decay, use_warmup=True, warmup_power=0.75)
 
 
 def _writer(directory: Path):

@@ -20,6 +20,7 @@ from ..data.sampler import EpochSampler, balanced_weights
 from ..data.transforms import REFERENCE_CROP, create_transform
 from ..errors import ConfigError, DataError
 from ..fsutil import default_workers
+from ..labels import Task, age_group
 from ..prep.prepared import Prepared
 
 log = logging.getLogger(__name__)
@@ -112,24 +113,44 @@ def fold_rows(prep: Prepared, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return tr[tr["fold"] != fold], tr[tr["fold"] == fold]
 
 
+def training_labels(rows: pd.DataFrame, task: Task, old_age: int | None) -> np.ndarray:
+    """The targets training sees: the rows' labels, or with ``old_age`` the age group re-drawn at
+    that threshold from the raw ages (validation always keeps the dataset's labels)."""
+    labels = rows["label"].to_numpy(np.int64)
+    if old_age is None or old_age == task.old_age:
+        return labels
+    if task.attribute("age") is None:
+        raise ConfigError(f"train.old_age={old_age} needs an age attribute; this task's classes are "
+                          f"{', '.join(task.class_names[:4])}…: remove train.old_age")
+    years = rows["age_years"].to_numpy(np.int64)
+    if (years < 0).any():
+        raise ConfigError(f"train.old_age={old_age} needs the raw ages, but {int((years < 0).sum())} training "
+                          "rows have only an age group (the CSV's age column held groups): remove train.old_age")
+    codes = {a.name: v for a, v in zip(task.attributes, task.split(labels).values())}
+    codes["age"] = age_group(years, old_age)
+    return np.asarray(task.encode(*(codes[a.name] for a in task.attributes)), np.int64)
+
+
 @dataclass
 class FoldData:
     """A fold's rows, datasets and loaders (the training loader's epoch is set by ``set_epoch``)."""
     train_rows: pd.DataFrame
     valid_rows: pd.DataFrame
+    train_labels: np.ndarray  # what training sees (train.old_age may re-draw the age groups)
     train_loader: object
     valid_loader: object
 
 
 def fold_data(prep: Prepared, fold: int, data: DataConfig, pp: Preprocessing, *, batch_size: int,
               valid_batch_size: int, seed: int, rank: int = 0, world: int = 1,
-              train_labels: np.ndarray | None = None) -> FoldData:
+              old_age: int | None = None) -> FoldData:
     """Datasets and loaders of ``fold``: training rows augmented and shuffled per (seed, epoch), sharded
     over ``world`` processes; validation rows in order, each image on exactly one process.
 
-    ``train_labels``: targets for the training rows (default: their ``label`` column).
+    ``old_age``: the training age threshold (``train.old_age``); validation keeps the dataset's.
     """
     tr_rows, va_rows = fold_rows(prep, fold)
+    train_labels = training_labels(tr_rows, prep.task, old_age)
     train_ds = make_dataset(prep, tr_rows, data, pp, training=True, seed=seed, labels=train_labels)
     valid_ds = make_dataset(prep, va_rows, data, pp, training=False, seed=seed)
     per_rank = len(train_ds) // world
@@ -142,7 +163,7 @@ def fold_data(prep: Prepared, fold: int, data: DataConfig, pp: Preprocessing, *,
     train_loader = build_loader(train_ds, batch_size=batch_size, sampler=sampler, workers=workers, kind=kind)
     vs = EpochSampler(len(valid_ds), seed=0, shuffle=False, rank=rank, world=world, drop_uneven=False)
     valid_loader = build_loader(valid_ds, batch_size=valid_batch_size, sampler=vs, workers=workers, kind=kind)
-    return FoldData(tr_rows, va_rows, train_loader, valid_loader)
+    return FoldData(tr_rows, va_rows, train_labels, train_loader, valid_loader)
 
 
 def paths_dataset(paths: list[str], pp: Preprocessing, *, face_settings: dict | None = None) -> ImageDataset:

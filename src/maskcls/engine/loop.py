@@ -11,8 +11,10 @@ from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from ..labels import Task
+from ..models.factory import unwrap_model
 from ..models.heads import probabilities
 from .metrics import confusion, summarize
+from .mixing import mix_batch
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,13 @@ def _to_device(x: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
 
 def train_one_epoch(model, criterion, optimizer, scheduler, loader, accelerator, *, epoch: int, task: Task,
                     heads: str, accum_steps: int = 1, clip_grad: float = 0.0, channels_last: bool = True,
-                    max_batches: int = 0, lr_log: list | None = None) -> dict:
-    """Train for one epoch; gradients accumulate over ``accum_steps`` batches (the last window may be shorter)."""
+                    max_batches: int = 0, lr_log: list | None = None, mixer=None, ema=None) -> dict:
+    """Train for one epoch; gradients accumulate over ``accum_steps`` batches (the last window may be shorter).
+
+    ``mixer``: MixUp/CutMix (:mod:`.mixing`), the criterion then sees soft targets; training
+    accuracy and F1 are still counted against the batch's own labels. ``ema``: a timm ModelEmaV3
+    updated after every optimizer step (its step count is the number of optimizer steps so far).
+    """
     model.train()
     num_classes = task.num_classes
     n_batches = len(loader) if not max_batches else min(max_batches, len(loader))
@@ -45,11 +52,12 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, accelerator,
         window = min(accum_steps, n_batches - window_start)
         sync = (i + 1 - window_start) == window
         x, y = _to_device(x, accelerator.device, channels_last), y.to(accelerator.device)
+        x, target = mix_batch(mixer, x, y)
         # DDP must skip the gradient all-reduce on every micro-batch but the window's last
         with accelerator.no_sync(model) if not sync else _nullctx():
             with accelerator.autocast():
                 logits = model(x)
-                loss = criterion(logits.float(), y)
+                loss = criterion(logits.float(), target)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
             accelerator.backward(loss / window)
@@ -62,6 +70,8 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, accelerator,
             optimizer.zero_grad(set_to_none=True)
             if lr_log is not None:
                 lr_log.append(optimizer.param_groups[0]["lr"])
+            if ema is not None:
+                ema.update(unwrap_model(model), step=len(lr_log) if lr_log is not None else None)
         pred = logits.detach().float()
         pred = probabilities(pred, task, heads).argmax(1) if heads == "multi" else pred.argmax(1)
         cm += confusion(y.cpu().numpy(), pred.cpu().numpy(), num_classes)

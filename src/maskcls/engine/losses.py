@@ -1,4 +1,8 @@
-"""Losses: cross-entropy (label smoothing), focal, class-weighted CE, soft-F1; per head for multi."""
+"""Losses: cross-entropy (label smoothing), focal, class-weighted CE, soft-F1; per head for multi.
+
+Every loss takes hard targets (N class ids) or soft targets (N×K probabilities, from MixUp /
+CutMix); a multi-head loss gives each head the marginal of the soft target over its attribute.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -21,6 +25,8 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits, target):
         logp = F.log_softmax(logits.float(), dim=1)
+        if target.dim() == 2:  # soft targets: −Σ t·(1 − p)^γ·log p
+            return -(target * (1 - logp.exp()) ** self.gamma * logp).sum(1).mean()
         logpt = logp.gather(1, target[:, None]).squeeze(1)
         loss = -((1 - logpt.exp()) ** self.gamma) * logpt
         if self.weight is not None:
@@ -37,7 +43,7 @@ class SoftF1Loss(nn.Module):
 
     def forward(self, logits, target):
         p = logits.float().softmax(1)
-        y = F.one_hot(target, self.k).float()
+        y = target.float() if target.dim() == 2 else F.one_hot(target, self.k).float()
         tp = (p * y).sum(0)
         fp = (p * (1 - y)).sum(0)
         fn = ((1 - p) * y).sum(0)
@@ -85,7 +91,7 @@ class MultiHeadLoss(nn.Module):
         self.weights = dict(zip(losses, weights))
 
     def forward(self, logits, target):
-        t = self.task.split(target)
+        t = self.task.marginals(target) if target.dim() == 2 else self.task.split(target)
         slices = self.task.head_slices
         return sum(self.weights[h] * self.losses[h](logits[:, slices[h]], t[h]) for h in self.losses)
 

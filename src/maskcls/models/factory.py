@@ -63,9 +63,10 @@ def size_kwargs(info: ModelInfo, name: str, image_size: int | None) -> dict:
     ``img_size`` for fixed-size architectures, refused up front where timm cannot build it."""
     if not info.fixed_size or image_size is None or image_size == info.image_size:
         return {}
-    try:
-        with torch.random.fork_rng(devices=[]):  # a probe: the caller's random stream stays untouched
-            timm.create_model(name, pretrained=False, num_classes=1, img_size=image_size)
+    try:  # a probe build and forward pass; the caller's random stream stays untouched
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            probe = timm.create_model(name, pretrained=False, num_classes=1, img_size=image_size).eval()
+            probe(torch.zeros(1, 3, image_size, image_size))
     except Exception as e:  # noqa: BLE001 - TypeError (no img_size), AssertionError (not a patch multiple), ...
         raise ConfigError(f"{name} is built for {info.image_size}px inputs and cannot be built for "
                           f"data.image_size={image_size} ({type(e).__name__}: {e}); use "

@@ -1,0 +1,112 @@
+"""Training-recipe options: MixUp/CutMix (soft targets, per head), EMA, the training age threshold."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers import tiny, train
+from maskcls.config import Config
+from maskcls.engine.fold_data import fold_data, resolve_preprocessing, training_labels
+from maskcls.engine.losses import build_loss
+from maskcls.engine.mixing import make_mixer, mix_batch
+from maskcls.engine.run import resume_training
+from maskcls.errors import ConfigError
+from maskcls.labels import Task
+from maskcls.prep.prepared import load_prepared
+
+COMP = Task.competition()
+
+
+def test_mixed_soft_targets_marginalise_to_per_head_mixes():
+    cfg = tiny(data={"mixup": 1.0, "cutmix": 1.0}).data
+    mixer = make_mixer(cfg, num_classes=18)
+    np.random.seed(0)
+    y = torch.tensor([0, 17, 4, 9])
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    xm, soft = mix_batch(mixer, x, y)
+    assert xm.dtype == torch.float32 and soft.shape == (4, 18)
+    assert torch.allclose(soft.sum(1), torch.ones(4))
+    lam = soft[0, 0].item()  # row 0 mixes class 0 with the batch's last row (class 9)
+    assert 0 < lam < 1 and soft[0, 9].item() == pytest.approx(1 - lam)
+    heads = COMP.marginals(soft)
+    a, b = COMP.decode(0), COMP.decode(9)
+    for (name, m), ia, ib in zip(heads.items(), a, b):
+        want = torch.zeros(m.shape[1])
+        want[ia] += lam
+        want[ib] += 1 - lam
+        assert torch.allclose(m[0], want, atol=1e-6), name
+    odd = mix_batch(mixer, x[:3], y[:3])  # timm needs an even batch: an odd one is left as it is
+    assert odd[0] is x[:3] or torch.equal(odd[0], x[:3]) and torch.equal(odd[1], y[:3])
+    assert make_mixer(Config().data, num_classes=18) is None
+
+
+@pytest.mark.parametrize("heads,name", [("multi", "weighted_ce"), ("single", "weighted_ce"), ("multi", "focal"),
+                                        ("single", "soft_f1")])
+def test_losses_take_soft_targets_and_agree_with_hard_ones(heads, name):
+    counts = np.arange(1, 19) * 3
+    crit = build_loss(tiny(loss={"name": name, "label_smoothing": 0.1}).loss, task=COMP, heads=heads,
+                      class_counts=counts)
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, COMP.outputs(heads), generator=g, requires_grad=True)
+    y = torch.tensor([0, 5, 7, 12, 17, 3])
+    soft = torch.nn.functional.one_hot(y, 18).float()
+    hard_loss, soft_loss = crit(logits, y), crit(logits, soft)
+    soft_loss.backward()
+    assert torch.isfinite(soft_loss) and logits.grad.abs().sum() > 0
+    if name != "weighted_ce":  # weighted CE normalises hard targets by their weight sum, soft ones by N
+        assert soft_loss.item() == pytest.approx(hard_loss.item(), rel=1e-5)
+
+
+def test_training_age_threshold_moves_training_labels_only(prepared_dir):
+    prep = load_prepared(prepared_dir)
+    rows = prep.train_rows()
+    years, labels = rows["age_years"].to_numpy(), rows["label"].to_numpy()
+    in_training = rows["fold"].to_numpy() != 0
+    t = int(years[in_training & (years < 60)].max())  # the oldest middle-group age among fold 0's training rows
+    moved = training_labels(rows, prep.task, t)
+    near = (years >= t) & (years < 60)
+    assert (moved[near] // 6 == labels[near] // 6).all() and (moved[near] % 3 == 2).all()  # same mask, now oldest
+    assert ((moved[near] // 3) % 2 == (labels[near] // 3) % 2).all()  # same gender
+    assert (moved[~near] == labels[~near]).all()
+    cfg = tiny(train={"old_age": t})
+    pp = resolve_preprocessing(cfg.data, prep, 64, [0.5] * 3, [0.5] * 3)
+    fd = fold_data(prep, 0, cfg.data, pp, batch_size=8, valid_batch_size=16, seed=0, old_age=t)
+    assert (fd.valid_rows["label"].to_numpy() == prep.manifest.loc[fd.valid_rows.index, "label"]).all()
+    assert (fd.train_labels != fd.train_rows["label"].to_numpy()).any()
+    assert (fd.valid_loader.dataset.labels == fd.valid_rows["label"].to_numpy()).all()
+    with pytest.raises(ConfigError, match="old_age"):
+        training_labels(rows, Task.flat(["a", "b"]), 58)
+
+
+@pytest.mark.slow
+def test_recipe_options_train_and_validate_on_the_scoring_labels(prepared_dir, tmp_path):
+    s = train(prepared_dir, tmp_path / "r", tiny(train={"epochs": 2, "old_age": 45, "ema": True},
+                                                 data={"mixup": 0.4, "cutmix": 1.0}))
+    oof = pd.read_csv(Path(s["run_dir"]) / "fold0" / "oof.csv")
+    man = pd.read_csv(prepared_dir / "manifest.csv")
+    assert list(oof["label"]) == list(man.loc[man["fold"] == 0, "label"])  # validation keeps the scoring threshold
+    fold = Path(s["run_dir"]) / "fold0"
+    best = torch.load(fold / "best.pt", weights_only=True)
+    at_best = fold / ("last.pt" if s["folds"]["0"]["best_epoch"] == 2 else "last.prev.pt")
+    ck = torch.load(at_best, weights_only=True)  # the state saved at the end of the best epoch
+    assert "ema" in ck and ck["ema"].keys() == ck["model"].keys() == best["model"].keys()
+    assert all(torch.equal(best["model"][k], ck["ema"][k]) for k in ck["ema"])  # best.pt keeps what was validated
+    assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in ck["ema"] if ck["ema"][k].is_floating_point())
+
+
+@pytest.mark.slow
+def test_resume_with_ema_and_mixup_equals_uninterrupted(prepared_dir, tmp_path):
+    cfg = tiny(train={"epochs": 3, "ema": True}, data={"mixup": 0.4, "cutmix": 1.0})
+    s = train(prepared_dir, tmp_path / "full", cfg)
+    run = Path(s["run_dir"])
+    full = pd.read_csv(run / "fold0" / "metrics.csv")
+    shutil.copy(run / "fold0" / "last.prev.pt", run / "fold0" / "last.pt")  # as if killed during epoch 3
+    resume_training(run)
+    resumed = pd.read_csv(run / "fold0" / "metrics.csv")
+    cols = [c for c in full.columns if c not in ("seconds", "images_per_s")]
+    pd.testing.assert_frame_equal(full[cols], resumed[cols])
