@@ -71,7 +71,9 @@ class SeedResult:
 
 
 def _key(cfg: Config, name: str, prep) -> str:
-    blob = json.dumps({"config": cfg.to_dict(), "set": name, "manifest": prep.meta.get("manifest_sha1"),
+    """What a result depends on: every config section but ``run`` (names, folders, trackers), the set, the split."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "run"}
+    blob = json.dumps({"config": settings, "set": name, "manifest": prep.meta.get("manifest_sha1"),
                        "fold": FOLD}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
