@@ -110,3 +110,52 @@ def test_resume_with_ema_and_mixup_equals_uninterrupted(prepared_dir, tmp_path):
     resumed = pd.read_csv(run / "fold0" / "metrics.csv")
     cols = [c for c in full.columns if c not in ("seconds", "images_per_s")]
     pd.testing.assert_frame_equal(full[cols], resumed[cols])
+
+
+def test_offsets_raise_macro_f1_where_argmax_misses_a_rare_class():
+    from maskcls.engine.decision import apply_offsets, cross_fitted, fit_offsets
+    from maskcls.engine.metrics import confusion, macro_f1
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(300, int), np.ones(30, int), np.full(300, 2)]
+    probs = np.full((len(labels), 3), 0.1)
+    probs[np.arange(len(labels)), labels] = 0.6
+    rare = labels == 1
+    probs[rare] = [0.45, 0.4, 0.15]  # the rare class is always second: argmax never predicts it
+    probs += rng.uniform(0, 0.05, probs.shape)
+    probs /= probs.sum(1, keepdims=True)
+    b = fit_offsets(probs, labels, 3)
+    before = macro_f1(confusion(labels, probs.argmax(1), 3))
+    after = macro_f1(confusion(labels, apply_offsets(probs, b), 3))
+    assert after > before + 0.2 and b[1] > b[0]
+    oof = pd.DataFrame(probs, columns=[f"prob_{i}" for i in range(3)]).assign(
+        label=labels, fold=0, group=[f"p{i // 3}" for i in range(len(labels))])
+    cf = cross_fitted(oof, 3)
+    assert cf["parts"] == 5 and cf["gain"] > 0.1 and cf["f1_argmax"] == pytest.approx(before)
+    # on rows where argmax is already right, the held-out parts gain nothing
+    clean = oof.copy()
+    clean.loc[rare, [f"prob_{i}" for i in range(3)]] = [0.1, 0.8, 0.1]
+    assert cross_fitted(clean, 3)["gain"] <= 1e-9
+
+
+@pytest.mark.slow
+def test_pseudo_labels_join_training_never_validation(prepared_dir, tmp_path, capsys):
+    from maskcls.cli import main
+    from maskcls.engine.fold_data import fold_rows
+    s = train(prepared_dir, tmp_path / "r", tiny(train={"epochs": 1}))
+    run = Path(s["run_dir"])
+    assert (run / "decision.json").is_file() and s["decision"]["parts"] == 5
+    before = {p.name: p.stat().st_mtime_ns for p in prepared_dir.iterdir()}
+    assert main(["pseudo", str(run), "--min-prob", "0.0", "--out", str(tmp_path / "pp")]) == 0
+    assert "train in every fold" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in prepared_dir.iterdir()} == before  # the source is only read
+    base, pp = load_prepared(prepared_dir), load_prepared(tmp_path / "pp")
+    n_eval = len(base.eval_rows())
+    assert len(pp.pseudo_rows()) == n_eval == pp.meta["pseudo"]["added"] and len(pp.eval_rows()) == n_eval
+    assert pp.pseudo_rows()["label"].between(0, 17).all()
+    for fold in range(pp.num_folds):
+        tr, va = fold_rows(pp, fold)
+        assert (va["split"] == "train").all() and len(va) == len(fold_rows(base, fold)[1])
+        assert (tr["split"] == "pseudo").sum() == n_eval
+    with pytest.raises(Exception, match="min-prob"):
+        from maskcls.pseudo import make_pseudo
+        make_pseudo(run, tmp_path / "bad", min_prob=1.5)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .data.imageio import is_image_name, probe
 from .data.loader import build_loader
+from .engine.decision import apply_offsets, read_offsets
 from .engine.fold_data import make_dataset, paths_dataset, resolve_loader
 from .errors import DataError
 from .fsutil import atomic_write_text, free_name
@@ -18,14 +19,33 @@ from .prep.prepared import load_prepared
 log = logging.getLogger(__name__)
 
 
-def predict_submission(run: str | Path, *, data: str | None = None, out: str | None = None, folds: str = "all",
-                       tta: str = "none", batch_size: int | None = None, num_workers: int | None = None) -> dict:
-    """Predict eval/info.csv's images; write the submission (same rows, same order) and probabilities."""
+def run_and_data(run: str | Path, *, folds: str = "all", data: str | Path | None = None):
+    """The run's chosen folds and the prepared directory to predict (default: the one it trained on)."""
     loaded = load_folds(run, folds)
-    meta, cfg = loaded[0].meta, loaded[0].cfg
+    meta = loaded[0].meta
     prep = load_prepared(data or meta["prepared"])
     if prep.num_classes != meta["num_classes"]:
         raise DataError(f"{prep.dir} has {prep.num_classes} classes but the run was trained on {meta['num_classes']}")
+    return loaded, prep
+
+
+def eval_probabilities(loaded: list, prep, *, tta: str = "none", batch_size: int | None = None,
+                       num_workers: int | None = None) -> np.ndarray:
+    """Fold-ensemble probabilities of ``prep``'s evaluation rows, in manifest order."""
+    rows = prep.eval_rows()
+    if len(rows) == 0:
+        raise DataError(f"{prep.dir} has no evaluation images (its source had no eval/info.csv); predict image "
+                        "files with `maskcls predict RUN IMAGE…` instead")
+    cfg = loaded[0].cfg
+    ds = make_dataset(prep, rows, cfg.data, loaded[0].preprocessing, training=False, seed=0)
+    workers, kind = resolve_loader(cfg.data)  # the run's data.num_workers and loader
+    loader = build_loader(ds, batch_size=batch_size or cfg.train.valid_batch_size, sampler=range(len(ds)),
+                          workers=workers if num_workers is None else num_workers, kind=kind)
+    return ensemble_probs(loaded, loader, tta=tta)
+
+
+def _info_csv(prep) -> pd.DataFrame:
+    """eval/info.csv of the competition source, checked against the manifest's eval rows."""
     rows = prep.eval_rows()
     if not prep.meta.get("eval_csv") or len(rows) == 0:
         raise DataError(f"{prep.dir} has no evaluation images (its source had no eval/info.csv); predict image "
@@ -38,14 +58,23 @@ def predict_submission(run: str | Path, *, data: str | None = None, out: str | N
         missing = sorted(set(info["ImageID"]) - set(rows["image_id"]))[:10]
         raise DataError(f"{info_path} and {prep.dir}/manifest.csv disagree (eval images excluded or changed: "
                         f"{missing}); re-run `maskcls prepare` without --skip-bad for the eval part")
-    pp = loaded[0].preprocessing
-    ds = make_dataset(prep, rows, cfg.data, pp, training=False, seed=0)
-    workers, kind = resolve_loader(cfg.data)  # the run's data.num_workers and loader
-    loader = build_loader(ds, batch_size=batch_size or cfg.train.valid_batch_size, sampler=range(len(ds)),
-                          workers=workers if num_workers is None else num_workers, kind=kind)
-    probs = ensemble_probs(loaded, loader, tta=tta)
+    return info
+
+
+def predict_submission(run: str | Path, *, data: str | None = None, out: str | None = None, folds: str = "all",
+                       tta: str = "none", batch_size: int | None = None, num_workers: int | None = None,
+                       tune_bias: str = "auto") -> dict:
+    """Predict eval/info.csv's images; write the submission (same rows, same order) and probabilities.
+
+    ``tune_bias``: 'auto' applies the run's decision offsets (decision.json) when they raised the
+    cross-fitted out-of-fold macro F1, 'on' always, 'off' never (plain argmax).
+    """
+    loaded, prep = run_and_data(run, folds=folds, data=data)
+    info = _info_csv(prep)
+    offsets = read_offsets(Path(run), tune_bias)
+    probs = eval_probabilities(loaded, prep, tta=tta, batch_size=batch_size, num_workers=num_workers)
     sub = info.copy()
-    sub["ans"] = probs.argmax(1)
+    sub["ans"] = apply_offsets(probs, offsets)
     out_path = free_name(Path(out) if out else Path(run) / "submission.csv")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_path, sub.to_csv(index=False))
@@ -54,7 +83,7 @@ def predict_submission(run: str | Path, *, data: str | None = None, out: str | N
     probs_path = out_path.with_name(out_path.stem + ".probs.csv")
     atomic_write_text(probs_path, prob_df.to_csv(index=False, float_format="%.6f"))
     return {"submission": str(out_path), "probabilities": str(probs_path), "rows": len(sub),
-            "folds": [f.fold for f in loaded], "tta": tta,
+            "folds": [f.fold for f in loaded], "tta": tta, "decision_offsets": offsets is not None,
             "class_counts": np.bincount(sub["ans"], minlength=probs.shape[1]).tolist()}
 
 

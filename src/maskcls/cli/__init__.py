@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        return int(args.handler(args) or 0)
     except (MaskclsError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as e:
         if os.environ.get("MASKCLS_DEBUG"):
             raise

@@ -21,12 +21,26 @@ def register(subs) -> None:
     s.add_argument("--tta", default="none", choices=["none", "hflip"])
     s.add_argument("--json", action="store_true", help="JSON lines output for images")
     s.add_argument("--batch-size", type=int, default=None)
-    s.set_defaults(run=cmd_predict)
+    s.add_argument("--tune-bias", choices=["auto", "on", "off"], default="auto",
+                   help="per-class decision offsets fitted for macro F1 on the run's out-of-fold rows "
+                        "(decision.json): auto = when they helped cross-fitted")
+    s.set_defaults(handler=cmd_predict)
+
+    s = sub(subs, "pseudo", "pseudo-label confident eval images into a new prepared directory",
+            "maskcls pseudo runs/lite0-1 --min-prob 0.9 --out prepared-pseudo\n"
+            "maskcls train prepared-pseudo --folds all      # eval images with p >= 0.9 train in every fold")
+    s.add_argument("run")
+    s.add_argument("--out", required=True, help="new prepared directory")
+    s.add_argument("--min-prob", type=float, default=0.9, help="smallest top probability to join training")
+    s.add_argument("--folds", default="all", help="'all', 'best', or a list '0,1'")
+    s.add_argument("--tta", default="hflip", choices=["none", "hflip"])
+    s.add_argument("--data", help="prepared directory to extend (default: the one the run trained on)")
+    s.set_defaults(handler=cmd_pseudo)
 
     s = sub(subs, "report", "write RUN/report.html (curves, confusion matrices, per-class table, gallery)",
              "maskcls report runs/lite0-1")
     s.add_argument("run")
-    s.set_defaults(run=cmd_report)
+    s.set_defaults(handler=cmd_report)
 
     s = sub(subs, "export", "export a deployable ONNX / TorchScript model",
              "maskcls export runs/lite0-1 --format onnx\nmaskcls export runs/lite0-1 --format torchscript --folds 0")
@@ -34,7 +48,7 @@ def register(subs) -> None:
     s.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     s.add_argument("--folds", default="all", help="'all' (ensemble), 'best', or one fold")
     s.add_argument("--out", help="output file (default RUN/export/model.<ext>)")
-    s.set_defaults(run=cmd_export)
+    s.set_defaults(handler=cmd_export)
 
 
 def cmd_predict(args) -> int:
@@ -51,8 +65,9 @@ def cmd_predict(args) -> int:
                 print(f"{r['path']}\t{r['label']}\tclass {r['class_id']}\tconfidence {r['confidence']:.3f}")
         return 1 if any("error" in r for r in res) else 0
     s = predict_submission(args.run, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
-                           batch_size=args.batch_size)
-    print(f"submission: {s['submission']} ({s['rows']} rows, folds {s['folds']}, tta {s['tta']})")
+                           batch_size=args.batch_size, tune_bias=args.tune_bias)
+    print(f"submission: {s['submission']} ({s['rows']} rows, folds {s['folds']}, tta {s['tta']}"
+          f"{', decision offsets' if s['decision_offsets'] else ''})")
     print(f"probabilities: {s['probabilities']}")
     return 0
 
@@ -67,4 +82,15 @@ def cmd_export(args) -> int:
     from ..export import export_run
     out = export_run(args.run, fmt=args.format, folds=args.folds, out=args.out)
     print(f"exported {out} (preprocessing in {Path(out).with_suffix('.json')})")
+    return 0
+
+
+def cmd_pseudo(args) -> int:
+    from ..pseudo import make_pseudo
+    m = make_pseudo(args.run, args.out, min_prob=args.min_prob, folds=args.folds, tta=args.tta, data=args.data)
+    p = m["pseudo"]
+    print(f"prepared {args.out}: {p['added']} of {p['eval_images']} eval images reach p >= {p['min_prob']:g} and "
+          f"train in every fold (per class {p['per_class']}); validation stays on labelled images")
+    if (Path(p["from_prepared"]) / "faces").is_dir():
+        print(f"note: face crops are not copied; run `maskcls faces {args.out}` before training with data.faces=true")
     return 0

@@ -15,7 +15,7 @@ def register(subs) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, nargs=2, default=(384, 512), metavar=("W", "H"), help="photo size")
     s.add_argument("--workers", type=int, default=None)
-    s.set_defaults(run=cmd_synth)
+    s.set_defaults(handler=cmd_synth)
 
     s = sub(subs, "prepare", "index a dataset: check images, make person-grouped folds, write a manifest",
              "maskcls prepare /data/mask --out prepared --folds 5 --seed 719\n"
@@ -31,14 +31,14 @@ def register(subs) -> None:
     s.add_argument("--allow-absolute", action="store_true", help="accept absolute paths in a CSV manifest")
     s.add_argument("--num-classes", type=int, default=None, help="K for a CSV label column (labels 0..K-1)")
     s.add_argument("--workers", type=int, default=None)
-    s.set_defaults(run=cmd_prepare)
+    s.set_defaults(handler=cmd_prepare)
 
     s = sub(subs, "stats", "exact per-channel mean / pooled std of the training images -> stats.json",
              "maskcls stats prepared\nmaskcls stats prepared --faces")
     s.add_argument("dir")
     s.add_argument("--faces", action="store_true", help="over the face crops instead of the photos")
     s.add_argument("--workers", type=int, default=None)
-    s.set_defaults(run=cmd_stats)
+    s.set_defaults(handler=cmd_stats)
 
     s = sub(subs, "faces", "crop faces with MTCNN (offline weights) into the prepared directory",
              "maskcls faces prepared --margin 0.2 --size 256")
@@ -47,7 +47,7 @@ def register(subs) -> None:
     s.add_argument("--size", type=int, default=256, help="side of the stored square crops")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--workers", type=int, default=None)
-    s.set_defaults(run=cmd_faces)
+    s.set_defaults(handler=cmd_faces)
 
 
 def cmd_synth(args) -> int:

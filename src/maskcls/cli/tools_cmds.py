@@ -20,14 +20,14 @@ def register(subs) -> None:
     q.add_argument("--work", default=".cache/quality", help="prepared sets, runs and cached results")
     q.add_argument("--fresh", action="store_true", help="retrain even when a cached result exists")
     add_config_args(q)
-    s.set_defaults(run=cmd_bench)
+    s.set_defaults(handler=cmd_bench)
 
     s = sub(subs, "demo", "the whole job on a synthetic dataset, in minutes",
              "maskcls demo\nmaskcls demo --out demo-out --people 120")
     s.add_argument("--out", default="demo-out", help="folder for data, prepared dir and run (new)")
     s.add_argument("--people", type=int, default=120)
     s.add_argument("--epochs", type=int, default=None)
-    s.set_defaults(run=cmd_demo)
+    s.set_defaults(handler=cmd_demo)
 
 
 def cmd_bench(args) -> int:

@@ -22,19 +22,19 @@ def register(subs) -> None:
     s.add_argument("--folds", default="all", help="'all', one fold '0', or a list '0,2'")
     s.add_argument("--run-dir", help="new run directory (default runs/<name>-<n>)")
     s.add_argument("--resume", metavar="RUN", help="continue the unfinished folds of RUN from last.pt")
-    s.set_defaults(run=cmd_train)
+    s.set_defaults(handler=cmd_train)
 
     s = sub(subs, "config", "print the default config YAML or the README table",
              "maskcls config > my.yaml\nmaskcls config --table")
     s.add_argument("--table", action="store_true")
     add_config_args(s)
-    s.set_defaults(run=cmd_config)
+    s.set_defaults(handler=cmd_config)
 
     s = sub(subs, "models", "list timm architectures (* = offline pretrained weights available)",
              "maskcls models 'eff*'\nmaskcls models --offline")
     s.add_argument("pattern", nargs="?", default="*")
     s.add_argument("--offline", action="store_true", help="only architectures with offline weights")
-    s.set_defaults(run=cmd_models)
+    s.set_defaults(handler=cmd_models)
 
 
 def parse_folds(spec: str | None, k: int) -> list[int]:
@@ -61,6 +61,10 @@ def format_summary(s: dict) -> str:
         lines.append(f"out-of-fold macro F1: {s['oof_f1']:.4f}")
     if s.get("head_f1"):
         lines.append("per-head F1: " + ", ".join(f"{h} {v:.4f}" for h, v in s["head_f1"].items()))
+    if d := s.get("decision"):
+        lines.append(f"decision tuning (per-class offsets, cross-fitted over {d['parts']} parts): macro F1 "
+                     f"{d['f1_argmax']:.4f} -> {d['f1_tuned_cross_fitted']:.4f} "
+                     f"({'applied' if d['apply_by_default'] else 'not applied'} by predict --tune-bias auto)")
     if s.get("mean_f1") is not None:
         lines.append(f"best val macro F1: {s['mean_f1']:.4f}")
     return "\n".join(lines)

@@ -80,7 +80,7 @@ def _source(prep: Prepared, rows: pd.DataFrame, *, faces: bool, cache: bool, ima
         from ..prep.cache import build_cache
         side, mode = ((REFERENCE_CROP, "center") if preset.startswith("reference")
                       else (int(round(image_size * 1.15)), "square"))
-        everything = prep.train_rows()
+        everything = prep.fit_rows()
         arr = build_cache(prep.abs_paths(everything), everything["fast"].to_numpy(), prep.dir / "cache", side,
                           workers=default_workers(), mode=mode)
         return ArraySource(arr, everything.index.get_indexer(rows.index))
@@ -106,11 +106,12 @@ def make_dataset(prep: Prepared, rows: pd.DataFrame, cfg: DataConfig, pp: Prepro
 
 
 def fold_rows(prep: Prepared, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, validation rows) of ``fold``."""
+    """(training rows, validation rows) of ``fold``; pseudo-labelled rows are always in training."""
     tr = prep.train_rows()
     if fold not in set(tr["fold"]):
         raise DataError(f"fold {fold} does not exist in {prep.dir} (folds 0..{prep.num_folds - 1})")
-    return tr[tr["fold"] != fold], tr[tr["fold"] == fold]
+    fit = prep.fit_rows()
+    return fit[fit["fold"] != fold], tr[tr["fold"] == fold]
 
 
 def training_labels(rows: pd.DataFrame, task: Task, old_age: int | None) -> np.ndarray:

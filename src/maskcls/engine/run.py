@@ -24,9 +24,18 @@ from ..errors import ConfigError
 from ..models.factory import pretrained_info, size_kwargs
 from ..prep.prepared import Prepared, load_prepared
 from .accel import make_accelerator
+from .decision import tune_run
 from .fold import FoldTrainer, RunContext
 from .fold_data import Preprocessing, resolve_loader, resolve_preprocessing
-from .rundir import create_run_dir, next_run_dir, read_run_config, read_run_info, summarize_run, write_run_files
+from .rundir import (
+    create_run_dir,
+    next_run_dir,
+    read_oof,
+    read_run_config,
+    read_run_info,
+    summarize_run,
+    write_run_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +123,10 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
     summary = None
     if acc.is_main_process:
         finished = not interrupted and all(r["status"] in ("done", "stopped") for r in results.values())
+        oof = read_oof(run, results)
+        decision = tune_run(run, oof, ctx.task) if oof is not None and finished else None
         summary = summarize_run(run, name=run.name, task=ctx.task, heads=cfg.model.heads, folds=results,
-                                finished=finished)
+                                finished=finished, decision=decision)
     if interrupted:
         raise RunInterrupted(run, acc.is_main_process)
     return {**(summary or {}), "run_dir": str(run), "is_main": acc.is_main_process}

@@ -83,8 +83,10 @@ def read_oof(run: Path, folds) -> pd.DataFrame | None:
     return pd.concat(parts, ignore_index=True) if parts else None
 
 
-def summarize_run(run: Path, *, name: str, task: Task, heads: str, folds: dict[int, dict], finished: bool) -> dict:
-    """summary.json: per-fold bests, mean over folds, out-of-fold F1 when several folds ran."""
+def summarize_run(run: Path, *, name: str, task: Task, heads: str, folds: dict[int, dict], finished: bool,
+                  decision: dict | None = None) -> dict:
+    """summary.json: per-fold bests, mean over folds, out-of-fold F1 when several folds ran, and the
+    decision tuning's cross-fitted result (decision.json holds its offsets)."""
     oof = read_oof(run, folds)
     scores = oof_scores(oof, task) if oof is not None else None
     done = [r["best_f1"] for r in folds.values() if r.get("best_f1") is not None and r["best_f1"] >= 0]
@@ -93,6 +95,7 @@ def summarize_run(run: Path, *, name: str, task: Task, heads: str, folds: dict[i
                "mean_f1": float(np.mean(done)) if done else None,
                "oof_f1": scores["f1"] if scores and oof["fold"].nunique() > 1 else None,
                "head_f1": (scores["head_f1"] or None) if scores else None,
-               "finished": finished}
+               "finished": finished,
+               "decision": {k: v for k, v in decision.items() if k != "offsets"} if decision else None}
     atomic_write_json(run / "summary.json", summary)
     return summary

@@ -56,7 +56,16 @@ class Prepared:
         return np.array([p if p.startswith("/") else f"{root}/{p}" for p in rows["path"]])
 
     def train_rows(self) -> pd.DataFrame:
+        """Labelled rows of the folds (validation and out-of-fold scores come from these alone)."""
         return self.manifest[self.manifest["split"] == "train"]
+
+    def pseudo_rows(self) -> pd.DataFrame:
+        """Pseudo-labelled rows (``maskcls pseudo``): trained on in every fold, never validated on."""
+        return self.manifest[self.manifest["split"] == "pseudo"]
+
+    def fit_rows(self) -> pd.DataFrame:
+        """Every row a fold may train on: the labelled rows and the pseudo-labelled ones."""
+        return self.manifest[self.manifest["split"].isin(["train", "pseudo"])]
 
     def eval_rows(self) -> pd.DataFrame:
         return self.manifest[self.manifest["split"] == "eval"]
