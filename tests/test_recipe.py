@@ -159,3 +159,28 @@ def test_pseudo_labels_join_training_never_validation(prepared_dir, tmp_path, ca
     with pytest.raises(Exception, match="min-prob"):
         from maskcls.pseudo import make_pseudo
         make_pseudo(run, tmp_path / "bad", min_prob=1.5)
+
+
+@pytest.mark.slow
+def test_ensemble_of_runs_averages_their_probabilities_in_info_order(prepared_dir, synth_root, tmp_path, capsys):
+    from maskcls.cli import main
+    from maskcls.ensemble import predict_runs
+    from maskcls.predict import predict_submission
+    runs = [Path(train(prepared_dir, tmp_path / f"r{i}", tiny(train={"epochs": 1, "seed": i}), folds=(0, 1))["run_dir"])
+            for i in range(2)]
+    singles = [pd.read_csv(predict_submission(r, out=str(tmp_path / f"s{i}.csv"), tta="hflip",
+                                              tune_bias="off")["probabilities"]) for i, r in enumerate(runs)]
+    r = predict_runs(runs, out=str(tmp_path / "ens.csv"), tta="hflip", tune_bias="off")
+    ens = pd.read_csv(tmp_path / "ens.probs.csv")
+    info = pd.read_csv(synth_root / "eval" / "info.csv", dtype={"ImageID": str})
+    assert list(ens["ImageID"].astype(str)) == list(info["ImageID"])
+    cols = [f"prob_{i}" for i in range(18)]
+    mean = (singles[0][cols].to_numpy() + singles[1][cols].to_numpy()) / 2
+    np.testing.assert_allclose(ens[cols].to_numpy(), mean, atol=2e-6)
+    sub = pd.read_csv(tmp_path / "ens.csv", dtype={"ImageID": str})
+    assert (sub["ans"].to_numpy() == mean.argmax(1)).all() and r["weights"] == [0.5, 0.5]
+    assert r["oof_rows"] == (pd.read_csv(prepared_dir / "manifest.csv")["fold"].isin([0, 1])).sum()
+    assert main(["predict", str(runs[0]), str(runs[1]), "--ensemble-weights", "oof",
+                 "--out", str(tmp_path / "ens2.csv")]) == 0
+    assert "ensemble" in capsys.readouterr().out
+    assert main(["predict", str(runs[0]), str(runs[1]), str(synth_root / "eval" / "images")]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import ConfigError
 from .common import sub
 
 
@@ -12,9 +13,10 @@ def register(subs) -> None:
              "maskcls predict runs/lite0-1                       # submission.csv in the run dir\n"
              "maskcls predict runs/lite0-1 --folds all --tta hflip --out sub.csv\n"
              "maskcls predict runs/lite0-1 photo.jpg photos/     # one line per image\n"
-             "maskcls predict runs/lite0-1 photos/ --json")
-    s.add_argument("run")
-    s.add_argument("images", nargs="*", help="image files or folders (omit to predict the eval set)")
+             "maskcls predict runs/lite0-1 photos/ --json\n"
+             "maskcls predict runs/lite0-1 runs/lite2-1 --tta hflip --out sub.csv   # an ensemble of runs")
+    s.add_argument("run", help="a run directory; several runs (each with run.json) make an ensemble")
+    s.add_argument("images", nargs="*", help="more runs, or image files or folders (omit to predict the eval set)")
     s.add_argument("--data", help="prepared directory (default: the one the run trained on)")
     s.add_argument("--out", help="submission CSV path (default RUN/submission.csv)")
     s.add_argument("--folds", default="all", help="'all', 'best', or a list '0,1'")
@@ -24,6 +26,8 @@ def register(subs) -> None:
     s.add_argument("--tune-bias", choices=["auto", "on", "off"], default="auto",
                    help="per-class decision offsets fitted for macro F1 on the run's out-of-fold rows "
                         "(decision.json): auto = when they helped cross-fitted")
+    s.add_argument("--ensemble-weights", choices=["equal", "oof"], default="equal",
+                   help="several runs: equal weights, or weights fitted for macro F1 on their common out-of-fold rows")
     s.set_defaults(handler=cmd_predict)
 
     s = sub(subs, "pseudo", "pseudo-label confident eval images into a new prepared directory",
@@ -51,8 +55,17 @@ def register(subs) -> None:
     s.set_defaults(handler=cmd_export)
 
 
+def _is_run(item: str) -> bool:
+    return (Path(item) / "run.json").is_file()
+
+
 def cmd_predict(args) -> int:
     from ..predict import predict_images, predict_submission
+    runs = [args.run] + [i for i in args.images if _is_run(i)]
+    if len(runs) > 1:
+        if len(runs) != 1 + len(args.images):
+            raise ConfigError("predict takes several runs (an ensemble) or one run and images, not both")
+        return _predict_ensemble(args, runs)
     if args.images:
         res = predict_images(args.run, args.images, folds=args.folds, tta=args.tta,
                              batch_size=args.batch_size or 32)
@@ -69,6 +82,18 @@ def cmd_predict(args) -> int:
     print(f"submission: {s['submission']} ({s['rows']} rows, folds {s['folds']}, tta {s['tta']}"
           f"{', decision offsets' if s['decision_offsets'] else ''})")
     print(f"probabilities: {s['probabilities']}")
+    return 0
+
+
+def _predict_ensemble(args, runs: list[str]) -> int:
+    from ..ensemble import predict_runs
+    r = predict_runs(runs, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
+                     weights=args.ensemble_weights, tune_bias=args.tune_bias, batch_size=args.batch_size)
+    print(f"submission: {r['submission']} ({r['rows']} rows, {len(runs)} runs, weights {r['weights']}, "
+          f"tta {r['tta']}{', decision offsets' if r['decision_offsets'] else ''})")
+    if "oof_f1_ensemble" in r:
+        print(f"common out-of-fold rows: {r['oof_rows']}; macro F1 per run "
+              f"{', '.join(f'{f:.4f}' for f in r['oof_f1_runs'])}; ensemble {r['oof_f1_ensemble']:.4f}")
     return 0
 
 

@@ -1,0 +1,115 @@
+"""Ensembles across runs: ``maskcls predict RUN1 RUN2 … --out sub.csv``.
+
+Each run predicts the evaluation images with its own folds, preprocessing and TTA (fold
+ensemble inside a run, as for one run); the runs' probabilities are then averaged with equal
+weights, or with weights fitted for macro F1 on their common out-of-fold rows (runs trained on
+the same prepared split). The rows and their order are eval/info.csv's, checked to be the same
+for every run. Decision offsets (``--tune-bias``) are fitted on the ensemble's out-of-fold
+probabilities and applied only when they raise the cross-fitted macro F1 (``auto``).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .engine.decision import apply_offsets, cross_fitted, fit_offsets
+from .engine.metrics import confusion, macro_f1
+from .engine.rundir import read_oof, read_run_info
+from .errors import DataError
+from .fsutil import atomic_write_json, atomic_write_text, free_name
+
+log = logging.getLogger(__name__)
+
+
+def common_oof(runs: list[Path], k: int) -> pd.DataFrame | None:
+    """Out-of-fold rows every run has (same image, same label), with each run's probabilities; or None."""
+    frames = []
+    for i, run in enumerate(runs):
+        oof = read_oof(run, read_run_info(run)["folds"])
+        if oof is None:
+            return None
+        probs = oof[[f"prob_{c}" for c in range(k)]].to_numpy()
+        frames.append(pd.DataFrame({"path": oof["path"], "label": oof["label"], "fold": oof["fold"],
+                                    "group": oof["group"], f"p{i}": list(probs)}))
+    common = frames[0]
+    for i, f in enumerate(frames[1:], start=1):
+        common = common.merge(f[["path", "label", f"p{i}"]], on=["path", "label"])
+    return common if len(common) else None
+
+
+def fit_run_weights(probs: list[np.ndarray], labels: np.ndarray, k: int, step: float = 0.1) -> np.ndarray:
+    """Weights on the simplex (grid of ``step``) maximising the macro F1 of the weighted mean."""
+    n = len(probs)
+    ticks = int(round(1 / step))
+    best, best_w = -1.0, np.full(n, 1 / n)
+    for combo in itertools.product(range(ticks + 1), repeat=n - 1):
+        if sum(combo) > ticks:
+            continue
+        w = np.array([*combo, ticks - sum(combo)], float) / ticks
+        f1 = macro_f1(confusion(labels, sum(wi * p for wi, p in zip(w, probs)).argmax(1), k))
+        if f1 > best + 1e-12:
+            best, best_w = f1, w
+    return best_w
+
+
+def predict_runs(runs: list[str | Path], *, data: str | None = None, out: str | None = None, folds: str = "all",
+                 tta: str = "none", weights: str = "equal", tune_bias: str = "auto",
+                 batch_size: int | None = None) -> dict:
+    """The submission of several runs' averaged probabilities; see the module docstring."""
+    from .predict import _info_csv, eval_probabilities, run_and_data
+    runs = [Path(r) for r in runs]
+    probs, info, task = [], None, None
+    for run in runs:
+        loaded, prep = run_and_data(run, folds=folds, data=data)
+        run_info = _info_csv(prep)
+        if info is not None and list(run_info["ImageID"]) != list(info["ImageID"]):
+            raise DataError(f"{run} predicts other evaluation images than {runs[0]} (eval/info.csv differs); "
+                            "ensemble runs of one competition source, or pass the same --data")
+        if task is not None and loaded[0].task != task:
+            raise DataError(f"{run} has another label space than {runs[0]}; ensemble runs of one task only")
+        info, task = run_info, loaded[0].task
+        probs.append(eval_probabilities(loaded, prep, tta=tta, batch_size=batch_size))
+    k = task.num_classes
+    oof = common_oof(runs, k)
+    w = np.full(len(runs), 1 / len(runs))
+    report: dict = {"weights_method": weights}
+    if oof is not None:
+        oof_probs = [np.stack(oof[f"p{i}"].to_numpy()) for i in range(len(runs))]
+        labels = oof["label"].to_numpy()
+        if weights == "oof":
+            w = fit_run_weights(oof_probs, labels, k)
+        elif weights != "equal":
+            raise DataError(f"--ensemble-weights {weights!r}: use equal or oof")
+        mixed = sum(wi * p for wi, p in zip(w, oof_probs))
+        report["oof_rows"] = int(len(oof))
+        report["oof_f1_runs"] = [macro_f1(confusion(labels, p.argmax(1), k)) for p in oof_probs]
+        report["oof_f1_ensemble"] = macro_f1(confusion(labels, mixed.argmax(1), k))
+        table = pd.DataFrame(mixed, columns=[f"prob_{c}" for c in range(k)]).assign(
+            label=labels, fold=oof["fold"].to_numpy(), group=oof["group"].to_numpy())
+        decision = cross_fitted(table, k)
+        report["decision"] = decision
+        offsets = fit_offsets(mixed, labels, k) if tune_bias == "on" or (
+            tune_bias == "auto" and decision["gain"] > 0) else None
+    elif weights == "oof":
+        raise DataError("--ensemble-weights oof needs out-of-fold rows the runs share (the same prepared split); "
+                        "use --ensemble-weights equal")
+    else:
+        offsets = None
+    ens = sum(wi * p for wi, p in zip(w, probs))
+    sub = info.copy()
+    sub["ans"] = apply_offsets(ens, offsets)
+    out_path = free_name(Path(out) if out else runs[0] / "ensemble-submission.csv")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_path, sub.to_csv(index=False))
+    prob_df = pd.DataFrame(ens, columns=[f"prob_{c}" for c in range(k)])
+    prob_df.insert(0, "ImageID", info["ImageID"].to_numpy())
+    atomic_write_text(out_path.with_name(out_path.stem + ".probs.csv"), prob_df.to_csv(index=False,
+                                                                                     float_format="%.6f"))
+    report.update({"runs": [str(r) for r in runs], "weights": [round(float(x), 3) for x in w], "tta": tta,
+                   "decision_offsets": offsets is not None})
+    atomic_write_json(out_path.with_name(out_path.stem + ".ensemble.json"), report)
+    return {"submission": str(out_path), "rows": len(sub), **report}
