@@ -84,7 +84,7 @@ def train_one(cfg: Config, name: str, prep, work: Path, fresh: bool = False) -> 
     key = _key(cfg, name, prep)
     cached = work / "results" / f"{key}.json"
     if not fresh and (hit := read_json(cached)) is not None:
-        return SeedResult(**hit)
+        return SeedResult(**{f: hit[f] for f in SeedResult.__dataclass_fields__})
     run_dir = work / "runs" / f"{name}-{key}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a half-finished earlier attempt
     t0 = time.perf_counter()
