@@ -7,10 +7,14 @@ from .common import sub
 def register(subs) -> None:
     s = sub(subs, "bench", "benchmarks measured side by side with the reference recipe",
              "maskcls bench loader --images 300\nmaskcls bench stats\nmaskcls bench train\n"
-             "maskcls bench faces\nmaskcls bench memory --images 20000")
-    s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory"])
+             "maskcls bench faces\nmaskcls bench memory --images 20000\n"
+             "maskcls bench serve --run runs/lite0-1 --requests 2000")
+    s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "serve"])
     s.add_argument("--images", type=int, default=None)
     s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--run", dest="run_dir", default=None,
+                   help="serve: the run to serve (default: train a small tf_efficientnet_lite0 run at 128 px first)")
+    s.add_argument("--requests", type=int, default=2000, help="serve: requests per mode and concurrency")
     s.set_defaults(run=cmd_bench)
 
     s = sub(subs, "demo", "the whole job on a synthetic dataset, in minutes",
@@ -32,6 +36,9 @@ def cmd_bench(args) -> int:
     elif args.what == "faces":
         from ..bench.faces import bench_faces
         r = bench_faces(**kw)
+    elif args.what == "serve":
+        from ..bench.serve import bench_serve
+        r = bench_serve(run=args.run_dir, requests=args.requests)
     elif args.what == "train":
         from ..bench.train import bench_train
         r = bench_train(**kw)
