@@ -365,6 +365,18 @@ def test_readiness_waits_for_the_model_and_reports_a_failure(tmp_path):
         assert c.post("/v1/predict", files=files(("a.jpg", photo()))).json()["error"]["code"] == "model_failed"
     assert len(failures) == 1 and isinstance(failures[0], FileNotFoundError)
 
+    def wrong_shape(x):  # a model that cannot even run its warm-up batch
+        raise ValueError("expected 64x64 input")
+    app = create_app(tmp_path, ServeOptions(), loader=lambda: model_of(wrong_shape, tmp_path),
+                     on_load_error=failures.append)
+    with TestClient(app) as c:
+        for _ in range(100):
+            if c.get("/readyz").json()["status"] == "failed":
+                break
+            time.sleep(0.05)
+        assert "64x64" in c.get("/readyz").json()["error"]
+    assert len(failures) == 2
+
 
 def _post_raw(port: int, data: bytes, out: dict) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

@@ -106,21 +106,25 @@ async def _in_thread(fn: Callable):
 
 async def _load(st: ServerState, loader: Callable[[], ServedModel], on_error: Callable[[BaseException], None] | None):
     t0 = time.perf_counter()
-    opts = st.options
-    model, err = await _in_thread(loader)
-    pre = None
-    if err is None:
-        pre, err = await _in_thread(lambda: Preprocessor(model, st.limits.max_pixels))
-    if err is not None:
-        st.error = str(err) or type(err).__name__
+    opts, batcher = st.options, None
+    try:
+        model, err = await _in_thread(loader)
+        if err is None:
+            pre, err = await _in_thread(lambda: Preprocessor(model, st.limits.max_pixels))
+        if err is not None:
+            raise err
+        batcher = MicroBatcher(model.predict, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms)
+        batcher.start()
+        size = model.preprocessing.image_size
+        await batcher.run([np.zeros((3, size, size), np.uint8)] * opts.max_batch)  # warm-up: first-run costs now
+    except Exception as e:
+        st.error = str(e) or type(e).__name__
         log.error("cannot serve: %s", st.error)
+        if batcher is not None:
+            await batcher.close()
         if on_error is not None:
-            on_error(err)
+            on_error(e)
         return
-    batcher = MicroBatcher(model.predict, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms)
-    batcher.start()
-    size = model.preprocessing.image_size
-    await batcher.run([np.zeros((3, size, size), np.uint8)] * opts.max_batch)  # warm-up: first-run costs now
     st.model, st.preprocess, st.batcher = model, pre, batcher
     log.info("model ready in %.1f s: folds %s, %s backend", time.perf_counter() - t0, model.folds, model.backend)
 
@@ -155,7 +159,7 @@ async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, byte
 def _auth_dependency(token: str | None):
     expected = token.encode() if token else None
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:  # async: no thread hop per request
         if expected is None:
             return
         scheme, _, value = request.headers.get("authorization", "").partition(" ")

@@ -24,7 +24,7 @@ from ..engine.fold_data import Preprocessing
 from ..errors import ConfigError
 from ..export import build_ensemble, export_run
 from ..fsutil import cpu_count, read_json
-from ..inference import LoadedFold, load_folds
+from ..inference import LoadedFold, device_for_inference, load_folds
 from ..labels import Task
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,14 @@ class ServedModel:
     info: dict = field(default_factory=dict)  # what GET /v1/model shows
 
 
-def torch_predictor(loaded: list[LoadedFold]) -> Predictor:
-    ensemble = build_ensemble(loaded)
+def torch_predictor(loaded: list[LoadedFold], device: torch.device | None = None) -> Predictor:
+    """The fold ensemble in fp32 on ``device`` (default CPU: the reference an ONNX graph is checked against)."""
+    device = device or torch.device("cpu")
+    ensemble = build_ensemble(loaded).to(device)
 
     def predict(images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return ensemble(torch.from_numpy(images)).numpy()
+            return ensemble(torch.from_numpy(images).to(device)).cpu().numpy()
     return predict
 
 
@@ -107,7 +109,8 @@ def cached_onnx(run: Path, folds: list[int], reference: Predictor, image_size: i
             diff = float("inf")
         if diff <= ONNX_TOLERANCE:
             log.info("ONNX model %s (%s), max |diff| vs torch %.1e", path, attempt, diff)
-            return predict, {"file": str(path), "source": attempt, "max_abs_diff_vs_torch": diff}
+            shown = path.relative_to(run) if path.is_relative_to(run) else path
+            return predict, {"file": str(shown), "source": attempt, "max_abs_diff_vs_torch": diff}
         log.warning("ONNX model %s differs from the checkpoints by %.2e (> %.0e)", path, diff, ONNX_TOLERANCE)
     raise RuntimeError(f"the ONNX export of {run} disagrees with its checkpoints by {diff:.2e}")
 
@@ -128,14 +131,17 @@ def load_model(run: str | Path, *, folds: str = "best", backend: str = "onnx") -
     loaded = load_folds(run, folds)
     ids = [f.fold for f in loaded]
     meta, pp = loaded[0].meta, loaded[0].preprocessing
-    predict, used, backend_info = torch_predictor(loaded), "torch", {}
+    predict, used, backend_info = None, "torch", {}
     if backend == "onnx":
         try:
-            predict, backend_info = cached_onnx(run, ids, predict, pp.image_size)
+            predict, backend_info = cached_onnx(run, ids, torch_predictor(loaded), pp.image_size)
             used = "onnx"
         except Exception as e:  # torch is the fallback: same numbers, slower
             log.warning("serving with torch instead of ONNX Runtime: %s", e)
             backend_info = {"fallback_reason": str(e)}
+    if predict is None:  # the torch backend runs on the GPU when there is one
+        device = device_for_inference()
+        predict, backend_info = torch_predictor(loaded, device), {**backend_info, "device": str(device)}
     task = loaded[0].task
     info = {"maskcls_version": __version__, "run": run.name, "model": meta["model_name"], "heads": meta["heads"],
             "task": {"kind": task.kind, "class_names": list(task.class_names),
