@@ -161,6 +161,17 @@ def test_predict_answers_equal_the_pipeline(tmp_path):
         assert raw.json()["results"][0]["probabilities"] == results[0]["probabilities"]
 
 
+def test_fast_jpeg_decode_gives_maskcls_pixels():
+    from maskcls.serve.images import decode, read_header
+    plain, rotated, grey = photo(seed=7), photo(seed=8, exif_orientation=6), photo(seed=9, mode="L")
+    assert read_header(plain, "p", 10**6)[3] and read_header(grey, "g", 10**6)[3]
+    assert not read_header(rotated, "r", 10**6)[3] and not read_header(photo(fmt="PNG"), "n", 10**6)[3]
+    for data in (plain, grey):
+        assert np.array_equal(decode(data, fast=True), read_pil(io.BytesIO(data)))
+    with pytest.raises(Exception, match="truncated|broken|cannot decode"):
+        decode(_truncated(), fast=True)  # a damaged JPEG is not silently grey-filled
+
+
 def test_exif_rotation_applied_before_the_model(tmp_path):
     rotated = photo(w=120, h=90, seed=4, exif_orientation=6)  # stored 120×90, shown 90×120
     with served(app_of(tmp_path)) as c:

@@ -1,9 +1,11 @@
 """Uploads → model input, exactly as at training: decode, (face crop), evaluation transform.
 
 Runs in worker threads, never on the event loop. The header is read first, so a non-image
-or an oversized image is refused before any pixel is decoded; decoding is maskcls' PIL path
-(EXIF rotation, 16-bit / palette / alpha handling, decompression-bomb guard); runs trained
-on face crops get the same MTCNN crop as ``maskcls faces`` made, and its box.
+or an oversized image is refused before any pixel is decoded. Decoding is maskcls' PIL path
+(EXIF rotation, 16-bit / palette / alpha handling, decompression-bomb guard), except for plain
+JPEGs, which libjpeg-turbo decodes to the same pixels about 1.4x faster (as ``maskcls prepare``
+decides for its photos). Runs trained on face crops get the same MTCNN crop as ``maskcls faces``
+made, and its box.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..data.imageio import read_pil
+from ..data import imageio
 from ..data.transforms import create_transform
 from ..errors import DataError
 from .limits import ApiError
@@ -41,15 +43,19 @@ def safe_name(name: str | None, index: int) -> str:
     return base or f"upload-{index + 1}"
 
 
-def read_header(data: bytes, name: str, max_pixels: int) -> tuple[int, int, str]:
-    """(width, height after EXIF rotation, format) from the header alone; ApiError for what cannot be served."""
+def read_header(data: bytes, name: str, max_pixels: int) -> tuple[int, int, str, bool]:
+    """(width, height after EXIF rotation, format, fast) from the header alone; ApiError for what cannot be served.
+
+    ``fast``: libjpeg-turbo gives PIL's pixels (a plain RGB/greyscale JPEG without EXIF rotation:
+    the rule ``maskcls prepare`` applies to its photos).
+    """
     if not data:
         raise ApiError(400, "empty_file", f"{name}: empty upload (0 bytes); choose a photo file", file=name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
-                w, h, fmt = img.width, img.height, img.format
+                w, h, fmt, mode = img.width, img.height, img.format, img.mode
                 orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ApiError(413, "too_many_pixels", f"{name}: image too large (decompression-bomb guard); resize it "
@@ -63,7 +69,18 @@ def read_header(data: bytes, name: str, max_pixels: int) -> tuple[int, int, str]
     if w * h > max_pixels:
         raise ApiError(413, "too_many_pixels", f"{name}: {w}x{h} = {w * h:,} pixels is over this server's limit of "
                        f"{max_pixels:,}; resize the photo (the model sees a few hundred pixels)", file=name)
-    return (h, w, fmt) if orientation in (5, 6, 7, 8) else (w, h, fmt)
+    fast = fmt == "JPEG" and mode in ("RGB", "L") and orientation == 1
+    return (h, w, fmt, fast) if orientation in (5, 6, 7, 8) else (w, h, fmt, fast)
+
+
+def decode(data: bytes, fast: bool) -> np.ndarray:
+    """uint8 RGB HWC: libjpeg-turbo when ``fast`` (strict: a damaged file falls through), else maskcls' PIL path."""
+    if fast and imageio.simplejpeg is not None:
+        try:
+            return imageio.simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except (ValueError, RuntimeError):
+            pass
+    return imageio.read_pil(io.BytesIO(data))
 
 
 class Preprocessor:
@@ -79,14 +96,14 @@ class Preprocessor:
             self.detector = make_detector("cpu")
 
     def __call__(self, data: bytes, name: str) -> Prepared:
-        w, h, fmt = read_header(data, name, self.max_pixels)
+        w, h, fmt, fast = read_header(data, name, self.max_pixels)
         try:
             if self.face_settings:
                 from ..prep.faces import crop_with_boxes
                 boxes, crops = crop_with_boxes([io.BytesIO(data)], self.face_settings, detector=self.detector)
                 img, box = crops[0], boxes[0]
             else:
-                img, box = read_pil(io.BytesIO(data)), None
+                img, box = decode(data, fast), None
         except DataError:
             raise ApiError(422, "corrupt_image", f"{name}: cannot decode this {fmt} image (truncated or corrupt); "
                            f"re-save the photo and upload it again", file=name) from None
