@@ -60,4 +60,5 @@ def cmd_serve(args) -> int:
     print(f"maskcls serve: {args.run_dir} on {url_of(sock)} (folds {args.folds}, {args.backend}; "
           f"{'token required' if token else 'no token'}); Ctrl+C stops", flush=True)
     serve(args.run_dir, sock, options, access_log=not args.no_access_log)
+    print("maskcls serve: stopped", flush=True)
     return 0

@@ -64,7 +64,10 @@ def url_of(sock: socket.socket) -> str:
 
 def serve(run: str | Path, sock: socket.socket, options: ServeOptions, *, access_log: bool = True,
           graceful_s: float = 30.0) -> None:
-    """Serve ``run`` on the bound ``sock`` until SIGINT/SIGTERM; raise when the model cannot be loaded."""
+    """Serve ``run`` on the bound ``sock`` until SIGINT/SIGTERM; raise when the model cannot be loaded.
+
+    Returns after a graceful shutdown on SIGINT (Ctrl+C); SIGTERM ends the process as the signal does.
+    """
     import uvicorn
     failure: list[BaseException] = []
     server: uvicorn.Server | None = None
@@ -80,7 +83,10 @@ def serve(run: str | Path, sock: socket.socket, options: ServeOptions, *, access
     config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=graceful_s,
                             limit_concurrency=limit, timeout_keep_alive=15, server_header=False)
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it shut down on: stopping is the normal end
+        pass
     if failure:
         err = failure[0]
         raise err if isinstance(err, (MaskclsError, FileNotFoundError)) else MaskclsError(f"cannot serve {run}: {err}")
