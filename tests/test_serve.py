@@ -296,6 +296,13 @@ def test_micro_batching_gathers_concurrent_requests(tmp_path):
     assert state["queued_images"] == 0
 
 
+def test_lone_request_does_not_wait_for_a_batch(tmp_path):
+    with served(app_of(tmp_path, max_batch=16, max_wait_ms=5000)) as c:
+        t0 = time.perf_counter()
+        assert c.post("/v1/predict", files=files(("a.jpg", photo()))).status_code == 200
+        assert time.perf_counter() - t0 < 2.5  # nothing else in flight: no 5 s wait for partners
+
+
 def test_max_batch_one_serves_one_at_a_time(tmp_path):
     rec = Recorder()
     responses, _, _ = asyncio.run(_concurrent_posts(app_of(tmp_path, predict=rec, max_batch=1, max_wait_ms=0), 6))

@@ -117,10 +117,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path, port: int, max_batch: int, max_wait_ms: float, log_path: Path,
+def start_server(run: Path, port: int, max_batch: int, max_wait_ms: float, log_path: Path, backend: str = "onnx",
                  timeout: float = 600) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "maskcls", "serve", str(run), "--port", str(port), "--max-batch", str(max_batch),
-           "--max-wait-ms", str(max_wait_ms), "--no-access-log"]
+           "--max-wait-ms", str(max_wait_ms), "--backend", backend, "--no-access-log"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + timeout
@@ -166,13 +166,14 @@ def _table(mode: str, rows: list[dict], rss: tuple[float, float], batch: float) 
 
 
 def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurrency: tuple[int, ...] = (1, 8, 32),
-                warmup: int = 200, workdir: Path | None = None) -> dict:
+                backend: str = "onnx", warmup: int = 200, workdir: Path | None = None) -> dict:
     """Serve ``run`` (default: a quick tf_efficientnet_lite0 run at 128 px) in both modes and measure.
 
     Args:
         run: a run directory; None trains a small one in a temporary folder first.
         requests: requests per mode and concurrency.
         concurrency: client connections sending at once.
+        backend: the server's ``--backend`` (onnx or torch).
         warmup: requests at concurrency 8 before the start memory is read.
         workdir: parent of the temporary folder.
 
@@ -187,7 +188,7 @@ def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurre
         results, lines = {}, []
         for mode, (max_batch, wait) in MODES.items():
             port = _free_port()
-            proc = start_server(run, port, max_batch, wait, tmp / f"server-{max_batch}.log")
+            proc = start_server(run, port, max_batch, wait, tmp / f"server-{max_batch}.log", backend)
             try:
                 meta = meta or _get(port, "/v1/model")[1]
                 request = build_request(jpeg, "127.0.0.1", port)

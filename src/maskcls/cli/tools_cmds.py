@@ -15,6 +15,7 @@ def register(subs) -> None:
     s.add_argument("--run", dest="run_dir", default=None,
                    help="serve: the run to serve (default: train a small tf_efficientnet_lite0 run at 128 px first)")
     s.add_argument("--requests", type=int, default=2000, help="serve: requests per mode and concurrency")
+    s.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="serve: the server's backend")
     s.set_defaults(run=cmd_bench)
 
     s = sub(subs, "demo", "the whole job on a synthetic dataset, in minutes",
@@ -38,7 +39,7 @@ def cmd_bench(args) -> int:
         r = bench_faces(**kw)
     elif args.what == "serve":
         from ..bench.serve import bench_serve
-        r = bench_serve(run=args.run_dir, requests=args.requests)
+        r = bench_serve(run=args.run_dir, requests=args.requests, backend=args.backend)
     elif args.what == "train":
         from ..bench.train import bench_train
         r = bench_train(**kw)

@@ -113,7 +113,8 @@ async def _load(st: ServerState, loader: Callable[[], ServedModel], on_error: Ca
             pre, err = await _in_thread(lambda: Preprocessor(model, st.limits.max_pixels))
         if err is not None:
             raise err
-        batcher = MicroBatcher(model.predict, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms)
+        batcher = MicroBatcher(model.predict, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms,
+                               incoming=lambda: st.admission.pending - batcher.in_flight)
         batcher.start()
         size = model.preprocessing.image_size
         await batcher.run([np.zeros((3, size, size), np.uint8)] * opts.max_batch)  # warm-up: first-run costs now

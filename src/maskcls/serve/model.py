@@ -65,6 +65,9 @@ def onnx_predictor(path: Path) -> Predictor:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = cpu_count()  # one batch at a time uses every core
     opts.inter_op_num_threads = 1
+    # Idle ORT threads spin by default, taking the cores that decode uploads and run the event loop.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return lambda images: session.run(None, {"image": images})[0]
 
