@@ -106,7 +106,8 @@ def assert_shows(card, answer: dict) -> None:
         g = got["attributes"][name]
         assert g["top"] == [a["value"]] and g["probs"] == a["probabilities"]
         assert g["pct"] == {c: f"{100 * p:.1f}%" for c, p in a["probabilities"].items()}
-        assert g["width"] == {c: f"{100 * p:.1f}%" for c, p in a["probabilities"].items()}
+        for c, p in a["probabilities"].items():  # the browser writes 38.0% back as 38%
+            assert g["width"][c].endswith("%") and abs(float(g["width"][c][:-1]) - round(100 * p, 1)) < 1e-9
 
 
 def open_page(browser, url: str, width: int, height: int):
@@ -159,7 +160,8 @@ def test_pick_drop_and_webcam_show_the_api_answer(browser, server, synth_root, t
     page.wait_for_selector("[data-testid=result][data-file^='webcam-'][data-status=done]", timeout=30000)
 
     assert all(u.startswith(server) or u.startswith(("blob:", "data:")) for u in page.requests), page.requests
-    assert not page.problems, page.problems
+    # no script error, no CSP refusal, no failed load but the refused notes.txt
+    assert [m for m in page.problems if "status of 415" not in m] == [], page.problems
     page.close()
 
 
