@@ -180,6 +180,9 @@ def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurre
     Returns ``{"modes": {mode: {"rows", "rss_mb"}}, "speedup", "text"}``; ``text`` ends with
     ``serve speedup vs one-at-a-time: X.XX`` (throughput ratio at concurrency 8).
     """
+    if run is not None:
+        from ..inference import select_folds
+        select_folds(run, "best")  # a wrong run fails here, in one line, before any server starts
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         run = Path(run) if run else quick_run(tmp)
