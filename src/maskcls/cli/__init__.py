@@ -11,10 +11,10 @@ import os
 import sys
 
 from ..errors import MaskclsError
-from . import predict_cmds, prep_cmds, tools_cmds, train_cmds
+from . import predict_cmds, prep_cmds, serve_cmds, tools_cmds, train_cmds
 
 # Each module registers its subcommands (parsers and handlers); the order is the help's order.
-COMMAND_MODULES = (prep_cmds, train_cmds, predict_cmds, tools_cmds)
+COMMAND_MODULES = (prep_cmds, train_cmds, predict_cmds, serve_cmds, tools_cmds)
 
 EPILOG = """\
 examples:

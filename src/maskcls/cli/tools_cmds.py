@@ -9,8 +9,9 @@ def register(subs) -> None:
              "maskcls bench loader --images 300\nmaskcls bench stats\nmaskcls bench train\n"
              "maskcls bench faces\nmaskcls bench memory --images 20000\n"
              "maskcls bench quality --seeds 2                      # real dev sets, fixed budget\n"
-             "maskcls bench quality --set data.sampler=balanced    # a variant against the defaults")
-    s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "quality"])
+             "maskcls bench quality --set data.sampler=balanced    # a variant against the defaults\n"
+             "maskcls bench serve --run runs/lite0-1 --requests 2000")
+    s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "quality", "serve"])
     s.add_argument("--images", type=int, default=None)
     s.add_argument("--workers", type=int, default=2)
     q = s.add_argument_group("quality")
@@ -20,6 +21,11 @@ def register(subs) -> None:
     q.add_argument("--work", default=".cache/quality", help="prepared sets, runs and cached results")
     q.add_argument("--fresh", action="store_true", help="retrain even when a cached result exists")
     add_config_args(q)
+    v = s.add_argument_group("serve")
+    v.add_argument("--run", dest="run_dir", default=None,
+                   help="the run to serve (default: train a small tf_efficientnet_lite0 run at 128 px first)")
+    v.add_argument("--requests", type=int, default=2000, help="requests per mode and concurrency")
+    v.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="the server's backend")
     s.set_defaults(handler=cmd_bench)
 
     s = sub(subs, "demo", "the whole job on a synthetic dataset, in minutes",
@@ -43,6 +49,9 @@ def cmd_bench(args) -> int:
     elif args.what == "faces":
         from ..bench.faces import bench_faces
         r = bench_faces(**kw)
+    elif args.what == "serve":
+        from ..bench.serve import bench_serve
+        r = bench_serve(run=args.run_dir, requests=args.requests, backend=args.backend)
     elif args.what == "train":
         from ..bench.train import bench_train
         r = bench_train(**kw)

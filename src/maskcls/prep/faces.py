@@ -44,7 +44,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write_json, cpu_count, read_json
-from .face_crop import FaceSettings, process_batch
+from .face_crop import BOX_COLS, FaceSettings, process_batch
 from .face_store import (
     FACES_DIR,
     FacesLock,
@@ -216,9 +216,34 @@ def face_settings(info: dict) -> dict:
 
 def crop_files(paths: list[str], settings: dict, *, batch_size: int = 16, device: str | None = None) -> np.ndarray:
     """Face crops (N×S×S×3 uint8) of arbitrary image files with the settings a run trained with."""
+    return crop_with_boxes(paths, settings, batch_size=batch_size, device=device)[1]
+
+
+def crop_with_boxes(sources: list, settings: dict, *, batch_size: int = 16, device: str | None = None,
+                    detector=None) -> tuple[np.ndarray, np.ndarray]:
+    """Face boxes and crops of arbitrary images with the settings a run trained with (what serving shows).
+
+    Args:
+        sources: image files, or binary file objects holding an image (uploads). All are decoded
+            by PIL with their EXIF rotation applied (the fast JPEG path ignores EXIF, and an
+            arbitrary photo has not been probed as a prepared one has).
+        settings: the run's face settings (:func:`face_settings`).
+        batch_size: images per MTCNN call.
+        device: torch device of a new detector (default: CUDA when available, else CPU).
+        detector: an MTCNN from :func:`~.mtcnn.make_detector` to reuse (a server keeps one).
+
+    Returns (boxes N×7 in the images' pixels after EXIF rotation, columns ``face_crop.BOX_COLS``;
+    crops N×S×S×3 uint8). Raises DataError naming an unreadable image.
+    """
     cfg = FaceSettings(**settings)
     cfg.check()
-    detector = make_detector(device)
-    parts = [process_batch(detector, paths[i:i + batch_size], [True] * len(paths[i:i + batch_size]), cfg)[1]
-             for i in range(0, len(paths), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, cfg.size, cfg.size, 3), np.uint8)
+    detector = detector if detector is not None else make_detector(device)
+    boxes, crops = [], []
+    for i in range(0, len(sources), batch_size):
+        part = list(sources[i:i + batch_size])
+        b, c = process_batch(detector, part, [False] * len(part), cfg)
+        boxes.append(b)
+        crops.append(c)
+    if not crops:
+        return np.zeros((0, len(BOX_COLS)), np.float64), np.zeros((0, cfg.size, cfg.size, 3), np.uint8)
+    return np.concatenate(boxes), np.concatenate(crops)

@@ -1,0 +1,64 @@
+"""``maskcls serve``: a trained run as a web service and a web page."""
+from __future__ import annotations
+
+import logging
+import os
+
+from .common import sub
+
+
+def register(subs) -> None:
+    s = sub(subs, "serve", "serve a trained run: JSON API (POST /v1/predict) and a web page, micro-batched",
+            "maskcls serve runs/lite0-1                     # http://127.0.0.1:8000/\n"
+            "maskcls serve runs/lite0-1 --folds all --port 9000\n"
+            "MASKCLS_SERVE_TOKEN=$(openssl rand -hex 16) maskcls serve runs/lite0-1 --host 0.0.0.0\n"
+            "curl -F file=@photo.jpg http://127.0.0.1:8000/v1/predict")
+    s.add_argument("run_dir", metavar="RUN", help="run directory (runs/<name>-<n>)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; any other needs a token)")
+    s.add_argument("--port", type=int, default=8000, help="port (0 = any free one)")
+    s.add_argument("--folds", default="best", help="'best' (one model, fastest), 'all' (fold ensemble), or '0,2'")
+    s.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
+                   help="onnx: ONNX Runtime, exported on first use into RUN/export/ and checked against torch")
+    s.add_argument("--max-batch", type=int, default=16, help="most images per model call (1 = no batching)")
+    s.add_argument("--max-wait-ms", type=float, default=10.0, help="longest an image waits for its batch to fill")
+    s.add_argument("--token", default=None,
+                   help="bearer token required on /v1/* (prefer the MASKCLS_SERVE_TOKEN variable: arguments "
+                        "are visible to every user of the machine)")
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MiB")
+    s.add_argument("--max-pixels", type=int, default=None,
+                   help="largest image in pixels (width x height; default and maximum 50,000,000)")
+    s.add_argument("--max-images", type=int, default=16, help="photos per request")
+    s.add_argument("--max-queue", type=int, default=64,
+                   help="images waiting or running, over all requests; more are answered 503 + Retry-After")
+    s.add_argument("--decode-workers", type=int, default=None, help="threads decoding uploads (default: CPUs)")
+    s.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    s.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from ..errors import ConfigError
+    from ..inference import select_folds
+    from ..serve.app import ServeOptions
+    from ..serve.limits import Limits, MiB
+    from ..serve.server import TOKEN_ENV, bind, check_exposure, serve, url_of
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    check_exposure(args.host, token)
+    if args.max_batch < 1 or args.max_wait_ms < 0:
+        raise ConfigError(f"--max-batch must be >= 1 and --max-wait-ms >= 0, not {args.max_batch} and "
+                          f"{args.max_wait_ms}")
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * MiB), max_images=args.max_images,
+                    max_queue=args.max_queue, **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
+    limits.check()
+    select_folds(args.run_dir, args.folds)  # a wrong run or fold fails here, before anything listens
+    options = ServeOptions(folds=args.folds, backend=args.backend, max_batch=args.max_batch,
+                           max_wait_ms=args.max_wait_ms, token=token, limits=limits,
+                           decode_workers=args.decode_workers)
+    sock = bind(args.host, args.port)
+    logging.getLogger("maskcls.serve").setLevel(logging.INFO)
+    print(f"maskcls serve: {args.run_dir} on {url_of(sock)} (folds {args.folds}, {args.backend}; "
+          f"{'token required' if token else 'no token'}); Ctrl+C stops", flush=True)
+    serve(args.run_dir, sock, options, access_log=not args.no_access_log)
+    print("maskcls serve: stopped", flush=True)
+    return 0

@@ -1,0 +1,8 @@
+"""``maskcls serve``: a trained run as a web service (JSON API) and a web page.
+
+Layout: :mod:`.limits` (what a request may cost and the errors it gets), :mod:`.model`
+(the served model: ONNX Runtime or torch backend, preprocessing, answers), :mod:`.images`
+(upload decoding and preprocessing, off the event loop), :mod:`.batcher` (micro-batching),
+:mod:`.app` (the FastAPI application), :mod:`.server` (binding and uvicorn), ``static/``
+(the self-contained page).
+"""

@@ -1,0 +1,158 @@
+"""The served model: a run's folds behind ONNX Runtime (default) or torch, and what it answers.
+
+ONNX Runtime runs the graph ``maskcls export`` writes (uint8 N×3×S×S in, fold-averaged
+probabilities out, normalisation and heads inside). It is exported on first use into
+``RUN/export/serve-folds<ids>.onnx`` and, every time it is loaded, checked against the torch
+ensemble on the same random batch: a stale or damaged file is exported again, and a graph
+that still disagrees (or cannot be exported) falls back to torch with a warning — the answer
+never silently differs from what ``maskcls predict`` would say.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..engine.fold_data import Preprocessing
+from ..errors import ConfigError
+from ..export import build_ensemble, export_run
+from ..fsutil import cpu_count, read_json
+from ..inference import LoadedFold, device_for_inference, load_folds
+from ..labels import Task
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnx", "torch")
+# Largest |ONNX − torch| accepted on probabilities (fp32 both; observed ≈1e-6).
+ONNX_TOLERANCE = 1e-4
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # uint8 N×3×S×S → float32 N×K probabilities
+
+
+@dataclass
+class ServedModel:
+    """What the server needs of a run: the predictor and how to prepare its input."""
+    run: Path
+    folds: list[int]
+    task: Task
+    preprocessing: Preprocessing
+    predict: Predictor
+    backend: str
+    face_settings: dict | None = None
+    info: dict = field(default_factory=dict)  # what GET /v1/model shows
+
+
+def torch_predictor(loaded: list[LoadedFold], device: torch.device | None = None) -> Predictor:
+    """The fold ensemble in fp32 on ``device`` (default CPU: the reference an ONNX graph is checked against)."""
+    device = device or torch.device("cpu")
+    ensemble = build_ensemble(loaded).to(device)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return ensemble(torch.from_numpy(images).to(device)).cpu().numpy()
+    return predict
+
+
+def onnx_predictor(path: Path) -> Predictor:
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cpu_count()  # one batch at a time uses every core
+    opts.inter_op_num_threads = 1
+    # Idle ORT threads spin by default, taking the cores that decode uploads and run the event loop.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda images: session.run(None, {"image": images})[0]
+
+
+def check_batch(image_size: int, n: int = 4) -> np.ndarray:
+    """A fixed random uint8 batch for comparing backends."""
+    return np.random.default_rng(0).integers(0, 256, (n, 3, image_size, image_size), dtype=np.uint8)
+
+
+def _disagreement(predict: Predictor, reference: Predictor, image_size: int) -> float:
+    x = check_batch(image_size)
+    return float(np.abs(predict(x) - reference(x)).max())
+
+
+def onnx_cache_path(run: Path, folds: list[int]) -> Path:
+    return run / "export" / f"serve-folds{'-'.join(map(str, folds))}.onnx"
+
+
+def _export(run: Path, folds: list[int], path: Path) -> Path:
+    """Export into ``path``; a run directory we may not write into gets a temporary copy instead."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return export_run(run, fmt="onnx", folds=",".join(map(str, folds)), out=path)
+    except PermissionError:
+        tmp = Path(tempfile.mkdtemp(prefix="maskcls-serve-")) / path.name
+        log.warning("cannot write %s; exporting to %s (not cached)", path, tmp)
+        return export_run(run, fmt="onnx", folds=",".join(map(str, folds)), out=tmp)
+
+
+def cached_onnx(run: Path, folds: list[int], reference: Predictor, image_size: int) -> tuple[Predictor, dict]:
+    """The run's ONNX predictor, exported when missing and re-exported when it disagrees with ``reference``."""
+    path = onnx_cache_path(run, folds)
+    for attempt in ("cached", "exported"):
+        if attempt == "exported" or not path.is_file():
+            path = _export(run, folds, path)
+            attempt = "exported"
+        try:
+            predict = onnx_predictor(path)
+            diff = _disagreement(predict, reference, image_size)
+        except Exception as e:  # a damaged file, an ORT that cannot load it
+            log.warning("ONNX model %s unusable (%s)", path, e)
+            diff = float("inf")
+        if diff <= ONNX_TOLERANCE:
+            log.info("ONNX model %s (%s), max |diff| vs torch %.1e", path, attempt, diff)
+            shown = path.relative_to(run) if path.is_relative_to(run) else path
+            return predict, {"file": str(shown), "source": attempt, "max_abs_diff_vs_torch": diff}
+        log.warning("ONNX model %s differs from the checkpoints by %.2e (> %.0e)", path, diff, ONNX_TOLERANCE)
+    raise RuntimeError(f"the ONNX export of {run} disagrees with its checkpoints by {diff:.2e}")
+
+
+def validation_scores(run: Path, folds: list[int]) -> dict:
+    """The run's validation macro F1 of the served folds (summary.json), and its mean / out-of-fold F1."""
+    summary = read_json(run / "summary.json") or {}
+    per_fold = {str(f): (summary.get("folds", {}).get(str(f)) or {}).get("best_f1") for f in folds}
+    return {"macro_f1_per_fold": per_fold, "mean_f1": summary.get("mean_f1"), "oof_f1": summary.get("oof_f1"),
+            "head_f1": summary.get("head_f1")}
+
+
+def load_model(run: str | Path, *, folds: str = "best", backend: str = "onnx") -> ServedModel:
+    """Load ``folds`` of ``run`` ('best', 'all', '0,2') behind ``backend`` ('onnx' or 'torch')."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    run = Path(run)
+    loaded = load_folds(run, folds)
+    ids = [f.fold for f in loaded]
+    meta, pp = loaded[0].meta, loaded[0].preprocessing
+    predict, used, backend_info = None, "torch", {}
+    if backend == "onnx":
+        try:
+            predict, backend_info = cached_onnx(run, ids, torch_predictor(loaded), pp.image_size)
+            used = "onnx"
+        except Exception as e:  # torch is the fallback: same numbers, slower
+            log.warning("serving with torch instead of ONNX Runtime: %s", e)
+            backend_info = {"fallback_reason": str(e)}
+    if predict is None:  # the torch backend runs on the GPU when there is one
+        device = device_for_inference()
+        predict, backend_info = torch_predictor(loaded, device), {**backend_info, "device": str(device)}
+    task = loaded[0].task
+    info = {"maskcls_version": __version__, "run": run.name, "model": meta["model_name"], "heads": meta["heads"],
+            "task": {"kind": task.kind, "class_names": list(task.class_names),
+                     "attributes": [{"name": a.name, "classes": list(a.classes)} for a in task.attributes],
+                     "old_age": task.old_age},
+            "preprocessing": {**pp.to_dict(), "face_settings": meta.get("face_settings"),
+                              "input": f"uint8 RGB {pp.image_size}x{pp.image_size}"},
+            "folds": ids, "validation": validation_scores(run, ids),
+            "backend": {"requested": backend, "name": used, **backend_info}}
+    log.debug("serving %s", json.dumps(info))
+    return ServedModel(run, ids, task, pp, predict, used, meta.get("face_settings") if pp.faces else None, info)

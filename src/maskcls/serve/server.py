@@ -1,0 +1,92 @@
+"""Binding and running: the address check, the token rule, the socket, uvicorn.
+
+The server binds 127.0.0.1 unless told otherwise, and refuses any other address without a
+bearer token. On SIGINT/SIGTERM uvicorn stops accepting connections, lets requests in
+flight finish (up to ``graceful_s``), then the batcher finishes its queue and stops.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+
+from ..errors import ConfigError, MaskclsError
+from .app import ServeOptions, create_app
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "MASKCLS_SERVE_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """A server reachable from other machines needs a token."""
+    if not is_loopback(host) and not token:
+        raise ConfigError(f"--host {host} makes the server reachable from other machines: give it a bearer token "
+                          f"(set {TOKEN_ENV}=<secret>, or --token), or keep the default --host 127.0.0.1")
+    if token is not None and len(token) < 8:
+        raise ConfigError("the bearer token must have at least 8 characters")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0 = any free port), or a clear error when it is taken."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host!r} is not an address of this machine ({e})") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise MaskclsError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port, or stop the "
+                           "program that uses it") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def serve(run: str | Path, sock: socket.socket, options: ServeOptions, *, access_log: bool = True,
+          graceful_s: float = 30.0) -> None:
+    """Serve ``run`` on the bound ``sock`` until SIGINT/SIGTERM; raise when the model cannot be loaded.
+
+    Returns after a graceful shutdown on SIGINT (Ctrl+C); SIGTERM ends the process as the signal does.
+    """
+    import uvicorn
+    failure: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def stop(err: BaseException) -> None:
+        failure.append(err)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(run, options, on_load_error=stop)
+    # Connections beyond this get uvicorn's own 503: a backstop above the image queue's limit.
+    limit = max(64, 4 * options.limits.max_queue)
+    config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=graceful_s,
+                            limit_concurrency=limit, timeout_keep_alive=15, server_header=False)
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it shut down on: stopping is the normal end
+        pass
+    if failure:
+        err = failure[0]
+        raise err if isinstance(err, (MaskclsError, FileNotFoundError)) else MaskclsError(f"cannot serve {run}: {err}")
