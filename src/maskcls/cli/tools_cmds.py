@@ -1,7 +1,7 @@
 """``maskcls bench | demo``: measurements side by side with the reference, and the demo."""
 from __future__ import annotations
 
-from .common import sub
+from .common import int_range, sub
 
 
 def register(subs) -> None:
@@ -9,15 +9,15 @@ def register(subs) -> None:
              "maskcls bench loader --images 300\nmaskcls bench stats\nmaskcls bench train\n"
              "maskcls bench faces\nmaskcls bench memory --images 20000")
     s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory"])
-    s.add_argument("--images", type=int, default=None)
-    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--images", type=int_range(1), default=None)
+    s.add_argument("--workers", type=int_range(0), default=2)
     s.set_defaults(run=cmd_bench)
 
     s = sub(subs, "demo", "the whole job on a synthetic dataset, in minutes",
              "maskcls demo\nmaskcls demo --out demo-out --people 120")
     s.add_argument("--out", default="demo-out", help="folder for data, prepared dir and run (new)")
-    s.add_argument("--people", type=int, default=120)
-    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--people", type=int_range(1), default=120)
+    s.add_argument("--epochs", type=int_range(1), default=None)
     s.set_defaults(run=cmd_demo)
 
 
