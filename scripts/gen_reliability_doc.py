@@ -21,24 +21,39 @@ HEADER = """\
 
 What maskcls does with awkward inputs, interruptions and hostile files, and the test that
 proves each line. The tests make every file on the fly (`tests/bad_inputs.py`); nothing
-binary is committed. Run them with `pytest tests/test_reliability.py`.
+binary is committed. Run them with `pytest tests/test_reliability.py tests/test_hostile_inputs.py`.
+The tests of the CSV, competition-layout, prepared-directory, training-start and prediction
+cases also check that nothing in the dataset (or an existing run) changed: sha256 and mtime of
+every file, before and after; the command-line cases, that nothing was created.
 
 Behaviour:
 
-- **handled**: decoded to the right 8-bit RGB pixels (compared with the pixels the case
-  holds), trained on and predicted without error;
+- **handled**: the odd-but-valid input simply works — an image is decoded to the right 8-bit
+  RGB pixels (compared with the pixels the case holds), trained on and predicted; any choice
+  made for the user is said in a warning and recorded in `prepare.json`;
 - **reported**: `maskcls prepare` stops and names the file and the reason; with `--skip-bad`
-  the file is excluded and recorded in `prepare.json` (`excluded`); `maskcls predict RUN FILE`
-  prints an `error` line for it;
-- **refused**: the manifest itself is wrong: `prepare` stops naming the CSV line and the
-  reason, with or without `--skip-bad`.
-
-## Bad inputs
+  the file (or person) is excluded and recorded in `prepare.json` (`excluded`);
+  `maskcls predict RUN FILE` prints an `error` line for it;
+- **refused**: the input itself is wrong: maskcls stops with one line `maskcls: error: …`
+  (exit status 2, no traceback) naming the culprit — the file and CSV line, the flag, the
+  manifest row — and the fix, with or without `--skip-bad`, before writing anything.
 """
 
 SECOND = """
 ## Interruption, reproducibility, data safety, security
 """
+
+# Table sections: the roles of tests/bad_inputs.py's cases, in this order.
+SECTIONS = [
+    ("Images and folders", ("photo", "eval", "folder")),
+    ("CSV manifests", ("csv",)),
+    ("The competition layout", ("competition",)),
+    ("Hand-edited prepared directories", ("manifest",)),
+    ("Command-line values", ("cli",)),
+    ("Training starts that fail", ("run",)),
+    ("Images that vanish, and prediction", ("loader", "predict")),
+    ("Synthetic data", ("synth",)),
+]
 
 
 def _cell(text: str) -> str:
@@ -52,12 +67,20 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def render() -> str:
-    cases = _table(["case", "how the test makes it", "behaviour", "what maskcls does", "tests"],
-                   [[c.name, c.made, f"**{c.expect}**", c.behaviour, ", ".join(f"`{t}`" for t in c.tests)]
-                    for c in CASES])
+    head = ["case", "how the test makes it", "behaviour", "what maskcls does", "tests"]
+    covered = {r for _, roles in SECTIONS for r in roles}
+    stray = sorted({c.role for c in CASES} - covered)
+    if stray:
+        raise SystemExit(f"cases with roles {stray} belong to no section of {__file__}")
+    parts = [HEADER, "\n## Bad inputs\n"]
+    for title, roles in SECTIONS:
+        rows = [[c.name, c.made, f"**{c.expect}**", c.behaviour, ", ".join(f"`{t}`" for t in c.tests)]
+                for c in CASES if c.role in roles]
+        if rows:
+            parts += [f"\n### {title}\n\n", _table(head, rows)]
     guarantees = _table(["area", "property", "how it is tested", "test"],
                         [[g.area, g.property, g.how, f"`{g.test}`"] for g in GUARANTEES])
-    return HEADER + "\n" + cases + SECOND + "\n" + guarantees
+    return "".join(parts) + SECOND + "\n" + guarantees
 
 
 def main(argv: list[str]) -> int:

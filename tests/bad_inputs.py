@@ -17,6 +17,7 @@ Expected behaviour of a case:
 """
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -42,6 +43,16 @@ class Case:
     reason: str = ""           # regex the report / error must contain (reported, refused)
     tol: float = 0.0           # handled images: allowed mean |decoded - expected| (JPEG is lossy)
     tests: tuple[str, ...] = ()
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """sha256, mtime and size of every file under ``root`` (and the folders): "nothing changed" checks."""
+    snap = {}
+    for p in sorted([root, *root.rglob("*")]):
+        st = p.lstat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        snap[str(p.relative_to(root))] = (digest, st.st_mtime_ns, st.st_size if p.is_file() else 0)
+    return snap
 
 
 # --------------------------------------------------------------------------- pixels
@@ -122,10 +133,12 @@ def make_name_unicode(d: Path, stem: str | None = None):
 
 
 def rename_folder_unicode(images: Path, train_csv: Path) -> Path:
-    """Rename the first person's folder to one with spaces and non-ASCII letters (and fix train.csv)."""
+    """Rename the first person's folder to one with spaces and non-ASCII letters in its id part (the
+    gender and age fields stay, and agree with train.csv), and fix train.csv."""
     df = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
     old = df.loc[0, "path"]
-    new = f"{old} é 写真 x"
+    pid, rest = old.split("_", 1)
+    new = f"{pid} é 写真 x_{rest}"
     (images / old).rename(images / new)
     df.loc[0, "path"] = new
     df.to_csv(train_csv, index=False)
@@ -251,6 +264,241 @@ def csv_missing_file(root: Path):
     return _write(root, df), {}
 
 
+def _csv_ages(root: Path, ages: list[str]) -> pd.DataFrame:
+    """The base images as a gender x age task (columns gender, age) with the given age cells."""
+    df = csv_base(root).drop(columns="label")
+    df["gender"] = ["female" if i % 4 < 2 else "male" for i in range(N_CSV)]
+    df["age"] = ages
+    return df
+
+
+def csv_blank_groups(root: Path):
+    df = csv_base(root)
+    df.loc[[1, 6], "group"] = ""                     # lines 3 and 8
+    return _write(root, df), {}
+
+
+def csv_nan_groups(root: Path):
+    df = csv_base(root)
+    df.loc[[1, 6], "group"] = "NaN"                  # what df.astype(str) writes for a missing value
+    return _write(root, df), {}
+
+
+def csv_blank_groups_as_rows(root: Path):
+    csv, _ = csv_blank_groups(root)
+    return csv, {"group_missing": "row"}
+
+
+def csv_float_ages(root: Path):
+    ages = ["22.0", "22.0", "45.0", "45.0", "61.0", "61.0"] * 2
+    return _write(root, _csv_ages(root, ages)), {}
+
+
+def csv_eval_rows_unlabelled(root: Path):
+    df = csv_base(root)
+    extra = pd.DataFrame({"path": [f"imgs/img_{i:02d}.jpg" for i in range(N_CSV, N_CSV + 4)], "label": "",
+                          "group": ""})
+    for i in range(N_CSV, N_CSV + 4):
+        _jpeg(root / "imgs" / f"img_{i:02d}.jpg", np.full((32, 32, 3), 10 * i, np.uint8))
+    df = pd.concat([df.assign(split="train"), extra.assign(split="eval")], ignore_index=True)
+    return _write(root, df), {}
+
+
+def csv_old_age_outside(root: Path):
+    ages = ["22", "23", "45", "46", "61", "62"] * 2
+    return _write(root, _csv_ages(root, ages)), {"old_age": 200}
+
+
+# --------------------------------------------------------------------------- competition layout
+def _first_person(root: Path) -> tuple[pd.DataFrame, str]:
+    df = pd.read_csv(root / "train" / "train.csv", dtype=str, keep_default_na=False)
+    return df, df.loc[0, "path"]
+
+
+def _rename_first(root: Path, new: str) -> tuple[str, str]:
+    """Rename the first person's folder (train.csv follows the new name, its gender/age stay)."""
+    df, old = _first_person(root)
+    (root / "train" / "images" / old).rename(root / "train" / "images" / new)
+    df.loc[0, "path"] = new
+    df.to_csv(root / "train" / "train.csv", index=False)
+    return old, new
+
+
+def _edit_first_age(root: Path, value: str) -> str:
+    df, folder = _first_person(root)
+    df.loc[0, "age"] = value
+    df.to_csv(root / "train" / "train.csv", index=False)
+    return folder
+
+
+def comp_age_float(root: Path):
+    folder = _first_person(root)[1]
+    age = folder.rsplit("_", 1)[1]
+    _edit_first_age(root, f"{age}.0")                # e.g. 23.0, agreeing with the folder name
+
+    def check(meta, man):
+        assert (man.loc[man["group"] == folder, "age_years"] == int(age)).all()
+    return {}, check
+
+
+def comp_age_fraction(root: Path):
+    _edit_first_age(root, "40.5")
+    return {}, None
+
+
+def comp_folder_gender_other(root: Path):
+    pid = _first_person(root)[1].split("_", 1)[0]
+    _rename_first(root, f"{pid}_other_Asian_26")
+    return {}, None
+
+
+def comp_folder_age_abc(root: Path):
+    _rename_first(root, _first_person(root)[1].rsplit("_", 1)[0] + "_abc")
+    return {}, None
+
+
+def _swap_name_fields(root: Path) -> tuple[str, int, int]:
+    """Rename the first folder to the other gender and age 26; return (folder, csv gender, csv age)."""
+    pid, gender, race, age = _first_person(root)[1].rsplit("_", 3)
+    other = "male" if gender == "female" else "female"
+    new = f"{pid}_{other}_{race}_26"
+    _rename_first(root, new)
+    return new, int(gender == "female"), int(age)
+
+
+def comp_trust_csv(root: Path):
+    folder, gender, age = _swap_name_fields(root)
+
+    def check(meta, man):
+        rows = man[man["group"] == folder]
+        assert (rows["gender"] == gender).all() and (rows["age_years"] == age).all()
+        assert [c["folder"] for c in meta["name_conflicts"]] == [folder] and meta["trust"] == "csv"
+        assert meta["name_conflicts"][0]["used"] == "csv" and meta["warnings"]
+    return {"trust": "csv"}, check
+
+
+def comp_trust_folder(root: Path):
+    folder, gender, _ = _swap_name_fields(root)
+
+    def check(meta, man):
+        rows = man[man["group"] == folder]
+        assert (rows["gender"] == 1 - gender).all() and (rows["age_years"] == 26).all()
+        assert meta["name_conflicts"][0]["used"] == "folder"
+    return {"trust": "folder"}, check
+
+
+def comp_old_age(value: int):
+    def make(root: Path):
+        def check(meta, man):
+            assert meta["old_age"] == value and meta["age_range"][1] == 60
+            assert any(n.endswith(f">={value}") for n in meta["class_names"])
+            tr = man[man["split"] == "train"]
+            assert ((tr["age"] == 2) == (tr["age_years"] >= value)).all()
+        return {"old_age": value}, check
+    make.__name__ = f"comp_old_age_{value}"
+    return make
+
+
+# --------------------------------------------------------------------------- prepared directories, edited
+def _edit_manifest(prep: Path, row: int, **values) -> None:
+    man = pd.read_csv(prep / "manifest.csv", dtype=str, keep_default_na=False)
+    for col, v in values.items():
+        man.loc[row if row >= 0 else len(man) + row, col] = v
+    man.to_csv(prep / "manifest.csv", index=False)
+
+
+def manifest_label_18(prep: Path):
+    _edit_manifest(prep, 0, label="18")              # line 2; the task has 18 classes, 0..17
+
+
+def manifest_fold_3(prep: Path):
+    _edit_manifest(prep, 0, fold="3")                # prepared with 3 folds, 0..2
+
+
+def manifest_eval_fold(prep: Path):
+    _edit_manifest(prep, -1, fold="0")               # the last row is an eval row
+
+
+def manifest_split_test(prep: Path):
+    _edit_manifest(prep, 0, split="test")
+
+
+def manifest_label_text(prep: Path):
+    _edit_manifest(prep, 0, label="abc")
+
+
+# --------------------------------------------------------------------------- command lines
+def cli_args(*argv: str):
+    def make(tmp: Path) -> list[str]:
+        return [a.replace("TMP", str(tmp)) for a in argv]
+    make.__name__ = "cli_" + "_".join(argv[:2])
+    return make
+
+
+# --------------------------------------------------------------------------- training starts that fail
+def run_missing_weights(prep: Path, data: Path) -> list[str]:
+    return [f"model.pretrained={data.parent / 'missing.pth'}"]
+
+
+def run_batch_too_large(prep: Path, data: Path) -> list[str]:
+    return ["train.batch_size=4000"]
+
+
+def run_no_stats(prep: Path, data: Path) -> list[str]:
+    return ["data.normalize=dataset"]
+
+
+def run_no_face_crops(prep: Path, data: Path) -> list[str]:
+    return ["data.faces=true"]
+
+
+def run_image_deleted(prep: Path, data: Path) -> list[str]:
+    man = pd.read_csv(prep / "manifest.csv", dtype=str, keep_default_na=False)
+    (data / man.loc[man["split"] == "train", "path"].iloc[3]).unlink()
+    return []
+
+
+# --------------------------------------------------------------------------- prediction
+def delete_eval_image(data: Path) -> Path:
+    """Delete the first image listed in eval/info.csv; return its path."""
+    info = pd.read_csv(data / "eval" / "info.csv", dtype=str, keep_default_na=False)
+    gone = data / "eval" / "images" / info["ImageID"].iloc[0]
+    gone.unlink()
+    return gone
+
+
+def move_dataset(data: Path) -> Path:
+    """Move the whole dataset folder; return its new place."""
+    new = data.parent / (data.name + "-moved")
+    data.rename(new)
+    return new
+
+
+def unprepared_folder(data: Path) -> Path:
+    """The competition folder itself, never prepared (`predict RUN --data FOLDER`)."""
+    return data
+
+
+def loader_files(d: Path) -> tuple[list[Path], Path]:
+    """Eight small JPEGs for a loader, and the one that will be deleted once the dataset is built."""
+    paths = [_jpeg(d / f"img{i}.jpg", pattern()) for i in range(8)]
+    return paths, paths[5]
+
+
+def images_csv(data: Path, out: Path) -> Path:
+    """A CSV of eval images for `predict --data`: a path column only (absolute paths, no labels)."""
+    info = pd.read_csv(data / "eval" / "info.csv", dtype=str, keep_default_na=False)
+    pd.DataFrame({"path": [str(data / "eval" / "images" / i) for i in info["ImageID"][:9]]}).to_csv(out, index=False)
+    return out
+
+
+def gender_age_csv(data: Path, out: Path) -> Path:
+    """A CSV with gender/age columns (another task than the 18-class run's) for `predict --data`."""
+    df = pd.read_csv(images_csv(data, out)).assign(gender="male", age=30)
+    df.to_csv(out, index=False)
+    return out
+
+
 # --------------------------------------------------------------------------- the table
 T_DECODE = "test_handled_image_decodes_to_expected_pixels"
 T_CORPUS = "test_handled_corpus_prepares_trains_and_predicts"
@@ -258,6 +506,18 @@ T_PRED = "test_predict_images_over_the_corpus"
 T_REPORTED = "test_reported_image_raises_data_error_naming_it"
 T_PREPARE = "test_prepare_names_every_bad_file_and_skip_bad_records_it"
 T_CSV = "test_csv_manifest_case"
+T_COMP = "test_competition_case"
+T_MANIFEST = "test_edited_manifest_is_refused_naming_its_lines"
+T_CLI = "test_out_of_range_flag_is_one_line_exit_2"
+T_FLAGS = "test_every_numeric_flag_has_a_checked_type"
+T_START = "test_failed_training_start_leaves_no_run_directory"
+T_LOADER = "test_vanished_image_is_one_line_from_workers_and_threads"
+T_VANISH = "test_predict_and_train_after_images_vanish"
+T_CSV_EVAL = "test_csv_eval_rows_are_predicted_in_manifest_order"
+T_RAW = "test_predict_data_accepts_a_raw_source"
+T_OUT_DIR = "test_predict_out_existing_directory"
+T_SYNTH = "test_synth_size_is_bounded"
+T_SYNTH_INT = "test_synth_interrupted_leaves_no_partial_directory"
 
 CASES: list[Case] = [
     Case("RGBA PNG", "96x128 pattern, bottom half alpha 0", "handled",
@@ -284,7 +544,8 @@ CASES: list[Case] = [
     Case("non-ASCII file name", "eval image 'фото_写真_é ñ.jpg'", "handled",
          "read, predicted, written to the submission under its ImageID", "eval", make_name_unicode, tol=4,
          tests=(T_DECODE, T_CORPUS, T_PRED)),
-    Case("non-ASCII person folder", "a person folder renamed '<id>_… é 写真 x' (train.csv updated)", "handled",
+    Case("non-ASCII person folder", "a person folder renamed '<id> é 写真 x_<gender>_<race>_<age>' (train.csv "
+         "updated)", "handled",
          "indexed and grouped by its folder name", "folder", rename_folder_unicode, tests=(T_CORPUS,)),
     Case("truncated JPEG", "a JPEG cut to its first third", "reported", "prepare names it: cannot decode",
          "photo", make_truncated_jpeg, reason=r"truncated|cannot decode", tests=(T_REPORTED, T_PREPARE, T_PRED)),
@@ -327,6 +588,125 @@ CASES: list[Case] = [
     Case("CSV: listed file missing", "path imgs/not_there.jpg", "reported",
          "prepare names the file; --skip-bad excludes and records it", "csv", csv_missing_file,
          reason=r"not_there\.jpg", tests=(T_CSV,)),
+    # ---- second round (issue 11): what a hostile user still broke
+    Case("CSV: blank group cells", "group '' on lines 3 and 8", "refused",
+         "prepare lists the lines: they would form one group '' straddling folds; names --group-missing row",
+         "csv", csv_blank_groups, reason=r"blank or NaN group \(line\(s\) 3, 8\).*--group-missing row",
+         tests=(T_CSV,)),
+    Case("CSV: 'NaN' group cells", "group 'NaN' (what df.astype(str) writes) on lines 3 and 8", "refused",
+         "the same as blank cells", "csv", csv_nan_groups, reason=r"blank or NaN group \(line\(s\) 3, 8\)",
+         tests=(T_CSV,)),
+    Case("CSV: blank groups, --group-missing row", "the same with group_missing='row'", "handled",
+         "each such row is its own group; said in a warning and recorded in prepare.json", "csv",
+         csv_blank_groups_as_rows, reason="without a group", tests=(T_CSV,)),
+    Case("CSV: ages written as floats", "gender/age columns, ages '22.0', '45.0', '61.0'", "handled",
+         "whole-number floats are whole years (labels.parse_age, the one age parser)", "csv", csv_float_ages,
+         tests=(T_CSV,)),
+    Case("CSV: unlabelled split=eval rows", "4 extra rows with split=eval, blank label and group", "handled",
+         "eval rows need no label; they are predicted (see the prediction cases)", "csv",
+         csv_eval_rows_unlabelled, tests=(T_CSV, T_CSV_EVAL)),
+    Case("CSV: --old-age 200", "ages 22..62, old_age=200", "refused",
+         "prepare: --old-age must lie within the training ages and above 30", "csv", csv_old_age_outside,
+         reason=r"--old-age 200 does not split .*22\.\.62", tests=(T_CSV,)),
+    Case("train.csv age '23.0'", "the first person's age written as a float (the folder says 23)", "handled",
+         "read as 23 years, as in a CSV manifest", "competition", comp_age_float, tests=(T_COMP,)),
+    Case("train.csv age '40.5'", "the first person's age '40.5'", "reported",
+         "one line naming train.csv:2, and no 'folder not listed' line for its folder", "competition",
+         comp_age_fraction, reason=r"train\.csv:2: age '40\.5' is not a whole number", tests=(T_COMP,)),
+    Case("folder name '…_other_Asian_26'", "first folder renamed, train.csv row still female/male and its age",
+         "reported", "prepare names the folder, both sides, and --trust csv|folder", "competition",
+         comp_folder_gender_other,
+         reason=r"folder name says gender 'other', 26 but train\.csv line 2 says .*--trust csv or --trust folder",
+         tests=(T_COMP,)),
+    Case("folder name '…_Asian_abc'", "first folder's age field replaced by 'abc'", "reported",
+         "prepare names the folder and both sides", "competition", comp_folder_age_abc,
+         reason=r"folder name says \w+, age 'abc' but train\.csv line 2", tests=(T_COMP,)),
+    Case("folder name vs train.csv, --trust csv", "first folder renamed to the other gender and age 26",
+         "handled", "labelled from train.csv; the disagreement recorded (prepare.json name_conflicts) and warned",
+         "competition", comp_trust_csv, tests=(T_COMP,)),
+    Case("folder name vs train.csv, --trust folder", "the same with trust='folder'", "handled",
+         "labelled from the folder name; recorded and warned", "competition", comp_trust_folder, tests=(T_COMP,)),
+    Case("prepare --old-age 200", "old_age=200 on ages 18..60", "refused",
+         "the range it must lie in (31..60) and why", "competition", comp_old_age(200),
+         reason=r"--old-age 200 does not split .*31\.\.60", tests=(T_COMP,)),
+    Case("prepare --old-age -5", "old_age=-5 (the CLI refuses it before: >= 31)", "refused",
+         "the range it must lie in", "competition", comp_old_age(-5), reason=r"--old-age -5 does not split",
+         tests=(T_COMP, T_FLAGS)),
+    Case("prepare --old-age 59", "old_age=59 on ages 18..60", "handled",
+         "recorded in prepare.json (old_age, age_range); age 59 and 60 form the oldest group", "competition",
+         comp_old_age(59), tests=(T_COMP,)),
+    Case("manifest: label 18 of 18 classes", "prepared manifest.csv line 2 edited to label 18", "refused",
+         "load_prepared names manifest.csv, the line and the fix; train exits 2 before a run directory",
+         "manifest", manifest_label_18, reason=r"manifest\.csv: label outside 0\.\.17 .*line\(s\) 2;",
+         tests=(T_MANIFEST,)),
+    Case("manifest: fold 3 of 3 folds", "line 2 edited to fold 3", "refused", "the same: fold outside 0..2",
+         "manifest", manifest_fold_3, reason=r"fold outside 0\.\.2 .*line\(s\) 2;", tests=(T_MANIFEST,)),
+    Case("manifest: eval row with a fold", "the last (eval) row edited to fold 0", "refused",
+         "the same: eval rows must have fold -1", "manifest", manifest_eval_fold,
+         reason=r"eval rows must have fold -1", tests=(T_MANIFEST,)),
+    Case("manifest: split 'test'", "line 2 edited to split test", "refused", "the same: train or eval",
+         "manifest", manifest_split_test, reason=r"split must be train or eval.*line\(s\) 2\)", tests=(T_MANIFEST,)),
+    Case("manifest: label 'abc'", "line 2 edited to label abc", "refused", "the same: integers",
+         "manifest", manifest_label_text, reason=r"column label must hold integers \(line\(s\) 2\)",
+         tests=(T_MANIFEST,)),
+    Case("predict --batch-size -3", "`maskcls predict RUN --batch-size -3`", "refused",
+         "one line `maskcls predict: error: argument --batch-size: -3 is out of range…`, exit 2", "cli",
+         cli_args("predict", "TMP/run", "--batch-size", "-3"), reason=r"--batch-size: -3 is out of range",
+         tests=(T_CLI, T_FLAGS)),
+    Case("predict --batch-size 0", "`maskcls predict RUN --batch-size 0`", "refused", "the same", "cli",
+         cli_args("predict", "TMP/run", "--batch-size", "0"), reason=r"--batch-size: 0 is out of range",
+         tests=(T_CLI, T_FLAGS)),
+    Case("prepare --folds 1", "`maskcls prepare SRC --out P --folds 1`", "refused", "the same: >= 2", "cli",
+         cli_args("prepare", "TMP/src", "--out", "TMP/p", "--folds", "1"), reason=r"--folds: 1 is out of range",
+         tests=(T_CLI, T_FLAGS)),
+    Case("faces --margin nan", "`maskcls faces P --margin nan`", "refused", "the same: a finite number in 0..2",
+         "cli", cli_args("faces", "TMP/p", "--margin", "nan"), reason=r"--margin: 'nan' is not a finite number",
+         tests=(T_CLI, T_FLAGS)),
+    Case("synth --size 20000 20000", "`maskcls synth OUT --size 20000 20000` (was 10+ silent minutes)", "refused",
+         "one line: each side 32..2048 (the library refuses it too)", "cli",
+         cli_args("synth", "TMP/s", "--size", "20000", "20000"), reason=r"--size: 20000 is out of range",
+         tests=(T_CLI, T_SYNTH)),
+    Case("train start: missing model.pretrained file", "model.pretrained=/…/missing.pth", "refused",
+         "one line; checked before the run directory exists (no directory, no runs/<name>-<n> used up)", "run",
+         run_missing_weights, reason=r"model\.pretrained=.*missing\.pth: file not found", tests=(T_START,)),
+    Case("train start: batch larger than the fold", "train.batch_size=4000", "refused", "the same",
+         "run", run_batch_too_large, reason=r"train\.batch_size=4000 is larger than the training set",
+         tests=(T_START,)),
+    Case("train start: no stats.json", "data.normalize=dataset without `maskcls stats`", "refused", "the same",
+         "run", run_no_stats, reason=r"needs .*stats\.json", tests=(T_START,)),
+    Case("train start: no face crops", "data.faces=true without `maskcls faces`", "refused", "the same",
+         "run", run_no_face_crops, reason=r"no complete face crops", tests=(T_START,)),
+    Case("train start: an image deleted after prepare", "one training photo removed", "refused",
+         "the same: names the file and says to re-run prepare", "run", run_image_deleted,
+         reason=r"1 of \d+ images .* are missing \(first: .*\); the dataset moved", tests=(T_START,)),
+    Case("image gone while loading", "a file deleted after the dataset was built, 2 worker processes / threads",
+         "refused", "one line naming the file and the fix from worker processes and threads alike (not torch's "
+         "20-line worker traceback)", "loader", loader_files,
+         reason=r"^image .* not found: it was deleted or the dataset moved", tests=(T_LOADER,)),
+    Case("predict after an eval image was deleted", "one eval image removed after prepare", "refused",
+         "`maskcls predict RUN` exits 2 with one line naming it and `--data`; the run is unchanged", "predict",
+         delete_eval_image, reason=r"1 of \d+ images .*missing \(first: .*\).*--data", tests=(T_VANISH,)),
+    Case("dataset moved after prepare", "the dataset folder renamed", "refused",
+         "predict and train: one line and the fix; `predict RUN --data NEW_PLACE` then works", "predict",
+         move_dataset, reason=r"are missing \(first: ", tests=(T_VANISH,)),
+    Case("predict a CSV's split=eval rows", "a run trained on a CSV with unlabelled eval rows", "handled",
+         "`predict RUN` writes path,ans,class_name: the manifest's paths, in manifest order", "predict",
+         csv_eval_rows_unlabelled, tests=(T_CSV_EVAL,)),
+    Case("predict --data COMPETITION_FOLDER", "an unprepared competition folder (eval/info.csv)", "handled",
+         "indexed into RUN/predict-data/<name>, the source only read; the same submission as the prepared dir",
+         "predict", unprepared_folder, tests=(T_RAW,)),
+    Case("predict --data IMAGES.csv", "a CSV with only a path column (absolute paths)", "handled",
+         "its rows predicted in CSV order", "predict", images_csv, tests=(T_RAW,)),
+    Case("predict --data with another task's CSV", "a gender/age CSV for an 18-class run", "refused",
+         "one line: the CSV's attributes are not the run's", "predict", gender_age_csv,
+         reason=r"attribute column\(s\) \['gender', 'age'\] but the run predicts mask/gender/age",
+         tests=(T_RAW,)),
+    Case("predict --out EXISTING_DIR", "--out names a directory", "handled",
+         "writes DIR/submission.csv (and DIR/submission.probs.csv); nothing beside the directory", "predict",
+         cli_args("--out", "TMP/outdir"), tests=(T_OUT_DIR,)),
+    Case("synth interrupted", "SIGINT / SIGTERM to `maskcls synth` while drawing 1024x1024 photos", "handled",
+         "exit 130, the hidden .partial folder removed; one left by a `kill -9` is removed by the next synth",
+         "synth", cli_args("synth", "TMP/s", "--size", "1024", "1024"), tests=(T_SYNTH_INT,)),
 ]
 
 

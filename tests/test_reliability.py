@@ -6,7 +6,6 @@ Everything is CPU-only, on tiny images, with the tiny test model.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -25,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bad_inputs import CASES, GUARANTEES, cases
+from bad_inputs import CASES, GUARANTEES, cases, snapshot
 from helpers import TINY_SETS, tiny, train
 from maskcls.data.imageio import probe, read_pil, read_rgb
 from maskcls.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -211,13 +210,17 @@ def test_csv_manifest_case(case, tmp_path):
     src.mkdir()
     csv, kw = case.make(src)
     out = tmp_path / "p"
+    before = snapshot(src)
     if case.expect == "handled":
         meta = prepare(csv, out, folds=2, seed=0, **kw)
         man = load_prepared(out).manifest
+        train = man[man["split"] == "train"]
         assert list(man.columns) == MANIFEST_COLUMNS and man["path"].is_unique
-        assert len(man) == 12 and set(man["fold"]) == {0, 1}
+        assert len(train) == 12 and set(train["fold"]) == {0, 1}
+        assert (man.loc[man["split"] == "eval", "fold"] == -1).all()
         if case.reason:
             assert any(case.reason in w for w in meta["warnings"]), meta["warnings"]
+        assert snapshot(src) == before
         return
     with pytest.raises(DataError, match=case.reason) as e:
         prepare(csv, out, folds=2, seed=0, **kw)
@@ -226,16 +229,21 @@ def test_csv_manifest_case(case, tmp_path):
     if case.expect == "refused":   # a wrong manifest is never silently skipped
         with pytest.raises(DataError, match=case.reason):
             prepare(csv, out, folds=2, seed=0, skip_bad=True, **kw)
+        assert snapshot(src) == before
         return
     meta = prepare(csv, out, folds=2, seed=0, skip_bad=True, **kw)
     assert len(meta["excluded"]) == 1 and re.search(case.reason, meta["excluded"][0]["file"])
     assert len(load_prepared(out).manifest) == 11
+    assert snapshot(src) == before
 
 
 def test_tables_name_existing_tests_and_doc_is_current():
     names = {t for c in CASES for t in c.tests} | {g.test for g in GUARANTEES}
-    missing = sorted(n for n in names if not callable(globals().get(n)))
+    defined = {m for f in (ROOT / "tests").glob("test_*.py")
+               for m in re.findall(r"^def (test_\w+)\(", f.read_text(encoding="utf-8"), re.M)}
+    missing = sorted(names - defined)
     assert not missing, f"the tables name tests that do not exist: {missing}"
+    assert all(c.tests for c in CASES), "every case names the test that proves it"
     assert all(c.expect in ("handled", "reported", "refused") for c in CASES)
     assert len({c.name for c in CASES}) == len(CASES)
     spec = importlib.util.spec_from_file_location("gen_reliability_doc", ROOT / "scripts" / "gen_reliability_doc.py")
@@ -383,15 +391,6 @@ def test_same_seed_same_metrics(prepared_dir, reference_run, tmp_path):
 
 
 # --------------------------------------------------------------------------- data safety
-def _snapshot(root: Path) -> dict[str, tuple]:
-    snap = {}
-    for p in sorted([root, *root.rglob("*")]):
-        st = p.lstat()
-        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-        snap[str(p.relative_to(root))] = (digest, st.st_mtime_ns, st.st_size if p.is_file() else 0)
-    return snap
-
-
 @pytest.mark.timeout(300)
 def test_workflow_leaves_a_read_only_dataset_untouched(tmp_path, capsys):
     from maskcls.cli import main
@@ -403,7 +402,7 @@ def test_workflow_leaves_a_read_only_dataset_untouched(tmp_path, capsys):
     data = tmp_path / "data"
     synthesize(data, people=8, eval_people=3, seed=5, image_size=(96, 128), workers=1)
     modes = {p: p.stat().st_mode for p in [data, *data.rglob("*")]}
-    before = _snapshot(data)
+    before = snapshot(data)
     try:
         for p in modes:    # chmod -R a-w (root ignores it, hence the hashes and mtimes below)
             os.chmod(p, stat.S_IMODE(modes[p]) & ~0o222)
@@ -420,17 +419,17 @@ def test_workflow_leaves_a_read_only_dataset_untouched(tmp_path, capsys):
         assert Path(p1["submission"]).read_text() == Path(p2["submission"]).read_text()
         write_report(tmp_path / "run")
         # an existing run directory is refused (and left as it was) unless --resume
-        run_before = _snapshot(tmp_path / "run")
+        run_before = snapshot(tmp_path / "run")
         capsys.readouterr()
         rc = main(["train", str(tmp_path / "prep"), "--folds", "0", "--run-dir", str(tmp_path / "run"),
                    *[a for x in TINY_SETS + ["train.epochs=1"] for a in ("--set", x)]])
         err = capsys.readouterr().err
         assert rc == 2 and "already exists" in err and "--resume" in err, err
-        assert _snapshot(tmp_path / "run") == run_before
+        assert snapshot(tmp_path / "run") == run_before
     finally:
         for p, m in modes.items():
             os.chmod(p, stat.S_IMODE(m))
-    assert _snapshot(data) == before, "the dataset was modified"
+    assert snapshot(data) == before, "the dataset was modified"
 
 
 # --------------------------------------------------------------------------- security

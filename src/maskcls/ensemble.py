@@ -20,7 +20,7 @@ from .engine.decision import apply_offsets, cross_fitted, fit_offsets
 from .engine.metrics import confusion, macro_f1
 from .engine.rundir import read_oof, read_run_info
 from .errors import DataError
-from .fsutil import atomic_write_json, atomic_write_text, free_name
+from .fsutil import atomic_write_json, free_name
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +60,19 @@ def predict_runs(runs: list[str | Path], *, data: str | None = None, out: str | 
                  tta: str = "none", weights: str = "equal", tune_bias: str = "auto",
                  batch_size: int | None = None) -> dict:
     """The submission of several runs' averaged probabilities; see the module docstring."""
-    from .predict import _info_csv, eval_probabilities, run_and_data
+    from .predict import _submission_rows, eval_probabilities, run_and_data, submission_path, write_submission
     runs = [Path(r) for r in runs]
-    probs, info, task = [], None, None
+    probs, info, task, prep = [], None, None, None
     for run in runs:
-        loaded, prep = run_and_data(run, folds=folds, data=data)
-        run_info = _info_csv(prep)
-        if info is not None and list(run_info["ImageID"]) != list(info["ImageID"]):
-            raise DataError(f"{run} predicts other evaluation images than {runs[0]} (eval/info.csv differs); "
-                            "ensemble runs of one competition source, or pass the same --data")
+        loaded, prep, _ = run_and_data(run, folds=folds, data=data)
+        rows, run_info = _submission_rows(prep)
+        if info is not None and not run_info.equals(info):
+            raise DataError(f"{run} predicts other evaluation images than {runs[0]} (their ids or order differ); "
+                            "ensemble runs of one source, or pass the same --data")
         if task is not None and loaded[0].task != task:
             raise DataError(f"{run} has another label space than {runs[0]}; ensemble runs of one task only")
         info, task = run_info, loaded[0].task
-        probs.append(eval_probabilities(loaded, prep, tta=tta, batch_size=batch_size))
+        probs.append(eval_probabilities(loaded, prep, rows, tta=tta, batch_size=batch_size))
     k = task.num_classes
     oof = common_oof(runs, k)
     w = np.full(len(runs), 1 / len(runs))
@@ -102,13 +102,10 @@ def predict_runs(runs: list[str | Path], *, data: str | None = None, out: str | 
     ens = sum(wi * p for wi, p in zip(w, probs))
     sub = info.copy()
     sub["ans"] = apply_offsets(ens, offsets)
-    out_path = free_name(Path(out) if out else runs[0] / "ensemble-submission.csv")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_path, sub.to_csv(index=False))
-    prob_df = pd.DataFrame(ens, columns=[f"prob_{c}" for c in range(k)])
-    prob_df.insert(0, "ImageID", info["ImageID"].to_numpy())
-    atomic_write_text(out_path.with_name(out_path.stem + ".probs.csv"), prob_df.to_csv(index=False,
-                                                                                     float_format="%.6f"))
+    if prep.meta.get("kind") == "csv":
+        sub["class_name"] = [task.class_names[c] for c in sub["ans"]]
+    out_path = write_submission(sub, ens, submission_path(runs[0], out) if out else
+                                free_name(runs[0] / "ensemble-submission.csv"))
     report.update({"runs": [str(r) for r in runs], "weights": [round(float(x), 3) for x in w], "tta": tta,
                    "decision_offsets": offsets is not None})
     atomic_write_json(out_path.with_name(out_path.stem + ".ensemble.json"), report)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,29 +14,39 @@ from .engine.decision import apply_offsets, read_offsets
 from .engine.fold_data import make_dataset, paths_dataset, resolve_loader
 from .errors import DataError
 from .fsutil import atomic_write_text, free_name
-from .inference import ensemble_probs, load_folds
-from .prep.prepared import load_prepared
+from .inference import LoadedFold, ensemble_probs, load_folds
+from .prep.prepare import prepare_for_prediction
+from .prep.prepared import Prepared, load_prepared
 
 log = logging.getLogger(__name__)
 
 
+PREDICT_FIX = ("the dataset moved or lost files since `maskcls prepare`: restore them, or pass `--data` with its "
+               "current location (a prepared directory, the competition folder or a CSV of images)")
+
+
 def run_and_data(run: str | Path, *, folds: str = "all", data: str | Path | None = None):
-    """The run's chosen folds and the prepared directory to predict (default: the one it trained on)."""
+    """(the run's chosen folds, the prepared directory to predict, whether it was indexed now from a raw source).
+
+    ``data``: a prepared directory, or a raw source — a competition folder with eval/info.csv, or
+    a CSV of images — indexed into ``RUN/predict-data/<name>`` (the source is only read); default:
+    the prepared directory the run trained on. Its task must be the run's.
+    """
+    run = Path(run)
     loaded = load_folds(run, folds)
-    meta = loaded[0].meta
-    prep = load_prepared(data or meta["prepared"])
-    if prep.num_classes != meta["num_classes"]:
-        raise DataError(f"{prep.dir} has {prep.num_classes} classes but the run was trained on {meta['num_classes']}")
-    return loaded, prep
+    prep, made = _prediction_data(run, data, loaded[0])
+    ours, theirs = loaded[0].task, prep.task
+    names = [[a.name for a in t.attributes] for t in (ours, theirs)]
+    if ours.num_classes != theirs.num_classes or names[0] != names[1]:
+        raise DataError(f"{prep.dir} has {theirs.num_classes} classes ({', '.join(theirs.class_names[:3])}, …) but the "
+                        f"run was trained on {ours.num_classes} ({', '.join(ours.class_names[:3])}, …); predict data "
+                        "of the run's task")
+    return loaded, prep, made
 
 
-def eval_probabilities(loaded: list, prep, *, tta: str = "none", batch_size: int | None = None,
-                       num_workers: int | None = None) -> np.ndarray:
-    """Fold-ensemble probabilities of ``prep``'s evaluation rows, in manifest order."""
-    rows = prep.eval_rows()
-    if len(rows) == 0:
-        raise DataError(f"{prep.dir} has no evaluation images (its source had no eval/info.csv); predict image "
-                        "files with `maskcls predict RUN IMAGE…` instead")
+def eval_probabilities(loaded: list, prep: Prepared, rows: pd.DataFrame, *, tta: str = "none",
+                       batch_size: int | None = None, num_workers: int | None = None) -> np.ndarray:
+    """Fold-ensemble probabilities of ``rows`` of ``prep``, in their order."""
     cfg = loaded[0].cfg
     ds = make_dataset(prep, rows, cfg.data, loaded[0].preprocessing, training=False, seed=0)
     workers, kind = resolve_loader(cfg.data)  # the run's data.num_workers and loader
@@ -44,13 +55,101 @@ def eval_probabilities(loaded: list, prep, *, tta: str = "none", batch_size: int
     return ensemble_probs(loaded, loader, tta=tta)
 
 
-def _info_csv(prep) -> pd.DataFrame:
-    """eval/info.csv of the competition source, checked against the manifest's eval rows."""
+def predict_submission(run: str | Path, *, data: str | Path | None = None, out: str | Path | None = None,
+                       folds: str = "all", tta: str = "none", batch_size: int | None = None,
+                       num_workers: int | None = None, tune_bias: str = "auto") -> dict:
+    """Predict the evaluation images of ``data``; write the submission and the probabilities beside it.
+
+    A competition source gives eval/info.csv's rows in its order (``ImageID,ans``); a CSV source its
+    ``split=eval`` rows in manifest order, identified by their manifest path (``path,ans,class_name``).
+
+    Args:
+        run: a run directory written by ``maskcls train``.
+        data: a prepared directory or a raw source (see :func:`run_and_data`).
+        out: the submission file, or an existing directory to write ``submission.csv`` into
+            (default ``RUN/submission.csv``); an existing file is never overwritten (-2, -3, … suffixes).
+        folds: 'all', 'best' or a list like '0,2'.
+        tta: 'none' or 'hflip'.
+        batch_size: images per batch (default: the run's validation batch).
+        num_workers: loader workers (default: the run's).
+        tune_bias: 'auto' applies the run's decision offsets (decision.json) when they raised the
+            cross-fitted out-of-fold macro F1, 'on' always, 'off' never (plain argmax).
+    """
+    run = Path(run)
+    loaded, prep, made = run_and_data(run, folds=folds, data=data)
+    rows, sub = _submission_rows(prep)
+    offsets = read_offsets(run, tune_bias)
+    probs = eval_probabilities(loaded, prep, rows, tta=tta, batch_size=batch_size, num_workers=num_workers)
+    sub["ans"] = apply_offsets(probs, offsets)
+    if prep.meta.get("kind") == "csv":
+        sub["class_name"] = [prep.class_names[c] for c in sub["ans"]]
+    out_path = write_submission(sub, probs, submission_path(run, out))
+    return {"submission": str(out_path), "probabilities": str(out_path.with_name(out_path.stem + ".probs.csv")),
+            "rows": len(sub), "folds": [f.fold for f in loaded], "tta": tta, "decision_offsets": offsets is not None,
+            "prepared": str(prep.dir), "prepared_now": made,
+            "class_counts": np.bincount(sub["ans"], minlength=probs.shape[1]).tolist()}
+
+
+def write_submission(sub: pd.DataFrame, probs: np.ndarray, out_path: Path) -> Path:
+    """The submission and, beside it, ``<name>.probs.csv`` (the id column, then prob_0..prob_{K-1})."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_path, sub.to_csv(index=False))
+    prob_df = pd.DataFrame(probs, columns=[f"prob_{i}" for i in range(probs.shape[1])])
+    prob_df.insert(0, sub.columns[0], sub.iloc[:, 0].to_numpy())
+    atomic_write_text(out_path.with_name(out_path.stem + ".probs.csv"), prob_df.to_csv(index=False,
+                                                                                     float_format="%.6f"))
+    return out_path
+
+
+def submission_path(run: Path, out: str | Path | None) -> Path:
+    """``out`` (a file, or ``submission.csv`` in an existing directory) or RUN/submission.csv, never overwriting."""
+    if out is None:
+        return free_name(run / "submission.csv")
+    target = Path(out)
+    if target.is_dir() or str(out).endswith(("/", os.sep)):
+        target = target / "submission.csv"
+    return free_name(target)
+
+
+def _prediction_data(run: Path, data: str | Path | None, fold: LoadedFold) -> tuple[Prepared, bool]:
+    """(the prepared directory to predict, whether it was made now from a raw source)."""
+    if data is None:
+        trained_on = Path(fold.meta["prepared"])
+        if not (trained_on / "prepare.json").is_file():
+            raise FileNotFoundError(f"the prepared directory this run trained on, {trained_on}, is gone; pass --data "
+                                    "with a prepared directory, the competition folder or a CSV of images")
+        return load_prepared(trained_on), False
+    source = Path(data)
+    if (source / "prepare.json").is_file() or (source / "manifest.csv").is_file():
+        return load_prepared(source), False
+    if not source.exists():
+        raise FileNotFoundError(f"--data {source} not found; give a prepared directory, a competition folder with "
+                                "eval/info.csv, or a CSV of images")
+    out = free_name(run / "predict-data" / (source.stem if source.is_file() else source.resolve().name))
+    # A CSV given for prediction is the user's own list of images: absolute paths are fine here.
+    prepare_for_prediction(source, out, task=fold.task, allow_absolute=True)
+    if fold.preprocessing.faces:
+        from .prep.faces import build_face_crops
+        build_face_crops(out, **(fold.meta.get("face_settings") or {}), progress=False)
+    return load_prepared(out), True
+
+
+def _submission_rows(prep: Prepared) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(manifest rows to predict, the submission's id columns in the same order); every image checked to exist."""
     rows = prep.eval_rows()
+    prep.check_images(rows, fix=PREDICT_FIX)
+    if prep.meta.get("kind") == "csv":
+        if len(rows) == 0:
+            raise DataError(f"{prep.dir} has no evaluation rows (its CSV marks no row split=eval); mark the rows to "
+                            "predict with split=eval, pass --data with a CSV of images, or predict files with "
+                            "`maskcls predict RUN IMAGE…`")
+        return rows, pd.DataFrame({"path": rows["image_id"].to_numpy()})
     if not prep.meta.get("eval_csv") or len(rows) == 0:
-        raise DataError(f"{prep.dir} has no evaluation images (its source had no eval/info.csv); predict image "
-                        "files with `maskcls predict RUN IMAGE…` instead")
+        raise DataError(f"{prep.dir} has no evaluation images (its source had no eval/info.csv); pass --data with a "
+                        "folder holding eval/info.csv, or predict image files with `maskcls predict RUN IMAGE…`")
     info_path = prep.root / prep.meta["eval_csv"]
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path} not found; {PREDICT_FIX}")
     info = pd.read_csv(info_path, dtype=str, keep_default_na=False)
     if "ImageID" not in info.columns:
         raise DataError(f"{info_path}: no ImageID column")
@@ -58,33 +157,7 @@ def _info_csv(prep) -> pd.DataFrame:
         missing = sorted(set(info["ImageID"]) - set(rows["image_id"]))[:10]
         raise DataError(f"{info_path} and {prep.dir}/manifest.csv disagree (eval images excluded or changed: "
                         f"{missing}); re-run `maskcls prepare` without --skip-bad for the eval part")
-    return info
-
-
-def predict_submission(run: str | Path, *, data: str | None = None, out: str | None = None, folds: str = "all",
-                       tta: str = "none", batch_size: int | None = None, num_workers: int | None = None,
-                       tune_bias: str = "auto") -> dict:
-    """Predict eval/info.csv's images; write the submission (same rows, same order) and probabilities.
-
-    ``tune_bias``: 'auto' applies the run's decision offsets (decision.json) when they raised the
-    cross-fitted out-of-fold macro F1, 'on' always, 'off' never (plain argmax).
-    """
-    loaded, prep = run_and_data(run, folds=folds, data=data)
-    info = _info_csv(prep)
-    offsets = read_offsets(Path(run), tune_bias)
-    probs = eval_probabilities(loaded, prep, tta=tta, batch_size=batch_size, num_workers=num_workers)
-    sub = info.copy()
-    sub["ans"] = apply_offsets(probs, offsets)
-    out_path = free_name(Path(out) if out else Path(run) / "submission.csv")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_path, sub.to_csv(index=False))
-    prob_df = pd.DataFrame(probs, columns=[f"prob_{i}" for i in range(probs.shape[1])])
-    prob_df.insert(0, "ImageID", info["ImageID"].to_numpy())
-    probs_path = out_path.with_name(out_path.stem + ".probs.csv")
-    atomic_write_text(probs_path, prob_df.to_csv(index=False, float_format="%.6f"))
-    return {"submission": str(out_path), "probabilities": str(probs_path), "rows": len(sub),
-            "folds": [f.fold for f in loaded], "tta": tta, "decision_offsets": offsets is not None,
-            "class_counts": np.bincount(sub["ans"], minlength=probs.shape[1]).tolist()}
+    return rows, info.copy()
 
 
 def expand_images(items: list[str]) -> list[str]:

@@ -56,11 +56,13 @@ def make_pseudo(run: str | Path, out: str | Path, *, min_prob: float = 0.9, fold
     from .predict import eval_probabilities, run_and_data
     if not 0.0 <= min_prob <= 1.0:
         raise ConfigError(f"--min-prob {min_prob}: use a probability in [0, 1], e.g. 0.9")
-    loaded, prep = run_and_data(run, folds=folds, data=data)
+    loaded, prep, _ = run_and_data(run, folds=folds, data=data)
     if len(prep.pseudo_rows()):
         raise DataError(f"{prep.dir} already holds pseudo-labelled rows; extend the original prepared directory")
-    probs = eval_probabilities(loaded, prep, tta=tta, batch_size=batch_size)
     rows = prep.eval_rows()
+    if len(rows) == 0:
+        raise DataError(f"{prep.dir} has no evaluation images to pseudo-label")
+    probs = eval_probabilities(loaded, prep, rows, tta=tta, batch_size=batch_size)
     added = pseudo_rows(rows, probs, prep.task, min_prob, str(Path(run).resolve()))
     manifest = pd.concat([prep.manifest, added[MANIFEST_COLUMNS]], ignore_index=True)
     out = ensure_new_dir(out)

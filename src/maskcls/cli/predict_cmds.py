@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import sub
+from .common import float_range, int_range, sub
 
 
 def register(subs) -> None:
@@ -15,14 +15,17 @@ def register(subs) -> None:
              "maskcls predict runs/lite0-1 photo.jpg photos/     # one line per image\n"
              "maskcls predict runs/lite0-1 photos/ --json\n"
              "maskcls predict runs/lite0-1 runs/lite2-1 --tta hflip --out sub.csv   # an ensemble of runs")
-    s.add_argument("run", help="a run directory; several runs (each with run.json) make an ensemble")
+    s.add_argument("run_dir", metavar="RUN", help="a run directory; several runs (each with run.json) make an ensemble")
     s.add_argument("images", nargs="*", help="more runs, or image files or folders (omit to predict the eval set)")
-    s.add_argument("--data", help="prepared directory (default: the one the run trained on)")
-    s.add_argument("--out", help="submission CSV path (default RUN/submission.csv)")
+    s.add_argument("--data", help="prepared directory, or a competition folder with eval/info.csv / a CSV of images "
+                   "(indexed into RUN/predict-data/; default: the prepared directory the run trained on)")
+    s.add_argument("--out", help="submission CSV, or a directory for submission.csv (default RUN/submission.csv; "
+                   "never overwritten)")
     s.add_argument("--folds", default="all", help="'all', 'best', or a list '0,1'")
     s.add_argument("--tta", default="none", choices=["none", "hflip"])
     s.add_argument("--json", action="store_true", help="JSON lines output for images")
-    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--batch-size", type=int_range(1), default=None,
+                   help="images per batch (default: the run's validation batch)")
     s.add_argument("--tune-bias", choices=["auto", "on", "off"], default="auto",
                    help="per-class decision offsets fitted for macro F1 on the run's out-of-fold rows "
                         "(decision.json): auto = when they helped cross-fitted")
@@ -33,9 +36,9 @@ def register(subs) -> None:
     s = sub(subs, "pseudo", "pseudo-label confident eval images into a new prepared directory",
             "maskcls pseudo runs/lite0-1 --min-prob 0.9 --out prepared-pseudo\n"
             "maskcls train prepared-pseudo --folds all      # eval images with p >= 0.9 train in every fold")
-    s.add_argument("run")
+    s.add_argument("run_dir", metavar="RUN")
     s.add_argument("--out", required=True, help="new prepared directory")
-    s.add_argument("--min-prob", type=float, default=0.9, help="smallest top probability to join training")
+    s.add_argument("--min-prob", type=float_range(0, 1), default=0.9, help="smallest top probability to join training")
     s.add_argument("--folds", default="all", help="'all', 'best', or a list '0,1'")
     s.add_argument("--tta", default="hflip", choices=["none", "hflip"])
     s.add_argument("--data", help="prepared directory to extend (default: the one the run trained on)")
@@ -43,12 +46,12 @@ def register(subs) -> None:
 
     s = sub(subs, "report", "write RUN/report.html (curves, confusion matrices, per-class table, gallery)",
              "maskcls report runs/lite0-1")
-    s.add_argument("run")
+    s.add_argument("run_dir", metavar="RUN")
     s.set_defaults(handler=cmd_report)
 
     s = sub(subs, "export", "export a deployable ONNX / TorchScript model",
              "maskcls export runs/lite0-1 --format onnx\nmaskcls export runs/lite0-1 --format torchscript --folds 0")
-    s.add_argument("run")
+    s.add_argument("run_dir", metavar="RUN")
     s.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     s.add_argument("--folds", default="all", help="'all' (ensemble), 'best', or one fold")
     s.add_argument("--out", help="output file (default RUN/export/model.<ext>)")
@@ -61,13 +64,13 @@ def _is_run(item: str) -> bool:
 
 def cmd_predict(args) -> int:
     from ..predict import predict_images, predict_submission
-    runs = [args.run] + [i for i in args.images if _is_run(i)]
+    runs = [args.run_dir] + [i for i in args.images if _is_run(i)]
     if len(runs) > 1:
         if len(runs) != 1 + len(args.images):
             raise ConfigError("predict takes several runs (an ensemble) or one run and images, not both")
         return _predict_ensemble(args, runs)
     if args.images:
-        res = predict_images(args.run, args.images, folds=args.folds, tta=args.tta,
+        res = predict_images(args.run_dir, args.images, folds=args.folds, tta=args.tta,
                              batch_size=args.batch_size or 32)
         for r in res:
             if args.json:
@@ -77,8 +80,10 @@ def cmd_predict(args) -> int:
             else:
                 print(f"{r['path']}\t{r['label']}\tclass {r['class_id']}\tconfidence {r['confidence']:.3f}")
         return 1 if any("error" in r for r in res) else 0
-    s = predict_submission(args.run, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
+    s = predict_submission(args.run_dir, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
                            batch_size=args.batch_size, tune_bias=args.tune_bias)
+    if s.get("prepared_now"):
+        print(f"indexed {args.data} into {s['prepared']}")
     print(f"submission: {s['submission']} ({s['rows']} rows, folds {s['folds']}, tta {s['tta']}"
           f"{', decision offsets' if s['decision_offsets'] else ''})")
     print(f"probabilities: {s['probabilities']}")
@@ -99,20 +104,20 @@ def _predict_ensemble(args, runs: list[str]) -> int:
 
 def cmd_report(args) -> int:
     from ..report import write_report
-    print(f"report: {write_report(args.run)}")
+    print(f"report: {write_report(args.run_dir)}")
     return 0
 
 
 def cmd_export(args) -> int:
     from ..export import export_run
-    out = export_run(args.run, fmt=args.format, folds=args.folds, out=args.out)
+    out = export_run(args.run_dir, fmt=args.format, folds=args.folds, out=args.out)
     print(f"exported {out} (preprocessing in {Path(out).with_suffix('.json')})")
     return 0
 
 
 def cmd_pseudo(args) -> int:
     from ..pseudo import make_pseudo
-    m = make_pseudo(args.run, args.out, min_prob=args.min_prob, folds=args.folds, tta=args.tta, data=args.data)
+    m = make_pseudo(args.run_dir, args.out, min_prob=args.min_prob, folds=args.folds, tta=args.tta, data=args.data)
     p = m["pseudo"]
     print(f"prepared {args.out}: {p['added']} of {p['eval_images']} eval images reach p >= {p['min_prob']:g} and "
           f"train in every fold (per class {p['per_class']}); validation stays on labelled images")

@@ -3,18 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import sub
+from .common import float_range, int_range, sub
 
 
 def register(subs) -> None:
     s = sub(subs, "synth", "write a synthetic dataset in the competition layout",
              "maskcls synth demo-data --people 120 --seed 0")
     s.add_argument("out")
-    s.add_argument("--people", type=int, default=120, help="training persons (7 photos each)")
-    s.add_argument("--eval-people", type=int, default=None, help="evaluation persons (default 2/3 of --people)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=int, nargs=2, default=(384, 512), metavar=("W", "H"), help="photo size")
-    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--people", type=int_range(1), default=120, help="training persons (7 photos each)")
+    s.add_argument("--eval-people", type=int_range(0), default=None,
+                   help="evaluation persons (default 2/3 of --people)")
+    s.add_argument("--seed", type=int_range(0), default=0)
+    s.add_argument("--size", type=int_range(32, 2048), nargs=2, default=(384, 512), metavar=("W", "H"),
+                   help="photo size in pixels, each side 32..2048 (the competition's: 384 512)")
+    s.add_argument("--workers", type=int_range(1), default=None)
     s.set_defaults(handler=cmd_synth)
 
     s = sub(subs, "prepare", "index a dataset: check images, make person-grouped folds, write a manifest",
@@ -23,30 +25,37 @@ def register(subs) -> None:
              "maskcls prepare /data/mask --out prepared --fixes fixes.csv --old-age 59")
     s.add_argument("source", help="competition folder (train/, eval/) or a CSV manifest")
     s.add_argument("--out", required=True, help="new directory for manifest.csv and prepare.json")
-    s.add_argument("--folds", type=int, default=5)
-    s.add_argument("--seed", type=int, default=719)
-    s.add_argument("--old-age", type=int, default=60, help="first age of the oldest group (58/59 help training)")
+    s.add_argument("--folds", type=int_range(2), default=5, help="K of the person-grouped K-fold")
+    s.add_argument("--seed", type=int_range(0), default=719)
+    s.add_argument("--old-age", type=int_range(31), default=None,
+                   help="first age of the oldest group (default 60, the competition's rule; 58/59 help training); "
+                        "must lie within the data's ages")
     s.add_argument("--fixes", help="label-fixes CSV: folder,field,value (field gender|age|swap_incorrect_normal)")
     s.add_argument("--skip-bad", action="store_true", help="exclude bad files (recorded) instead of stopping")
     s.add_argument("--allow-absolute", action="store_true", help="accept absolute paths in a CSV manifest")
-    s.add_argument("--num-classes", type=int, default=None, help="K for a CSV label column (labels 0..K-1)")
-    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--group-missing", choices=["error", "row"], default="error",
+                   help="CSV rows with a blank/NaN group: stop and list them (default), or make each its own group")
+    s.add_argument("--trust", choices=["csv", "folder"], default=None,
+                   help="competition folder names that disagree with train.csv on gender/age: label from this side "
+                        "(default: stop and list them)")
+    s.add_argument("--num-classes", type=int_range(2), default=None, help="K for a CSV label column (labels 0..K-1)")
+    s.add_argument("--workers", type=int_range(1), default=None)
     s.set_defaults(handler=cmd_prepare)
 
     s = sub(subs, "stats", "exact per-channel mean / pooled std of the training images -> stats.json",
              "maskcls stats prepared\nmaskcls stats prepared --faces")
     s.add_argument("dir")
     s.add_argument("--faces", action="store_true", help="over the face crops instead of the photos")
-    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--workers", type=int_range(1), default=None)
     s.set_defaults(handler=cmd_stats)
 
     s = sub(subs, "faces", "crop faces with MTCNN (offline weights) into the prepared directory",
              "maskcls faces prepared --margin 0.2 --size 256")
     s.add_argument("dir")
-    s.add_argument("--margin", type=float, default=0.2, help="box widening, fraction of the box per side")
-    s.add_argument("--size", type=int, default=256, help="side of the stored square crops")
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--margin", type=float_range(0, 2), default=0.2, help="box widening, fraction of the box per side")
+    s.add_argument("--size", type=int_range(16, 1024), default=256, help="side of the stored square crops")
+    s.add_argument("--batch-size", type=int_range(1), default=32)
+    s.add_argument("--workers", type=int_range(1), default=None)
     s.set_defaults(handler=cmd_faces)
 
 
@@ -64,7 +73,7 @@ def cmd_prepare(args) -> int:
     from ..prep.prepare import prepare
     m = prepare(args.source, args.out, folds=args.folds, seed=args.seed, old_age=args.old_age, fixes=args.fixes,
                 skip_bad=args.skip_bad, allow_absolute=args.allow_absolute, num_classes=args.num_classes,
-                workers=args.workers)
+                group_missing=args.group_missing, trust=args.trust, workers=args.workers)
     c = m["counts"]
     print(f"prepared {args.out}: {c['train_images']} training images of {c['groups']} groups in {m['folds']} folds "
           f"{c['per_fold']}, {c['eval_images']} eval images, {m['num_classes']} classes")

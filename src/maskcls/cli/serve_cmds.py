@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .common import sub
+from .common import float_range, int_range, sub
 
 
 def register(subs) -> None:
@@ -16,22 +16,22 @@ def register(subs) -> None:
     s.add_argument("run_dir", metavar="RUN", help="run directory (runs/<name>-<n>)")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; any other needs a token)")
-    s.add_argument("--port", type=int, default=8000, help="port (0 = any free one)")
+    s.add_argument("--port", type=int_range(0, 65535), default=8000, help="port (0 = any free one)")
     s.add_argument("--folds", default="best", help="'best' (one model, fastest), 'all' (fold ensemble), or '0,2'")
     s.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
                    help="onnx: ONNX Runtime, exported on first use into RUN/export/ and checked against torch")
-    s.add_argument("--max-batch", type=int, default=16, help="most images per model call (1 = no batching)")
-    s.add_argument("--max-wait-ms", type=float, default=10.0, help="longest an image waits for its batch to fill")
+    s.add_argument("--max-batch", type=int_range(1, 1024), default=16, help="most images per model call (1 = no batching)")
+    s.add_argument("--max-wait-ms", type=float_range(0, 10000), default=10.0, help="longest an image waits for its batch to fill")
     s.add_argument("--token", default=None,
                    help="bearer token required on /v1/* (prefer the MASKCLS_SERVE_TOKEN variable: arguments "
                         "are visible to every user of the machine)")
-    s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MiB")
-    s.add_argument("--max-pixels", type=int, default=None,
+    s.add_argument("--max-upload-mb", type=float_range(0.001, 4096), default=20.0, help="largest request body in MiB")
+    s.add_argument("--max-pixels", type=int_range(1, 50_000_000), default=None,
                    help="largest image in pixels (width x height; default and maximum 50,000,000)")
-    s.add_argument("--max-images", type=int, default=16, help="photos per request")
-    s.add_argument("--max-queue", type=int, default=64,
+    s.add_argument("--max-images", type=int_range(1, 1024), default=16, help="photos per request")
+    s.add_argument("--max-queue", type=int_range(1, 100_000), default=64,
                    help="images waiting or running, over all requests; more are answered 503 + Retry-After")
-    s.add_argument("--decode-workers", type=int, default=None, help="threads decoding uploads (default: CPUs)")
+    s.add_argument("--decode-workers", type=int_range(1, 256), default=None, help="threads decoding uploads (default: CPUs)")
     s.add_argument("--no-access-log", action="store_true", help="do not log every request")
     s.set_defaults(handler=cmd_serve)
 

@@ -1,7 +1,7 @@
 """``maskcls bench | demo``: measurements side by side with the reference, and the demo."""
 from __future__ import annotations
 
-from .common import add_config_args, sub
+from .common import add_config_args, int_range, sub
 
 
 def register(subs) -> None:
@@ -12,11 +12,11 @@ def register(subs) -> None:
              "maskcls bench quality --set data.sampler=balanced    # a variant against the defaults\n"
              "maskcls bench serve --run runs/lite0-1 --requests 2000")
     s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "quality", "serve"])
-    s.add_argument("--images", type=int, default=None)
-    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--images", type=int_range(1), default=None)
+    s.add_argument("--workers", type=int_range(0), default=2)
     q = s.add_argument_group("quality")
     q.add_argument("--data", default=".cache/devdata", help="folder of the development sets (<set>/manifest.csv)")
-    q.add_argument("--seeds", type=int, default=2, help="training seeds per set")
+    q.add_argument("--seeds", type=int_range(1, 10), default=2, help="training seeds per set")
     q.add_argument("--sets", default="mask3dev,agegender6dev", help="comma-separated development sets")
     q.add_argument("--work", default=".cache/quality", help="prepared sets, runs and cached results")
     q.add_argument("--fresh", action="store_true", help="retrain even when a cached result exists")
@@ -24,15 +24,15 @@ def register(subs) -> None:
     v = s.add_argument_group("serve")
     v.add_argument("--run", dest="run_dir", default=None,
                    help="the run to serve (default: train a small tf_efficientnet_lite0 run at 128 px first)")
-    v.add_argument("--requests", type=int, default=2000, help="requests per mode and concurrency")
+    v.add_argument("--requests", type=int_range(1), default=2000, help="requests per mode and concurrency")
     v.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="the server's backend")
     s.set_defaults(handler=cmd_bench)
 
     s = sub(subs, "demo", "the whole job on a synthetic dataset, in minutes",
              "maskcls demo\nmaskcls demo --out demo-out --people 120")
     s.add_argument("--out", default="demo-out", help="folder for data, prepared dir and run (new)")
-    s.add_argument("--people", type=int, default=120)
-    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--people", type=int_range(1), default=120)
+    s.add_argument("--epochs", type=int_range(1), default=None)
     s.set_defaults(handler=cmd_demo)
 
 

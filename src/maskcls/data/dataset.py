@@ -9,8 +9,8 @@ Design points (each one prevents a real failure):
   resumed run sees exactly the images an uninterrupted one would.
 * Loaders use non-persistent workers, so a worker forked for epoch ``e`` sees
   ``set_epoch(e)`` (:func:`maskcls.data.loader.set_epoch` sets it on dataset and sampler).
-* A file that cannot be decoded raises :class:`DataError` naming it — never a silent skip
-  (that would change the epoch's contents) and never a hang.
+* A file that cannot be decoded (or has gone) raises :class:`DataError` naming it and the
+  fix — never a silent skip (that would change the epoch's contents) and never a hang.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from ..errors import DataError
 from .imageio import read_rgb
 
 log = logging.getLogger(__name__)
+MISSING_FIX = ("it was deleted or the dataset moved since `maskcls prepare`; restore it, or re-run `maskcls prepare` "
+               "on the data's current location (`maskcls predict RUN --data` also takes it)")
 
 
 class ImageSource(Protocol):
@@ -118,8 +120,10 @@ class ImageDataset(Dataset):
         """Decoded image ``i`` and its augmentation RNG (a function of seed, epoch, index)."""
         try:
             img = self.source.read(i)
-        except (DataError, FileNotFoundError):
+        except DataError:
             raise
+        except FileNotFoundError:  # deleted, or the dataset moved, after prepare checked it
+            raise DataError(f"image {self.source.name(i)} not found: {MISSING_FIX}") from None
         except Exception as e:  # anything else a decoder throws: name the file
             raise DataError(f"{self.source.name(i)}: cannot read image ({type(e).__name__}: {e})") from e
         return img, np.random.default_rng([self.seed, self.epoch, i])

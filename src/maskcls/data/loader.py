@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from ..errors import MaskclsError
+
 KINDS = ("auto", "threads", "processes")
 
 
@@ -120,8 +122,51 @@ def build_loader(dataset: Dataset, *, batch_size: int, sampler: Sampler | Sequen
         return ThreadLoader(dataset, batch_size=batch_size, sampler=sampler, threads=workers,
                             drop_last=drop_last, pin_memory=pin)
     kwargs = {"prefetch_factor": 2} if workers > 0 else {}
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
-                      drop_last=drop_last, persistent_workers=False, **kwargs)
+    return ProcessLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
+                         drop_last=drop_last, persistent_workers=False, **kwargs)
+
+
+class ProcessLoader(DataLoader):
+    """torch's DataLoader, except that a user error raised in a worker process arrives as itself.
+
+    DataLoader re-raises a worker's exception as the same type with the message
+    ``Caught DataError in DataLoader worker process 1. Original Traceback …`` — twenty lines
+    where the user needs one (``image X not found: …``). User errors (maskcls errors and
+    OS errors such as a deleted file) get their original one-line message back; the worker's
+    traceback stays attached as the cause. Anything else (a bug) keeps torch's full report.
+    """
+
+    def __iter__(self):
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (MaskclsError, OSError) as e:
+                original = unwrap_worker_error(e)
+                if original is e:
+                    raise
+                raise original from e
+            yield batch
+
+
+def unwrap_worker_error(e: BaseException) -> BaseException:
+    """The exception a DataLoader worker raised, rebuilt with its own message (``e`` itself when it
+    is not a re-raised worker error or cannot be rebuilt)."""
+    msg = str(e)
+    if not msg.startswith(f"Caught {type(e).__name__} ") or "\nOriginal Traceback" not in msg:
+        return e
+    text = msg.rstrip("\n")
+    # The traceback's last part is "<module>.<Name>: <message>" (just "<Name>: " for builtins).
+    for prefix in (f"\n{type(e).__module__}.{type(e).__qualname__}: ", f"\n{type(e).__qualname__}: "):
+        at = text.rfind(prefix)
+        if at >= 0:
+            try:
+                return type(e)(text[at + len(prefix):])
+            except Exception:  # noqa: BLE001 - an exception type that takes other arguments: keep torch's
+                return e
+    return e
 
 
 def set_epoch(loader, epoch: int) -> None:

@@ -20,7 +20,7 @@ from accelerate.utils import broadcast_object_list
 from .. import __version__
 from ..config import Config
 from ..config_io import validate
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models.factory import pretrained_info, size_kwargs
 from ..prep.prepared import Prepared, load_prepared
 from .accel import make_accelerator
@@ -48,7 +48,7 @@ class RunInterrupted(KeyboardInterrupt):
         self.run, self.is_main = run, is_main
 
 
-def _resolve(cfg: Config, prep: Prepared, acc: Accelerator) -> Preprocessing:
+def _resolve(cfg: Config, prep: Prepared, acc: Accelerator, folds: list[int]) -> Preprocessing:
     """Fill in what the config leaves open (heads, input size, mean/std, loader, precision), in place,
     so that config.yaml records what actually runs. Everything that can fail here fails before the
     run directory exists."""
@@ -57,15 +57,36 @@ def _resolve(cfg: Config, prep: Prepared, acc: Accelerator) -> Preprocessing:
     info = pretrained_info(cfg.model.name)
     pp = resolve_preprocessing(cfg.data, prep, info.image_size, info.mean, info.std)
     size_kwargs(info, cfg.model.name, pp.image_size)  # a fixed-size model that cannot take this size
+    _check_weights_file(cfg.model.pretrained)
+    _check_batch_fits(cfg.train.batch_size, prep, folds, acc.num_processes)
     if cfg.data.faces:
         from ..prep.faces import load_face_crops
         load_face_crops(prep.dir)  # missing or stale crops: say so now
+    else:
+        prep.check_images(prep.train_rows())  # a moved dataset: one line now, not a worker's traceback later
     cfg.data.image_size, cfg.data.mean, cfg.data.std = pp.image_size, pp.mean, pp.std
     cfg.data.num_workers, cfg.data.loader = resolve_loader(cfg.data)
     cfg.train.mixed_precision = acc.mixed_precision
     if cfg.model.heads == "multi" and cfg.loss.head_weights is None:
         cfg.loss.head_weights = [1.0] * len(task.attributes)
     return pp
+
+
+def _check_weights_file(pretrained: str) -> None:
+    """A local weights file that is not there (the other sources are checked when the model is built)."""
+    if pretrained not in ("package", "hub", "none") and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"model.pretrained={pretrained}: file not found; give a local .pth/.pt state dict, "
+                                "or use 'package', 'hub' or 'none'")
+
+
+def _check_batch_fits(batch_size: int, prep: Prepared, folds: list[int], world: int) -> None:
+    """Every fold's training part must hold one batch per process (the loaders drop incomplete ones)."""
+    fold_of = prep.train_rows()["fold"].to_numpy()
+    for f in folds:
+        per_rank = int((fold_of != f).sum()) // world
+        if batch_size > per_rank:
+            raise ConfigError(f"train.batch_size={batch_size} is larger than the training set of fold {f} "
+                              f"({per_rank} images per process); lower train.batch_size")
 
 
 def _start_run(cfg: Config, prep: Prepared, folds: list[int], run_dir: Path | None, acc: Accelerator,
@@ -101,12 +122,15 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
     """
     cfg = copy.deepcopy(cfg)
     validate(cfg)
+    if not len(prep.train_rows()):
+        raise DataError(f"{prep.dir} holds no training images (it was prepared for prediction); train on a directory "
+                        "made by `maskcls prepare SOURCE --out DIR`")
     fold_list = list(range(prep.num_folds)) if folds is None else sorted(set(folds))
     bad = [f for f in fold_list if not 0 <= f < prep.num_folds]
     if bad:
         raise ConfigError(f"fold(s) {bad} do not exist; {prep.dir} has folds 0..{prep.num_folds - 1}")
     acc = make_accelerator(cfg.train)
-    pp = _resolve(cfg, prep, acc)
+    pp = _resolve(cfg, prep, acc, fold_list)
     if resume:
         if run_dir is None or not Path(run_dir).is_dir():
             raise FileNotFoundError(f"run directory {run_dir} not found; nothing to resume")

@@ -19,9 +19,15 @@ from .sources import SourceTable
 
 TRAIN_CSV_COLUMNS = ("id", "gender", "race", "age", "path")
 FIX_FIELDS = ("gender", "age", "swap_incorrect_normal")
+TRUST_CHOICES = (None, "csv", "folder")
 
 
-def _read_train_csv(csv: Path, problems: list[dict]) -> pd.DataFrame:
+def _read_train_csv(csv: Path, problems: list[dict]) -> tuple[pd.DataFrame, set[str]]:
+    """(usable rows with parsed ``gender_code`` / ``age_years``, folders of the rows that are not usable).
+
+    A bad row is one problem line; its folder still counts as listed (not "folder not listed").
+    Values go through the one parser of each attribute (``labels.parse_gender`` / ``parse_age``:
+    '40' and '40.0' are 40 years, as in a CSV manifest)."""
     if not csv.is_file():
         raise FileNotFoundError(f"{csv} not found; the competition layout needs train/train.csv "
                                 f"with columns {','.join(TRAIN_CSV_COLUMNS)}")
@@ -31,16 +37,86 @@ def _read_train_csv(csv: Path, problems: list[dict]) -> pd.DataFrame:
         raise DataError(f"{csv}: missing column(s) {missing}; expected {','.join(TRAIN_CSV_COLUMNS)}")
     df["line"] = np.arange(len(df)) + 2  # header is line 1
     ok = np.ones(len(df), bool)
+    genders, ages = np.full(len(df), -1), np.full(len(df), -1)
     for i, r in enumerate(df.itertuples()):
-        where = f"{csv}:{r.line}"
-        if r.gender.strip().lower() not in ("male", "female"):
-            problems.append({"file": where, "reason": f"gender {r.gender!r} is neither male nor female; "
-                             "fix the CSV row"})
-            ok[i] = False
-        if not r.age.strip().isdigit():
-            problems.append({"file": where, "reason": f"age {r.age!r} is not a whole number of years; fix the CSV row"})
-            ok[i] = False
-    return df[ok].copy()
+        for parse, value, out in ((L.parse_gender, r.gender, genders), (L.parse_age, r.age, ages)):
+            try:
+                out[i] = parse(value)
+            except DataError as e:
+                problems.append({"file": f"{csv}:{r.line}", "reason": f"{e}; fix the CSV row"})
+                ok[i] = False
+    df["gender_code"], df["age_years"] = genders, ages
+    return df[ok].copy(), set(df.loc[~ok, "path"])
+
+
+def _folder_fields(folder: str) -> tuple[int | None, int | None] | None:
+    """(gender, age) from a folder name ``<id>_<gender>_<race>_<age>``; None where a field does not
+    parse; None altogether for a name without those four fields."""
+    parts = folder.rsplit("_", 3)
+    if len(parts) != 4:
+        return None
+    out = []
+    for parse, value in ((L.parse_gender, parts[1]), (L.parse_age, parts[3])):
+        try:
+            out.append(parse(value))
+        except DataError:
+            out.append(None)
+    return out[0], out[1]
+
+
+def _describe(gender: int | None, age: int | None, folder: str) -> str:
+    parts = folder.rsplit("_", 3)
+    g = L.GENDER_NAMES[gender] if gender is not None else f"gender {parts[1]!r}"
+    a = str(age) if age is not None else f"age {parts[3]!r}"
+    return f"{g}, {a}"
+
+
+def _check_names(people: pd.DataFrame, images: Path, trust: str | None, fixed: set[tuple[str, str]],
+                 problems: list[dict], warnings: list[str]) -> tuple[pd.DataFrame, list[dict]]:
+    """Cross-check each folder name's gender and age with its train.csv row.
+
+    Default (``trust=None``): a disagreement is a problem naming both sides and the overrides.
+    ``trust="csv"`` labels from train.csv (the competition's own rule), ``trust="folder"`` from the
+    name; either way every disagreement is returned (prepare.json records it). A field that a
+    label fix sets is not compared (the fix decides). Returns the persons that can be labelled."""
+    conflicts, unnamed, dropped = [], [], []
+    for i, person in people.iterrows():
+        fields = _folder_fields(person["path"])
+        if fields is None:
+            unnamed.append(person["path"])
+            continue
+        csv_side = (int(person["gender_code"]), int(person["age_years"]))
+        differ = [name for name, f, c in zip(("gender", "age"), fields, csv_side)
+                  if f != c and (person["path"], name) not in fixed]
+        if not differ:
+            continue
+        said = {"folder": person["path"], "line": int(person["line"]), "fields": differ,
+                "csv": _describe(*csv_side, person["path"]), "name": _describe(*fields, person["path"])}
+        where = str(images / person["path"])
+        if trust is None:
+            problems.append({"file": where, "reason": f"the folder name says {said['name']} but train.csv line "
+                             f"{said['line']} says {said['csv']}; correct one of them, or choose the side with "
+                             "--trust csv or --trust folder (or set the value with --fixes)"})
+            dropped.append(i)
+            continue
+        if trust == "folder":
+            if any(fields[k] is None for k, name in enumerate(("gender", "age")) if name in differ):
+                problems.append({"file": where, "reason": f"--trust folder, but the folder name ({said['name']}) "
+                                 "does not give a valid gender and age; rename the folder or use --trust csv"})
+                dropped.append(i)
+                continue
+            for name, column, value in zip(("gender", "age"), ("gender_code", "age_years"), fields):
+                if name in differ:
+                    people.loc[i, column] = value
+        conflicts.append({**said, "used": trust})
+    if conflicts:
+        warnings.append(f"{len(conflicts)} person folder name(s) disagree with train.csv on gender/age; labelled "
+                        f"from {'train.csv' if trust == 'csv' else 'the folder names'} (--trust {trust}); listed in "
+                        "prepare.json name_conflicts")
+    if unnamed:
+        warnings.append(f"{len(unnamed)} folder name(s) do not follow <id>_<gender>_<race>_<age> (e.g. "
+                        f"{unnamed[0]!r}); their labels come from train.csv unchecked")
+    return people.drop(index=dropped), conflicts
 
 
 def _person_rows(folder: Path, person: pd.Series, problems: list[dict], rel: Path) -> list[dict]:
@@ -59,7 +135,7 @@ def _person_rows(folder: Path, person: pd.Series, problems: list[dict], rel: Pat
             continue
         stems[stem] = name
         rows.append({"path": str(rel / name), "group": person["path"], "mask": L.STEM_TO_MASK[stem],
-                     "gender": L.parse_gender(person["gender"]), "age_years": int(person["age"]),
+                     "gender": int(person["gender_code"]), "age_years": int(person["age_years"]),
                      "person_id": person["id"], "stem": stem})
     if len(stems) != 7:
         absent = sorted(set(L.STEM_TO_MASK) - set(stems))
@@ -91,11 +167,22 @@ def _apply_fixes(df: pd.DataFrame, fixes: pd.DataFrame | None, source: str) -> l
     return applied
 
 
-def read_competition(root: Path, *, old_age: int = 60, fixes: pd.DataFrame | None = None) -> SourceTable:
-    """Read the competition layout under ``root`` (never writes)."""
+def read_competition(root: Path, *, old_age: int = 60, fixes: pd.DataFrame | None = None,
+                     trust: str | None = None) -> SourceTable:
+    """Read the competition layout under ``root`` (never writes).
+
+    Args:
+        root: the folder holding train/ (and eval/).
+        old_age: first age of the oldest group.
+        fixes: label fixes from :func:`read_fixes`.
+        trust: where folder names and train.csv disagree on gender/age: None = a problem to fix,
+            "csv" or "folder" = label from that side (recorded).
+    """
+    if trust not in TRUST_CHOICES:
+        raise DataError(f"trust={trust!r}; choose one of csv, folder (or leave it unset)")
     problems: list[dict] = []
     warnings: list[str] = []
-    people = _read_train_csv(root / "train" / "train.csv", problems)
+    people, bad_rows = _read_train_csv(root / "train" / "train.csv", problems)
     images = root / "train" / "images"
     if not images.is_dir():
         raise FileNotFoundError(f"{images} not found; the competition layout needs one folder per person "
@@ -107,15 +194,19 @@ def read_competition(root: Path, *, old_age: int = 60, fixes: pd.DataFrame | Non
     dup_folders = people["path"][people["path"].duplicated()].unique()
     for f in dup_folders:
         problems.append({"file": str(root / "train" / "train.csv"), "reason": f"folder {f!r} listed twice"})
+    people = people.drop_duplicates("path")
+    fixed = set() if fixes is None else {(f, fld) for f, fld in zip(fixes["folder"], fixes["field"])}
+    listed = set(people["path"]) | bad_rows  # a person refused below is still listed
+    people, conflicts = _check_names(people, images, trust, fixed, problems, warnings)
     rows = []
-    for _, person in people.drop_duplicates("path").iterrows():
+    for _, person in people.iterrows():
         folder = images / person["path"]
         if person["path"] not in folders:
             problems.append({"file": str(folder), "reason": f"listed in train.csv line {person['line']} but "
                              "the folder is missing"})
             continue
         rows += _person_rows(folder, person, problems, Path("train") / "images" / person["path"])
-    for extra in sorted(folders - set(people["path"])):
+    for extra in sorted(folders - listed):
         problems.append({"file": str(images / extra), "reason": "folder not listed in train/train.csv; add a "
                          "row for it or remove it"})
     df = pd.DataFrame(rows, columns=["path", "group", "mask", "gender", "age_years", "person_id", "stem"])
@@ -125,13 +216,16 @@ def read_competition(root: Path, *, old_age: int = 60, fixes: pd.DataFrame | Non
     df["label"] = task.encode(df["mask"], df["gender"], df["age"]) if len(df) else []
     df["split"] = "train"
     df["image_id"] = df["path"]
-    eval_df, eval_csv = _read_eval(root, problems)
+    eval_df, eval_csv = read_eval(root, problems)
     table = pd.concat([df, eval_df], ignore_index=True)
     return SourceTable(rows=table, root=root, kind="competition", task=task, problems=problems,
-                       warnings=warnings, fixes=applied, eval_csv=eval_csv)
+                       warnings=warnings, fixes=applied, eval_csv=eval_csv,
+                       meta={"trust": trust, "name_conflicts": conflicts})
 
 
-def _read_eval(root: Path, problems: list[dict]) -> tuple[pd.DataFrame, str | None]:
+def read_eval(root: Path, problems: list[dict]) -> tuple[pd.DataFrame, str | None]:
+    """eval/info.csv's images as unlabelled rows in its order (none when there is no info.csv), and the
+    info.csv path relative to ``root``; listed images that are missing become problems."""
     info = root / "eval" / "info.csv"
     cols = ["path", "group", "mask", "gender", "age", "age_years", "label", "split", "image_id"]
     if not info.is_file():

@@ -7,6 +7,7 @@ only when prepare was told ``--allow-absolute``), so a moved dataset needs only 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,14 @@ import pandas as pd
 
 from ..errors import DataError
 from ..labels import Task
+from .sources import csv_lines
 
 FORMAT_VERSION = 1
 MANIFEST_COLUMNS = ["path", "group", "label", "mask", "gender", "age", "age_years", "split", "fold",
                     "image_id", "width", "height", "fast", "fix"]
+MOVED_FIX = ("the dataset moved or lost files since `maskcls prepare`: restore them, or re-run `maskcls prepare "
+             "SOURCE --out NEW_DIR` on its current location")
+INT_COLUMNS = ["label", "mask", "gender", "age", "age_years", "fold", "width", "height"]
 
 
 @dataclass
@@ -54,6 +59,15 @@ class Prepared:
         rows = self.manifest if rows is None else rows
         root = str(self.root)
         return np.array([p if p.startswith("/") else f"{root}/{p}" for p in rows["path"]])
+
+    def check_images(self, rows: pd.DataFrame | None = None, *, fix: str = MOVED_FIX) -> None:
+        """Raise a DataError naming the first of ``rows``' image files that is gone (deleted, or the dataset
+        moved since prepare), with ``fix``: one line up front instead of an error half-way through an epoch."""
+        paths = self.abs_paths(rows)
+        gone = [p for p in paths if not os.path.isfile(p)]
+        if gone:
+            raise DataError(f"{len(gone)} of {len(paths)} images listed in {self.dir / 'manifest.csv'} are missing "
+                            f"(first: {gone[0]}); {fix}")
 
     def train_rows(self) -> pd.DataFrame:
         """Labelled rows of the folds (validation and out-of-fold scores come from these alone)."""
@@ -95,5 +109,43 @@ def load_prepared(directory: str | Path) -> Prepared:
     missing = [c for c in MANIFEST_COLUMNS if c not in man.columns]
     if missing:
         raise DataError(f"{man_path}: missing column(s) {missing}; re-run `maskcls prepare`")
+    _check_manifest(man, meta, man_path)
+    man[INT_COLUMNS] = man[INT_COLUMNS].astype(np.int64)
     man["fast"] = man["fast"].astype(str).str.lower().isin(["true", "1"])
     return Prepared(dir=d, manifest=man, meta=meta)
+
+
+def _check_manifest(man: pd.DataFrame, meta: dict, man_path: Path) -> None:
+    """The manifest agrees with its prepare.json: splits, integer columns, labels in 0..K−1 on training
+    rows, folds in 0..folds−1 (−1 on eval rows). A hand-edited manifest fails here, naming its lines,
+    instead of deep inside training (``IndexError: Target 3 is out of bounds``)."""
+    fix = "fix those rows or re-run `maskcls prepare` into a new directory"
+    for key in ("num_classes", "folds", "root"):
+        if key not in meta:
+            raise DataError(f"{man_path.parent / 'prepare.json'} has no {key!r}; re-run `maskcls prepare`")
+    split = man["split"].astype(str)
+    splits = ["train", "eval", "pseudo"] if meta.get("pseudo") else ["train", "eval"]
+    bad = ~split.isin(splits).to_numpy()
+    if bad.any():
+        raise DataError(f"{man_path}: split must be {' or '.join(splits)}, not {sorted(set(split[bad]))[:3]} "
+                        f"(line(s) {csv_lines(bad)}); {fix}")
+    for col in INT_COLUMNS:
+        num = pd.to_numeric(man[col], errors="coerce")
+        bad = (num.isna() | (num % 1 != 0)).to_numpy()
+        if bad.any():
+            raise DataError(f"{man_path}: column {col} must hold integers (line(s) {csv_lines(bad)}); {fix}")
+    train = (split == "train").to_numpy()
+    labelled = train | (split == "pseudo").to_numpy()  # pseudo rows: a predicted label, trained in every fold
+    k, folds = int(meta["num_classes"]), int(meta["folds"])
+    label, fold = pd.to_numeric(man["label"]).to_numpy(), pd.to_numeric(man["fold"]).to_numpy()
+    bad = labelled & ((label < 0) | (label >= k))
+    if bad.any():
+        raise DataError(f"{man_path}: label outside 0..{k - 1} (the {k} classes of prepare.json) on training "
+                        f"line(s) {csv_lines(bad)}; {fix}")
+    bad = train & ((fold < 0) | (fold >= folds))
+    if bad.any():
+        raise DataError(f"{man_path}: fold outside 0..{folds - 1} (prepare.json says {folds} folds) on line(s) "
+                        f"{csv_lines(bad)}; {fix}")
+    bad = ~train & (fold != -1)
+    if bad.any():
+        raise DataError(f"{man_path}: eval rows must have fold -1 (pseudo rows too; line(s) {csv_lines(bad)}); {fix}")

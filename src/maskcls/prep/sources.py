@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..labels import Task
@@ -30,14 +31,26 @@ class SourceTable:
     warnings: list[str] = field(default_factory=list)
     fixes: list[dict] = field(default_factory=list)
     eval_csv: str | None = None
+    meta: dict = field(default_factory=dict)   # what the reader decided, recorded in prepare.json
 
 
-def detect_kind(source: Path) -> str:
+def detect_kind(source: Path, *, for_prediction: bool = False) -> str:
+    """"csv" or "competition"; ``for_prediction`` also accepts a competition folder with only eval/."""
     if source.is_file() and source.suffix.lower() == ".csv":
         return "csv"
     if source.is_dir():
         if (source / "train").is_dir() or (source / "train.csv").exists():
             return "competition"
-        raise FileNotFoundError(f"{source}: no train/ folder; expected the competition layout "
-                                "(train/train.csv, train/images/) or pass a CSV manifest file")
+        if for_prediction and (source / "eval" / "info.csv").is_file():
+            return "competition"
+        wanted = "eval/info.csv and eval/images/" if for_prediction else "train/train.csv, train/images/"
+        raise FileNotFoundError(f"{source}: not a dataset; expected the competition layout ({wanted}) or a CSV "
+                                "manifest file")
     raise FileNotFoundError(f"dataset source {source} not found; pass the competition folder or a CSV file")
+
+
+def csv_lines(mask: np.ndarray, limit: int = 10) -> str:
+    """The CSV line numbers (header = line 1) of the rows where ``mask`` is set, at most ``limit`` listed."""
+    lines = np.flatnonzero(mask) + 2
+    more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
+    return ", ".join(str(n) for n in lines[:limit]) + more

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from ..data.imageio import read_rgb
+from ..errors import DataError
 from ..fsutil import atomic_write_json, default_workers
 from .prepared import load_prepared
 
@@ -80,6 +81,9 @@ def compute_stats(prepared_dir: str | Path, *, faces: bool = False, workers: int
     t0 = time.time()
     prep = load_prepared(prepared_dir)
     rows = prep.train_rows()
+    if not len(rows):
+        raise DataError(f"{prep.dir} holds no training images (it was prepared for prediction); compute stats on a "
+                        "directory made by `maskcls prepare SOURCE --out DIR`")
     workers = workers or default_workers(cap=64)
     if faces:
         from .faces import load_face_crops

@@ -37,10 +37,13 @@ depend on the seed only, never on ``workers`` or scheduling.
 from __future__ import annotations
 
 import csv
+import glob
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +61,9 @@ _EXTS = (".jpg", ".png", ".jpeg")
 _EXT_P = (0.86, 0.07, 0.07)  # PNG encoding is ~15x slower than JPEG
 
 _TASK = Task.competition()
+# Largest photo side: drawing cost grows with the pixels (about 1 photo/s at 4000x4000 on one
+# core), and nothing here needs more than a few times the competition's 384x512.
+MAX_SIDE = 2048
 
 
 def _class_of(mask: int, gender: int, age_years: int) -> int:
@@ -165,8 +171,9 @@ def _check_args(people, eval_people, image_size, workers, seed) -> None:
     if eval_people is not None and (not is_int(eval_people) or eval_people < 0):
         raise ConfigError(f"eval_people must be None or an integer >= 0, got {eval_people!r}")
     if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
-            or not all(is_int(v) and v >= 32 for v in image_size)):
-        raise ConfigError(f"image_size must be (width, height), two integers >= 32, got {image_size!r}")
+            or not all(is_int(v) and 32 <= v <= MAX_SIDE for v in image_size)):
+        raise ConfigError(f"image_size must be (width, height), two integers in 32..{MAX_SIDE} (the competition's "
+                          f"photos are 384x512), got {image_size!r}")
     if workers is not None and (not is_int(workers) or workers < 1):
         raise ConfigError(f"workers must be None or an integer >= 1, got {workers!r}")
     if not is_int(seed) or seed < 0:
@@ -209,7 +216,8 @@ def synthesize(out_dir: str | Path, *, people: int = 120, seed: int = 0, eval_pe
     train_rows, jobs, eval_rows = _plan(np.random.default_rng(seed), int(people), eval_people)
     out.parent.mkdir(parents=True, exist_ok=True)
     build = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(build, ignore_errors=True)
+    _remove_stale_partials(out)
+    restore_sigterm = _sigterm_as_interrupt()  # `kill` / `timeout` clean up like Ctrl-C does
     try:
         for sub in ("train/images", "eval/images"):
             (build / sub).mkdir(parents=True)
@@ -224,6 +232,8 @@ def synthesize(out_dir: str | Path, *, people: int = 120, seed: int = 0, eval_pe
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
+    finally:
+        restore_sigterm()
     seconds = time.perf_counter() - start
     summary = {
         "out_dir": str(out), "train_csv": str(out / "train/train.csv"),
@@ -237,6 +247,42 @@ def synthesize(out_dir: str | Path, *, people: int = 120, seed: int = 0, eval_pe
     return summary
 
 
+def _remove_stale_partials(out: Path) -> None:
+    """Remove ``.<out>.partial-<pid>`` folders of synth processes that no longer run (killed with -9)."""
+    for p in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
+        pid = p.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            logger.info("removed %s, left by an interrupted synth", p)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only (PermissionError = alive, another user's)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _sigterm_as_interrupt():
+    """Turn SIGTERM into KeyboardInterrupt while the dataset is drawn (main thread only); returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _worker_init() -> None:
+    """Pool workers leave interrupts to the parent: it stops them (SIGTERM) and removes the partial folder."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _run_jobs(tasks: list, workers: int | None) -> int:
     if workers is None:
         workers = cpu_count()
@@ -246,5 +292,5 @@ def _run_jobs(tasks: list, workers: int | None) -> int:
     # fork where available: instant start, and no re-import of the caller's __main__ (a
     # script without a __main__ guard would recurse under spawn). Workers use no threads.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    with multiprocessing.get_context(method).Pool(workers) as pool:
+    with multiprocessing.get_context(method).Pool(workers, initializer=_worker_init) as pool:
         return sum(pool.imap_unordered(render_person, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
