@@ -20,8 +20,10 @@ def register(subs) -> None:
     s.add_argument("--folds", default="best", help="'best' (one model, fastest), 'all' (fold ensemble), or '0,2'")
     s.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
                    help="onnx: ONNX Runtime, exported on first use into RUN/export/ and checked against torch")
-    s.add_argument("--max-batch", type=int_range(1, 1024), default=16, help="most images per model call (1 = no batching)")
-    s.add_argument("--max-wait-ms", type=float_range(0, 10000), default=10.0, help="longest an image waits for its batch to fill")
+    s.add_argument("--max-batch", type=int_range(1, 1024), default=16,
+                   help="most images per model call (1 = no batching)")
+    s.add_argument("--max-wait-ms", type=float_range(0, 10000), default=10.0,
+                   help="longest an image waits for its batch to fill")
     s.add_argument("--token", default=None,
                    help="bearer token required on /v1/* (prefer the MASKCLS_SERVE_TOKEN variable: arguments "
                         "are visible to every user of the machine)")
@@ -31,7 +33,8 @@ def register(subs) -> None:
     s.add_argument("--max-images", type=int_range(1, 1024), default=16, help="photos per request")
     s.add_argument("--max-queue", type=int_range(1, 100_000), default=64,
                    help="images waiting or running, over all requests; more are answered 503 + Retry-After")
-    s.add_argument("--decode-workers", type=int_range(1, 256), default=None, help="threads decoding uploads (default: CPUs)")
+    s.add_argument("--decode-workers", type=int_range(1, 256), default=None,
+                   help="threads decoding uploads (default: CPUs)")
     s.add_argument("--no-access-log", action="store_true", help="do not log every request")
     s.set_defaults(handler=cmd_serve)
 
