@@ -12,6 +12,7 @@ import torch
 
 from helpers import TINY_SETS, tiny, train
 from maskcls.cli import main
+from maskcls.engine.decision import apply_offsets, read_offsets
 from maskcls.errors import CheckpointError, DataError
 from maskcls.predict import predict_images, predict_submission
 
@@ -41,7 +42,12 @@ def test_submission_matches_info_csv(run2, synth_root, tmp_path):
     assert sub["ans"].between(0, 17).all() and s["folds"] == [0, 1]
     probs = pd.read_csv(s["probabilities"])
     p = probs[[f"prob_{i}" for i in range(18)]].to_numpy()
-    assert np.allclose(p.sum(1), 1, atol=1e-4) and (p.argmax(1) == sub["ans"].to_numpy()).all()
+    assert np.allclose(p.sum(1), 1, atol=1e-4)
+    # the answer is the argmax after the run's decision offsets (decision.json), when tuning kept them
+    assert (apply_offsets(p, read_offsets(run2, "auto")) == sub["ans"].to_numpy()).all()
+    plain = predict_submission(run2, out=str(tmp_path / "plain.csv"), tta="hflip", tune_bias="off")
+    assert not plain["decision_offsets"]
+    assert (p.argmax(1) == pd.read_csv(plain["submission"])["ans"].to_numpy()).all()
     again = predict_submission(run2, out=str(tmp_path / "sub.csv"), folds="best")
     assert again["submission"] != s["submission"], "a second prediction must not overwrite the first"
     assert len(again["folds"]) == 1
