@@ -180,7 +180,7 @@ def test_unreachable_servers_fail_at_once(prepared_dir, tmp_path, monkeypatch):
 
 
 def test_wandb_auto_mode_is_offline_without_a_login(monkeypatch, tmp_path):
-    from maskcls.engine.trackers import resolve_wandb_mode
+    from maskcls.engine.tracker_plan import resolve_wandb_mode
     for var in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
@@ -194,7 +194,8 @@ def test_wandb_auto_mode_is_offline_without_a_login(monkeypatch, tmp_path):
 def test_tensorboard_tracker_logs_and_a_broken_tracker_only_warns(tmp_path, caplog):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from maskcls.engine.trackers import RunTrackers, TrackerPlan
+    from maskcls.engine.tracker_plan import TrackerPlan
+    from maskcls.engine.trackers import RunTrackers
     t = RunTrackers(TrackerPlan(["tensorboard"]), tmp_path / "run")
     (tmp_path / "run" / "fold0").mkdir(parents=True)
     t.start(config={"train": {"epochs": 2}}, resolved={})
@@ -268,6 +269,14 @@ def test_train_into_a_file_reads_as_lines_with_banner_and_progress(prepared_dir,
     assert rc == 0 and "\r" not in (tmp_path / "predict.log").read_text()
 
 
+def _train_with_report(prepared: Path, run_dir: Path, cfg) -> dict:
+    """Train fold 0 the way `maskcls train` does: report.html written before the trackers close."""
+    from maskcls.engine.run import run_training
+    from maskcls.prep.prepared import load_prepared
+    from maskcls.report import write_report
+    return run_training(cfg, load_prepared(prepared), folds=[0], run_dir=run_dir, on_summary=write_report)
+
+
 @pytest.mark.slow
 def test_mlflow_gets_config_metrics_summary_and_report_and_a_resume_continues(prepared_dir, tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
@@ -279,8 +288,8 @@ def test_mlflow_gets_config_metrics_summary_and_report_and_a_resume_continues(pr
     from mlflow.tracking import MlflowClient
 
     from maskcls.engine.run import resume_training
-    s = train_run(prepared_dir, tmp_path / "runs" / "r-1", tiny(train={"epochs": 2}, run={
-        "trackers": ["mlflow", "tensorboard"], "report": True, "project": "masks"}))
+    s = _train_with_report(prepared_dir, tmp_path / "runs" / "r-1", tiny(train={"epochs": 2}, run={
+        "trackers": ["mlflow", "tensorboard"], "project": "masks"}))
     run = Path(s["run_dir"])
     info = json.loads((run / "run.json").read_text())["trackers"]["mlflow"]
     assert info["tracking_uri"] == f"sqlite:///{(tmp_path / 'runs').resolve() / 'mlflow.db'}"
@@ -345,7 +354,7 @@ def test_wandb_offline_run_holds_config_metrics_summary_and_report(prepared_dir,
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     monkeypatch.setenv("HOME", str(tmp_path))  # no login: auto mode goes offline without asking the network
     monkeypatch.setenv("WANDB_SILENT", "true")
-    s = train_run(prepared_dir, tmp_path / "r", tiny(train={"epochs": 2}, run={"trackers": ["wandb"], "report": True}))
+    s = _train_with_report(prepared_dir, tmp_path / "r", tiny(train={"epochs": 2}, run={"trackers": ["wandb"]}))
     run = Path(s["run_dir"])
     info = json.loads((run / "run.json").read_text())["trackers"]["wandb"]
     assert info["mode"] == "offline" and Path(info["offline_dir"]).parent == run / "wandb"

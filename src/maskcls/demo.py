@@ -27,7 +27,7 @@ def demo_config(epochs: int, runs_dir: Path) -> Config:
     cfg = Config()
     return replace(cfg, data=replace(cfg.data, image_size=128, num_workers=2, cache=True),
                    train=replace(cfg.train, epochs=epochs, batch_size=30),
-                   run=replace(cfg.run, runs_dir=str(runs_dir), report=False))  # the demo times its report step
+                   run=replace(cfg.run, runs_dir=str(runs_dir)))
 
 
 def _free_dir(path: Path) -> Path:

@@ -5,6 +5,7 @@ YAML files and ``--set`` overrides become a typed Config here, fold lists become
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ..errors import ConfigError
 from .common import add_config_args, sub
@@ -69,24 +70,37 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def write_report_safely(run: str | Path) -> None:
+    """The report after training: a failure is a warning, never a lost training."""
+    from ..report import write_report
+    try:
+        write_report(run)
+    except Exception as e:  # noqa: BLE001 - a report failure must not lose a finished training
+        print(f"maskcls: warning: could not write the report ({e}); run `maskcls report {run}` to retry",
+              file=sys.stderr)
+
+
 def cmd_train(args) -> int:
     from ..config_io import load_config
     from ..engine.run import RunInterrupted, resume_training, run_training
+    from ..engine.rundir import read_run_config
     from ..prep.prepared import load_prepared
     if args.resume:
         if args.config or args.overrides:
             raise ConfigError("--resume continues a run with its recorded config; drop -c/--set")
-        start = lambda: resume_training(args.resume, prepared=args.dir)  # noqa: E731
+        report = write_report_safely if read_run_config(args.resume).run.report else None
+        start = lambda: resume_training(args.resume, prepared=args.dir, on_summary=report)  # noqa: E731
     else:
         if not args.dir:
             raise ConfigError("train needs a prepared directory (maskcls prepare SOURCE --out DIR), or --resume RUN")
         cfg = load_config(args.config, args.overrides)
         prep = load_prepared(args.dir)
         folds = parse_folds(args.folds, prep.num_folds)
-        start = lambda: run_training(cfg, prep, folds=folds, run_dir=args.run_dir)  # noqa: E731
+        report = write_report_safely if cfg.run.report else None
+        start = lambda: run_training(cfg, prep, folds=folds, run_dir=args.run_dir, on_summary=report)  # noqa: E731
     try:
         s = start()
-    except RunInterrupted as e:  # the engine has written the summary and, with run.report, the report
+    except RunInterrupted as e:  # the report (on_summary) is written, for the trackers too
         print(f"interrupted: completed epochs are saved; continue with maskcls train --resume {e.run}",
               file=sys.stderr)
         return 130

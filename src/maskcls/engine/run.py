@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
@@ -38,7 +39,8 @@ from .rundir import (
     summarize_run,
     write_run_files,
 )
-from .trackers import RunTrackers, plan_trackers
+from .tracker_plan import plan_trackers
+from .trackers import RunTrackers
 
 # what the trackers get as artifacts at the end of a run
 RUN_FILES = ("report.html", "summary.json", "decision.json", "config.yaml", "run.json")
@@ -93,7 +95,7 @@ def _start_run(cfg: Config, prep: Prepared, folds: list[int], run_dir: Path | No
 
 
 def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None, run_dir: str | Path | None = None,
-                 resume: bool = False) -> dict:
+                 resume: bool = False, on_summary: Callable[[Path], None] | None = None) -> dict:
     """Train ``folds`` (default: all) of ``prep`` and return summary.json's content plus ``run_dir``.
 
     Args:
@@ -103,6 +105,9 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
         run_dir: new run directory (default ``<run.runs_dir>/<name>-<n>``); with ``resume``,
             the existing run to continue.
         resume: continue ``run_dir``'s unfinished folds from their last.pt.
+        on_summary: called on rank 0 with the run directory once summary.json is written (also after
+            Ctrl-C), before the trackers close: the CLI writes report.html here, so that it becomes
+            a tracker artifact.
     Raises:
         RunInterrupted: on Ctrl-C, after the summary of what was saved is written.
     """
@@ -133,8 +138,8 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
             decision = tune_run(run, oof, ctx.task) if oof is not None and finished else None
             summary = summarize_run(run, name=run.name, task=ctx.task, heads=cfg.model.heads, folds=results,
                                     finished=finished, decision=decision)
-            if cfg.run.report:
-                _write_report(run)
+            if on_summary is not None:
+                on_summary(run)
     except BaseException as e:
         ctx.trackers.finish(summary=None, files=[], status="interrupted" if isinstance(e, KeyboardInterrupt)
                             else "failed")
@@ -214,15 +219,6 @@ def _update_run_info(run: Path, **changes) -> None:
     atomic_write_json(run / "run.json", {**read_run_info(run), **changes})
 
 
-def _write_report(run: Path) -> None:
-    """report.html at the end of training: a failure is a warning, never a lost training."""
-    from ..report import write_report
-    try:
-        write_report(run)
-    except Exception as e:  # noqa: BLE001 - a report failure must not lose a finished training
-        log.warning("could not write the report (%s); run `maskcls report %s` to retry", e, run)
-
-
 def _remove_if_empty(run: Path) -> None:
     """A run that failed before its first epoch was saved leaves nothing behind (its name stays free)."""
     if run.is_dir() and not any(run.glob("fold*/last.pt")) and not any(run.glob("fold*/last.prev.pt")):
@@ -230,15 +226,17 @@ def _remove_if_empty(run: Path) -> None:
         log.info("removed %s: the run stopped before its first epoch was saved", run)
 
 
-def resume_training(run_dir: str | Path, *, prepared: str | Path | None = None) -> dict:
+def resume_training(run_dir: str | Path, *, prepared: str | Path | None = None,
+                    on_summary: Callable[[Path], None] | None = None) -> dict:
     """Continue the unfinished folds of ``run_dir`` with its recorded config and folds.
 
     Args:
         run_dir: a run directory written by ``maskcls train``.
         prepared: the prepared directory, when it moved since (default: the one in run.json).
+        on_summary: as for :func:`run_training`.
     """
     run = Path(run_dir)
     info = read_run_info(run)
     cfg = read_run_config(run)
     prep = load_prepared(prepared or info["prepared"])
-    return run_training(cfg, prep, folds=info["folds"], run_dir=run, resume=True)
+    return run_training(cfg, prep, folds=info["folds"], run_dir=run, resume=True, on_summary=on_summary)
