@@ -289,7 +289,7 @@ def test_mlflow_gets_config_metrics_summary_and_report_and_a_resume_continues(pr
 
     from maskcls.engine.run import resume_training
     s = _train_with_report(prepared_dir, tmp_path / "runs" / "r-1", tiny(train={"epochs": 2}, run={
-        "trackers": ["mlflow", "tensorboard"], "project": "masks"}))
+        "trackers": ["mlflow", "tensorboard"], "tensorboard": None, "project": "masks"}))  # tiny() says false
     run = Path(s["run_dir"])
     info = json.loads((run / "run.json").read_text())["trackers"]["mlflow"]
     assert info["tracking_uri"] == f"sqlite:///{(tmp_path / 'runs').resolve() / 'mlflow.db'}"
