@@ -134,12 +134,38 @@ class LossConfig:
                                              "order (mask, gender, age); null = equal weights.")
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
 @dataclass
 class RunConfig:
     name: Optional[str] = _f(None, "Run name; null = the model name. Runs go to <runs_dir>/<name>-<n>.")
     runs_dir: str = _f("runs", "Parent folder of run directories.")
-    tensorboard: bool = _f(True, "Write TensorBoard events in each fold directory.")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = _f(
+        ["tensorboard"], "Experiment trackers: tensorboard (events in each fold's tb/), wandb "
+        "(`pip install maskcls[wandb]`), mlflow (`pip install maskcls[mlflow]`); [] = none. They get the "
+        "config, per-epoch metrics per fold, the summary, and report.html as an artifact.")
+    project: str = _f("maskcls", "W&B project / MLflow experiment that runs are logged under.")
+    wandb_mode: Literal["auto", "online", "offline"] = _f(
+        "auto", "auto = online when logged in (WANDB_API_KEY or `wandb login`) and the W&B server answers "
+        "within 2 s, else offline (RUN/wandb/, upload later with `wandb sync`); WANDB_MODE wins when set. "
+        "online fails at once when the server is unreachable.")
+    mlflow_uri: Optional[str] = _f(
+        None, "MLflow tracking URI; null = MLFLOW_TRACKING_URI, else a local SQLite store beside the run "
+        "directories (<runs_dir>/mlflow.db, artifacts in <runs_dir>/mlartifacts). Also sqlite:///file.db, a "
+        "directory (file store) or http(s)://server (must answer within 3 s, or training does not start).")
+    tensorboard: Optional[bool] = _f(None, "Legacy switch of configs written before run.trackers: false drops "
+                                     "tensorboard from run.trackers, true adds it; null = run.trackers decides.")
     report: bool = _f(True, "Write report.html at the end of `train`.")
+
+    def tracker_list(self) -> list[str]:
+        """``trackers`` without repeats, with the legacy ``tensorboard`` switch applied."""
+        names = list(dict.fromkeys(self.trackers))
+        if self.tensorboard is False and "tensorboard" in names:
+            names.remove("tensorboard")
+        elif self.tensorboard and "tensorboard" not in names:
+            names.insert(0, "tensorboard")
+        return names
 
 
 @dataclass

@@ -33,8 +33,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                               f"{', '.join(map(repr, args))}{did_you_mean(str(value), map(str, args))}")
         return value
     if origin is list:
+        choices = typing.get_origin(args[0]) is Literal
+        if choices and isinstance(value, str):
+            value = [value]  # --set run.trackers=wandb means [wandb]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list like [0.5, 0.5, 0.5], got {value!r}")
+            example = f"[{', '.join(typing.get_args(args[0])[:2])}]" if choices else "[0.5, 0.5, 0.5]"
+            raise ConfigError(f"{key}: expected a list like {example}, got {value!r}")
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):

@@ -21,6 +21,7 @@ from .errors import CheckpointError
 from .labels import Task
 from .models.factory import MaskClsNet, build_model
 from .models.heads import probabilities
+from .progress import track
 
 
 @dataclass
@@ -111,7 +112,6 @@ def device_for_inference() -> torch.device:
 def ensemble_probs(folds: list[LoadedFold], loader, *, tta: str = "none", device: torch.device | None = None,
                    bf16: bool | None = None, progress: bool = True) -> np.ndarray:
     """Average class probabilities of ``folds`` (and of the flipped view with tta='hflip') over ``loader``."""
-    from tqdm import tqdm
     device = device or device_for_inference()
     if bf16 is None:
         bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -119,7 +119,7 @@ def ensemble_probs(folds: list[LoadedFold], loader, *, tta: str = "none", device
     models = [f.model.to(device).to(memory_format=torch.channels_last).eval() for f in folds]
     task, heads = folds[0].task, folds[0].heads
     out = []
-    for x, _, _ in tqdm(loader, desc="predict", leave=False, disable=not progress, dynamic_ncols=True):
+    for x, _, _ in track(loader, desc="predict", enabled=progress):
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         views = [x, torch.flip(x, dims=[3])] if tta == "hflip" else [x]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

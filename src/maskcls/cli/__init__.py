@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from .. import progress
 from ..errors import MaskclsError
 from . import predict_cmds, prep_cmds, serve_cmds, tools_cmds, train_cmds
 
@@ -26,7 +27,15 @@ examples:
   maskcls predict runs/tf_efficientnet_lite0-1 --tta hflip
   maskcls report runs/tf_efficientnet_lite0-1
   maskcls demo                                   # all of the above, small, in minutes
+  maskcls --log-every 50 train prepared > train.log 2>&1   # plain progress lines, every 50 batches
+
+progress: bars on a terminal; redirected (nohup, a cluster job, | tee) a plain line every ~30 s.
+  --log-every N (batches) or Ns (seconds) asks for plain lines; MASKCLS_PROGRESS=bar|plain|off|auto.
 """
+LOG_EVERY_HELP = ("plain progress lines instead of bars: every N batches, or every N seconds with a trailing s "
+                  "(30s); default: bars on a terminal, a line every ~30 s otherwise")
+# loggers whose INFO lines the CLI shows: the training log, the demo's steps, progress lines
+INFO_LOGGERS = ("maskcls.engine", "maskcls.demo", "maskcls.progress")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,20 +43,42 @@ def build_parser() -> argparse.ArgumentParser:
                                 "age (18 classes, macro F1), or any CSV-described task.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-every", type=_log_every, metavar="N", help=LOG_EVERY_HELP)
     subs = p.add_subparsers(dest="cmd", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subs)
+    for sp in subs.choices.values():  # also after the command: `maskcls train … --log-every 50`
+        sp.add_argument("--log-every", type=_log_every, metavar="N", default=argparse.SUPPRESS, help=LOG_EVERY_HELP)
     return p
+
+
+def _log_every(text: str) -> tuple[int, float | None]:
+    try:
+        return progress.parse_log_every(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--log-every ")) from None
+
+
+def setup_logging(verbose: bool, log_every: tuple[int, float | None] | None) -> None:
+    """Library modules log; the CLI shows warnings, plus training's lines, the demo's and progress lines.
+
+    Progress lines and the training log share stderr, one record per line, so a redirected log reads
+    in order. ``--log-every`` switches bars to plain lines (:mod:`maskcls.progress`).
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
+    if not verbose:
+        for name in INFO_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
+    progress.reset()  # each invocation starts from MASKCLS_PROGRESS / auto
+    if log_every is not None:
+        every, seconds = log_every
+        progress.configure(every=every, seconds=seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Library modules log; the CLI shows warnings, plus the progress lines of training and the demo.
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
-    if not args.verbose:
-        for name in ("maskcls.engine", "maskcls.demo"):
-            logging.getLogger(name).setLevel(logging.INFO)
+    setup_logging(args.verbose, args.log_every)
     if args.cmd is None:
         parser.print_help()
         return 2

@@ -88,27 +88,23 @@ def cmd_train(args) -> int:
     if args.resume:
         if args.config or args.overrides:
             raise ConfigError("--resume continues a run with its recorded config; drop -c/--set")
-        report = read_run_config(args.resume).run.report
-        start = lambda: resume_training(args.resume, prepared=args.dir)  # noqa: E731
+        report = write_report_safely if read_run_config(args.resume).run.report else None
+        start = lambda: resume_training(args.resume, prepared=args.dir, on_summary=report)  # noqa: E731
     else:
         if not args.dir:
             raise ConfigError("train needs a prepared directory (maskcls prepare SOURCE --out DIR), or --resume RUN")
         cfg = load_config(args.config, args.overrides)
         prep = load_prepared(args.dir)
         folds = parse_folds(args.folds, prep.num_folds)
-        report = cfg.run.report
-        start = lambda: run_training(cfg, prep, folds=folds, run_dir=args.run_dir)  # noqa: E731
+        report = write_report_safely if cfg.run.report else None
+        start = lambda: run_training(cfg, prep, folds=folds, run_dir=args.run_dir, on_summary=report)  # noqa: E731
     try:
         s = start()
-    except RunInterrupted as e:
-        if report and e.is_main:
-            write_report_safely(e.run)
+    except RunInterrupted as e:  # the report (on_summary) is written, for the trackers too
         print(f"interrupted: completed epochs are saved; continue with maskcls train --resume {e.run}",
               file=sys.stderr)
         return 130
     if s["is_main"]:  # other ranks of a multi-process run stay quiet
-        if report:
-            write_report_safely(s["run_dir"])
         print(format_summary(s))
     return 0
 

@@ -28,6 +28,7 @@ from .losses import build_loss
 from .mixing import make_mixer
 from .optim import build_optimizer, build_scheduler, param_groups
 from .rundir import fold_dir, write_lr_csv, write_metrics_csv, write_oof
+from .trackers import RunTrackers
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class RunContext:
     run: Path
     acc: Accelerator
     resume: bool
+    trackers: RunTrackers
 
 
 @dataclass
@@ -171,7 +173,7 @@ class FoldTrainer:
                         self.dir / "last.pt", keep_previous=rotate)
 
     # ------------------------------------------------------------------ epochs
-    def _end_epoch(self, epoch: int, tm: dict, vm: dict, probs: np.ndarray, writer) -> None:
+    def _end_epoch(self, epoch: int, tm: dict, vm: dict, probs: np.ndarray) -> None:
         cfg, acc = self.ctx.cfg, self.ctx.acc
         lr = self.optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch + 1, "train_loss": tm["loss"], "train_acc": tm["acc"], "train_f1": tm["f1"],
@@ -190,10 +192,7 @@ class FoldTrainer:
         self._save_last()
         write_metrics_csv(self.dir / "metrics.csv", self.state.history)
         write_lr_csv(self.dir / "lr.csv", self.state.lrs)
-        if writer is not None:
-            for k, v in row.items():
-                if k != "epoch" and v is not None:
-                    writer.add_scalar(k.replace("_", "/", 1), v, epoch + 1)
+        self.ctx.trackers.log_epoch(self.fold, row)
         log.info(epoch_line(self.fold, epoch, cfg.train.epochs, tm, vm, lr, best, self.ctx.task))
 
     def _epoch(self, epoch: int) -> tuple[dict, dict, np.ndarray]:
@@ -203,10 +202,11 @@ class FoldTrainer:
                              self.ctx.acc, epoch=epoch, task=self.ctx.task, heads=cfg.model.heads,
                              accum_steps=t.accum_steps, clip_grad=t.clip_grad, channels_last=t.channels_last,
                              max_batches=t.max_train_batches, lr_log=self.state.lrs, mixer=self.mixer,
-                             ema=self.ema)
+                             ema=self.ema, desc=f"fold {self.fold} epoch {epoch + 1}/{t.epochs} train")
         vm, probs = evaluate(self.validated, self.data.valid_loader, self.ctx.acc, criterion=self.criterion,
                              labels=self.data.valid_rows["label"].to_numpy(), task=self.ctx.task,
-                             heads=cfg.model.heads, channels_last=t.channels_last)
+                             heads=cfg.model.heads, channels_last=t.channels_last,
+                             desc=f"fold {self.fold} epoch {epoch + 1}/{t.epochs} valid")
         return tm, vm, probs
 
     def run(self) -> dict:
@@ -217,7 +217,7 @@ class FoldTrainer:
         self.meta = self._meta()
         if self.state.status in ("done", "stopped"):
             return self.state.result()
-        writer = _writer(self.dir) if acc.is_main_process and cfg.run.tensorboard else None
+        self.ctx.trackers.start_fold(self.fold, self.dir)
         try:
             for epoch in range(self.state.epoch, cfg.train.epochs):
                 try:
@@ -227,7 +227,7 @@ class FoldTrainer:
                               self.dir / "last.pt")
                     self.state.status = "diverged"
                     break
-                self._end_epoch(epoch, tm, vm, probs, writer)
+                self._end_epoch(epoch, tm, vm, probs)
                 if cfg.train.patience and self.state.bad_epochs >= cfg.train.patience:
                     log.info("fold %d: no better validation F1 for %d epochs; stopping early", self.fold,
                              self.state.bad_epochs)
@@ -238,8 +238,7 @@ class FoldTrainer:
             if acc.is_main_process:  # the same state with its final status; last.prev.pt stays the epoch before
                 self._save_last(rotate=False)
         finally:
-            if writer is not None:
-                writer.close()
+            self.ctx.trackers.end_fold(self.fold)
         acc.wait_for_everyone()
         return self.state.result()
 
@@ -248,8 +247,3 @@ def make_ema(model, train: TrainConfig):
     """timm's ModelEmaV3 of ``model`` with a warmed-up decay: 1 − (1 + step)^−3/4, capped at ``train.ema_decay``."""
     from timm.utils import ModelEmaV3
     return ModelEmaV3(model, decay=train.ema_decay, use_warmup=True, warmup_power=0.75)
-
-
-def _writer(directory: Path):
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(directory / "tb"))

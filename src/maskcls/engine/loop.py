@@ -8,11 +8,11 @@ import time
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from tqdm import tqdm
 
 from ..labels import Task
 from ..models.factory import unwrap_model
 from ..models.heads import probabilities
+from ..progress import progress, track
 from .metrics import confusion, summarize
 from .mixing import mix_batch
 
@@ -30,20 +30,22 @@ def _to_device(x: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
 
 def train_one_epoch(model, criterion, optimizer, scheduler, loader, accelerator, *, epoch: int, task: Task,
                     heads: str, accum_steps: int = 1, clip_grad: float = 0.0, channels_last: bool = True,
-                    max_batches: int = 0, lr_log: list | None = None, mixer=None, ema=None) -> dict:
+                    max_batches: int = 0, lr_log: list | None = None, mixer=None, ema=None,
+                    desc: str | None = None) -> dict:
     """Train for one epoch; gradients accumulate over ``accum_steps`` batches (the last window may be shorter).
 
     ``mixer``: MixUp/CutMix (:mod:`.mixing`), the criterion then sees soft targets; training
     accuracy and F1 are still counted against the batch's own labels. ``ema``: a timm ModelEmaV3
     updated after every optimizer step (its step count is the number of optimizer steps so far).
+    ``desc`` starts the progress lines (default "epoch <n> train").
     """
     model.train()
     num_classes = task.num_classes
     n_batches = len(loader) if not max_batches else min(max_batches, len(loader))
     cm = np.zeros((num_classes, num_classes), np.int64)
     loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-    bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1} train", leave=False, dynamic_ncols=True,
-               disable=not accelerator.is_main_process)
+    bar = progress(total=n_batches, desc=desc or f"epoch {epoch + 1} train", unit="batch",
+                   enabled=accelerator.is_main_process)
     optimizer.zero_grad(set_to_none=True)
     for i, (x, y, _) in enumerate(loader):
         if i >= n_batches:
@@ -78,9 +80,8 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, accelerator,
         loss_sum += loss.item() * len(y)
         seen += len(y)
         elapsed = time.perf_counter() - t0
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{np.trace(cm) / seen:.3f}",
-                        img_s=f"{seen * accelerator.num_processes / max(elapsed, 1e-9):.1f}")
-        bar.update(1)
+        bar.update(1, loss=f"{loss_sum / seen:.4f}", acc=f"{np.trace(cm) / seen:.3f}",
+                   img_s=f"{seen * accelerator.num_processes / max(elapsed, 1e-9):.1f}")
     bar.close()
     totals = accelerator.reduce(torch.tensor(np.append(cm.ravel(), [loss_sum, seen]), dtype=torch.float64,
                                              device=accelerator.device), reduction="sum").cpu().numpy()
@@ -109,8 +110,7 @@ def predict_probs(model, loader, accelerator, *, task: Task, heads: str, channel
     """
     model.eval()
     idx_parts, prob_parts, loss_sum = [], [], 0.0
-    for x, y, idx in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
-                          disable=not accelerator.is_main_process):
+    for x, y, idx in track(loader, desc=desc, enabled=accelerator.is_main_process):
         x = _to_device(x, accelerator.device, channels_last)
         with accelerator.autocast():
             logits = model(x).float()
@@ -131,11 +131,11 @@ def predict_probs(model, loader, accelerator, *, task: Task, heads: str, channel
 
 
 def evaluate(model, loader, accelerator, *, criterion, labels: np.ndarray, task: Task, heads: str,
-             channels_last: bool = True) -> tuple[dict, np.ndarray]:
+             channels_last: bool = True, desc: str = "valid") -> tuple[dict, np.ndarray]:
     """Validation metrics over the whole set (exact macro F1), and the probabilities."""
     t0 = time.perf_counter()
     idx, probs, loss_sum = predict_probs(model, loader, accelerator, task=task, heads=heads,
-                                         channels_last=channels_last, criterion=criterion)
+                                         channels_last=channels_last, criterion=criterion, desc=desc)
     if len(idx) != len(labels) or (idx != np.arange(len(labels))).any():
         raise RuntimeError(f"validation gathered {len(idx)} rows for {len(labels)} images: rows lost or duplicated")
     cm = confusion(labels, probs.argmax(1), task.num_classes)

@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
@@ -21,9 +22,11 @@ from .. import __version__
 from ..config import Config
 from ..config_io import validate
 from ..errors import ConfigError, DataError
+from ..fsutil import atomic_write_json
 from ..models.factory import pretrained_info, size_kwargs
 from ..prep.prepared import Prepared, load_prepared
 from .accel import make_accelerator
+from .banner import banner_lines, fold_facts, fold_line, resolved_facts
 from .decision import tune_run
 from .fold import FoldTrainer, RunContext
 from .fold_data import Preprocessing, resolve_loader, resolve_preprocessing
@@ -36,6 +39,11 @@ from .rundir import (
     summarize_run,
     write_run_files,
 )
+from .tracker_plan import plan_trackers
+from .trackers import RunTrackers
+
+# what the trackers get as artifacts at the end of a run
+RUN_FILES = ("report.html", "summary.json", "decision.json", "config.yaml", "run.json")
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,7 @@ def _resolve(cfg: Config, prep: Prepared, acc: Accelerator, folds: list[int]) ->
     cfg.data.image_size, cfg.data.mean, cfg.data.std = pp.image_size, pp.mean, pp.std
     cfg.data.num_workers, cfg.data.loader = resolve_loader(cfg.data)
     cfg.train.mixed_precision = acc.mixed_precision
+    cfg.run.trackers, cfg.run.tensorboard = cfg.run.tracker_list(), None  # the legacy switch, applied
     if cfg.model.heads == "multi" and cfg.loss.head_weights is None:
         cfg.loss.head_weights = [1.0] * len(task.attributes)
     return pp
@@ -107,7 +116,7 @@ def _start_run(cfg: Config, prep: Prepared, folds: list[int], run_dir: Path | No
 
 
 def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None, run_dir: str | Path | None = None,
-                 resume: bool = False) -> dict:
+                 resume: bool = False, on_summary: Callable[[Path], None] | None = None) -> dict:
     """Train ``folds`` (default: all) of ``prep`` and return summary.json's content plus ``run_dir``.
 
     Args:
@@ -117,6 +126,9 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
         run_dir: new run directory (default ``<run.runs_dir>/<name>-<n>``); with ``resume``,
             the existing run to continue.
         resume: continue ``run_dir``'s unfinished folds from their last.pt.
+        on_summary: called on rank 0 with the run directory once summary.json is written (also after
+            Ctrl-C), before the trackers close: the CLI writes report.html here, so that it becomes
+            a tracker artifact.
     Raises:
         RunInterrupted: on Ctrl-C, after the summary of what was saved is written.
     """
@@ -135,22 +147,31 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
         if run_dir is None or not Path(run_dir).is_dir():
             raise FileNotFoundError(f"run directory {run_dir} not found; nothing to resume")
         run = Path(run_dir)
+        plan = plan_trackers(cfg.run, ids=read_run_info(run).get("trackers"))  # continue the same tracker runs
     else:
+        plan = plan_trackers(cfg.run)  # a missing package or server fails before the run directory exists
         run = _start_run(cfg, prep, fold_list, run_dir, acc, pp)
-    ctx = RunContext(cfg, prep, prep.task, pp, run, acc, resume=resume)
+    ctx = RunContext(cfg, prep, prep.task, pp, run, acc, resume=resume,
+                     trackers=RunTrackers(plan, run, enabled=acc.is_main_process))
+    summary = None
     try:
         results, interrupted = _train_folds(ctx, fold_list)
-    except BaseException:
+        if acc.is_main_process:
+            finished = not interrupted and all(r["status"] in ("done", "stopped") for r in results.values())
+            oof = read_oof(run, results)
+            decision = tune_run(run, oof, ctx.task) if oof is not None and finished else None
+            summary = summarize_run(run, name=run.name, task=ctx.task, heads=cfg.model.heads, folds=results,
+                                    finished=finished, decision=decision)
+            if on_summary is not None:
+                on_summary(run)
+    except BaseException as e:
+        ctx.trackers.finish(summary=None, files=[], status="interrupted" if isinstance(e, KeyboardInterrupt)
+                            else "failed")
         if not resume and acc.is_main_process:
             _remove_if_empty(run)
         raise
-    summary = None
-    if acc.is_main_process:
-        finished = not interrupted and all(r["status"] in ("done", "stopped") for r in results.values())
-        oof = read_oof(run, results)
-        decision = tune_run(run, oof, ctx.task) if oof is not None and finished else None
-        summary = summarize_run(run, name=run.name, task=ctx.task, heads=cfg.model.heads, folds=results,
-                                finished=finished, decision=decision)
+    ctx.trackers.finish(summary=summary, files=[run / n for n in RUN_FILES],
+                        status="interrupted" if interrupted else "finished")
     if interrupted:
         raise RunInterrupted(run, acc.is_main_process)
     return {**(summary or {}), "run_dir": str(run), "is_main": acc.is_main_process}
@@ -158,10 +179,12 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
 
 def _train_folds(ctx: RunContext, fold_list: list[int]) -> tuple[dict[int, dict], bool]:
     results: dict[int, dict] = {}
-    interrupted = False
+    interrupted, resolved = False, None
     try:
         for f in fold_list:
-            results[f] = FoldTrainer(ctx, f).run()
+            trainer = FoldTrainer(ctx, f)
+            resolved = _announce(ctx, trainer, resolved, fold_list)
+            results[f] = trainer.run()
     except KeyboardInterrupt:
         interrupted = True
         if not any((ctx.run / f"fold{f}" / "last.pt").exists() for f in fold_list):
@@ -171,6 +194,55 @@ def _train_folds(ctx: RunContext, fold_list: list[int]) -> tuple[dict[int, dict]
     return results, interrupted
 
 
+def _announce(ctx: RunContext, trainer: FoldTrainer, resolved: dict | None, fold_list: list[int]) -> dict:
+    """Before a fold's first batch: the start banner (first fold) or the fold's sizes; run.json records
+    both, and the first fold starts the trackers. Returns the resolved facts."""
+    cfg, acc, fold = ctx.cfg, ctx.acc, trainer.fold
+    facts = fold_facts(train_images=len(trainer.data.train_rows), valid_images=len(trainer.data.valid_rows),
+                       batches=len(trainer.data.train_loader), accum_steps=cfg.train.accum_steps,
+                       max_batches=cfg.train.max_train_batches)
+    if resolved is not None:
+        resolved["steps_per_epoch"][str(fold)] = facts
+        log.info(fold_line(fold, facts))
+        if acc.is_main_process and not ctx.resume:
+            _update_run_info(ctx.run, resolved=resolved)
+        return resolved
+    resolved = resolved_facts(model=cfg.model, data=cfg.data, train=cfg.train, pp=ctx.pp, device=acc.device,
+                              precision=acc.mixed_precision, processes=acc.num_processes, weights=trainer.weights,
+                              num_classes=ctx.task.num_classes, folds=fold_list,
+                              num_folds=ctx.prep.num_folds, run=ctx.run,
+                              trackers=ctx.trackers.plan.describe(ctx.run))
+    resolved["steps_per_epoch"][str(fold)] = facts
+    log.info("\n".join(banner_lines(resolved, first_fold=fold, resume=ctx.resume)))
+    if acc.is_main_process:
+        _record_start(ctx, resolved)
+    return resolved
+
+
+def _record_start(ctx: RunContext, resolved: dict) -> None:
+    """run.json: the resolved facts (a resumed run: when, where and how it continued), then the trackers."""
+    if not ctx.resume:
+        _update_run_info(ctx.run, resolved=resolved)
+    else:
+        info = read_run_info(ctx.run)
+        before = (info.get("resolved") or info).get("effective_batch")
+        if before is not None and before != resolved["effective_batch"]:
+            log.warning("this run trained with an effective batch of %d; resumed here it is %d (processes or "
+                        "batch settings differ), so the continued epochs are not those of an uninterrupted run",
+                        before, resolved["effective_batch"])
+        resumed = info.get("resumed", []) + [{
+            "at": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv, "maskcls_version": __version__,
+            **{k: resolved[k] for k in ("device", "precision", "processes", "effective_batch", "loader", "workers")}}]
+        _update_run_info(ctx.run, resumed=resumed)
+    trackers = ctx.trackers.start(config=ctx.cfg.to_dict(), resolved=resolved)
+    if trackers:
+        _update_run_info(ctx.run, trackers=trackers)
+
+
+def _update_run_info(run: Path, **changes) -> None:
+    atomic_write_json(run / "run.json", {**read_run_info(run), **changes})
+
+
 def _remove_if_empty(run: Path) -> None:
     """A run that failed before its first epoch was saved leaves nothing behind (its name stays free)."""
     if run.is_dir() and not any(run.glob("fold*/last.pt")) and not any(run.glob("fold*/last.prev.pt")):
@@ -178,15 +250,17 @@ def _remove_if_empty(run: Path) -> None:
         log.info("removed %s: the run stopped before its first epoch was saved", run)
 
 
-def resume_training(run_dir: str | Path, *, prepared: str | Path | None = None) -> dict:
+def resume_training(run_dir: str | Path, *, prepared: str | Path | None = None,
+                    on_summary: Callable[[Path], None] | None = None) -> dict:
     """Continue the unfinished folds of ``run_dir`` with its recorded config and folds.
 
     Args:
         run_dir: a run directory written by ``maskcls train``.
         prepared: the prepared directory, when it moved since (default: the one in run.json).
+        on_summary: as for :func:`run_training`.
     """
     run = Path(run_dir)
     info = read_run_info(run)
     cfg = read_run_config(run)
     prep = load_prepared(prepared or info["prepared"])
-    return run_training(cfg, prep, folds=info["folds"], run_dir=run, resume=True)
+    return run_training(cfg, prep, folds=info["folds"], run_dir=run, resume=True, on_summary=on_summary)

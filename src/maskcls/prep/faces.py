@@ -44,6 +44,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write_json, cpu_count, read_json
+from ..progress import progress as step_progress
 from .face_crop import BOX_COLS, FaceSettings, process_batch
 from .face_store import (
     FACES_DIR,
@@ -99,7 +100,7 @@ def build_face_crops(prepared_dir: str | Path, *, margin: float = 0.2, size: int
         workers: threads, each taking whole batches (decode, detect, crop); torch's intra-op
             threads are split between them.
         device: torch device for MTCNN (default: CUDA when available, else CPU).
-        progress: show a tqdm bar.
+        progress: report progress (a bar on a terminal, plain lines otherwise; :mod:`maskcls.progress`).
         detect_size: longer side of the copy MTCNN sees (boxes are scaled back).
         min_face: smallest face searched for, as a fraction of the image's shorter side.
         min_prob: faces below this MTCNN probability are ignored.
@@ -146,7 +147,6 @@ def _run(prep: Prepared, cfg: FaceSettings, st: FaceState, batch_size: int, work
     on each other. Batches are committed in plan order by this thread alone.
     """
     import torch
-    from tqdm.auto import tqdm
 
     pending = ~np.asarray(st.done)
     batches = _plan(prep, pending, batch_size)
@@ -157,7 +157,7 @@ def _run(prep: Prepared, cfg: FaceSettings, st: FaceState, batch_size: int, work
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, cpu_count() // workers))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="faces")
-    bar = tqdm(total=len(paths), initial=int((~pending).sum()), unit="img", desc="faces", disable=not progress)
+    bar = step_progress(total=len(paths), initial=int((~pending).sum()), unit="img", desc="faces", enabled=progress)
     processed, inflight, todo = 0, deque(), iter(batches)
     t0 = time.perf_counter()
     try:

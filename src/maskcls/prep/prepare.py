@@ -19,6 +19,7 @@ from ..data.imageio import probe
 from ..errors import DataError
 from ..fsutil import atomic_write_json, atomic_write_text, default_workers, ensure_new_dir
 from ..labels import COMPETITION, Task
+from ..progress import progress
 from .competition import read_competition, read_eval, read_fixes
 from .csv_manifest import read_csv_images, read_csv_source
 from .folds import assign_folds
@@ -36,7 +37,10 @@ def _probe_all(paths: list[str], workers: int) -> tuple[list[dict | None], list[
             return probe(p), None
         except (DataError, FileNotFoundError, OSError) as e:
             return None, {"file": p, "reason": str(e).replace(f"{p}: ", "")}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        finally:
+            bar.update(1)
+    with progress(total=len(paths), desc="prepare: checking images", unit="img") as bar, \
+            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(one, paths, chunksize=16))
     return [r for r, _ in results], [e for _, e in results if e is not None]
 

@@ -20,6 +20,7 @@ import numpy as np
 from ..data.imageio import read_rgb
 from ..errors import DataError
 from ..fsutil import atomic_write_json, default_workers
+from ..progress import progress
 from .prepared import load_prepared
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,18 @@ def stats_from_histograms(hist: np.ndarray) -> dict:
             "mean_255": mean.tolist(), "std_255": std.tolist(), "pixels_per_channel": int(n[0])}
 
 
-def pooled_stats(n_images: int, read: Callable[[int], np.ndarray], *, workers: int = 2) -> dict:
+def pooled_stats(n_images: int, read: Callable[[int], np.ndarray], *, workers: int = 2,
+                 show_progress: bool = False) -> dict:
     """Exact pooled stats over images ``read(0..n-1)`` using ``workers`` threads."""
     def chunk(idx: Sequence[int]) -> np.ndarray:
         h = np.zeros((3, 256), np.int64)
         for i in idx:
             h += channel_histograms(read(i))
+            bar.update(1)
         return h
     parts = np.array_split(np.arange(n_images), max(1, min(workers * 8, n_images)))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with progress(total=n_images, desc="stats", unit="img", enabled=show_progress) as bar, \
+            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         total = sum(pool.map(chunk, parts), np.zeros((3, 256), np.int64))
     return stats_from_histograms(total)
 
@@ -89,10 +93,11 @@ def compute_stats(prepared_dir: str | Path, *, faces: bool = False, workers: int
         from .faces import load_face_crops
         crops, _ = load_face_crops(prep.dir)
         idx = rows.index.to_numpy()
-        result = pooled_stats(len(idx), lambda i: np.asarray(crops[idx[i]]), workers=workers)
+        result = pooled_stats(len(idx), lambda i: np.asarray(crops[idx[i]]), workers=workers, show_progress=True)
     else:
         paths, fast = prep.abs_paths(rows), rows["fast"].to_numpy()
-        result = pooled_stats(len(paths), lambda i: read_rgb(paths[i], fast=bool(fast[i])), workers=workers)
+        result = pooled_stats(len(paths), lambda i: read_rgb(paths[i], fast=bool(fast[i])), workers=workers,
+                              show_progress=True)
     result.update({"images": int(len(rows)), "source": "faces" if faces else "photos",
                    "seconds": round(time.time() - t0, 3)})
     atomic_write_json(Path(prepared_dir) / "stats.json", result)
