@@ -180,12 +180,16 @@ def test_age_suggestion_is_the_nearest_age_of_the_suggested_group():
 def test_audit_html_is_self_contained_and_shows_each_top_finding(audited):
     page = (audited["out"] / "audit.html").read_text()
     assert not re.search(r"https?://", page) and "<link" not in page and "@import" not in page
-    srcs = re.findall(r"""src=["']?([^"' >]+)""", page)
-    assert srcs and all(s.startswith("data:image/jpeg;base64,") for s in srcs)
+    assert "src=" not in page.split("<script>")[0]  # no file or URL is loaded: thumbnails are CSS data URIs
+    thumbs = dict(re.findall(r"""\.(t\d+)\{background-image:url\("(data:image/jpeg;base64,[A-Za-z0-9+/=]+)"\)\}""",
+                             page))
+    used = re.findall(r"<i class='th (t\d+)'></i>", page)
+    assert thumbs and set(used) == set(thumbs)  # every thumbnail shown is embedded, once
     cards = re.findall(r"<div class=finding data-kind='([^']+)' data-rank='(\d+)'", page)
     f = audited["findings"]
     assert [int(r) for _, r in cards] == f["rank"].head(50).tolist()
-    assert len(srcs) >= 7 * (f["kind"] != "image_mask").sum()  # each person finding shows the 7 photos
+    n_person = int((f["kind"].head(50) != "image_mask").sum())
+    assert len(used) >= 7 * n_person  # each person finding shows the person's 7 photos
     for group in f["group"].head(50):
         assert group in page
     assert "class=kf" in page and "id=sort" in page  # filter by kind, sort

@@ -18,7 +18,7 @@ from ..report_figures import PAGE_CSS, thumbnail_uri
 from .findings import SWAP, Field, label_fields
 from .inputs import AuditInput
 
-THUMB = 96  # px, longest side: 300 findings × 7 photos stay near 10 MB
+THUMB = 96  # px, longest side; each photo is embedded once (a CSS class), however many cards show it
 STRIP_MAX = 12  # photos per finding: the finding's own first, then the person's others for context
 KIND_TITLES = {"person_gender": "person: gender", "person_age": "person: age", SWAP: "swapped incorrect/normal",
                "image_mask": "image: mask", "image_label": "image: label"}
@@ -35,10 +35,11 @@ AUDIT_CSS = """
 .strip{display:flex;gap:8px;overflow-x:auto;padding:8px 0}
 .ph2{width:112px;flex:none;text-align:center;font-size:11px;border:2px solid transparent;border-radius:6px;padding:3px}
 .ph2.hit{border-color:#f59e0b;background:#fffbeb}
-.ph2 img,.ph2 .ph{width:96px;height:96px;object-fit:contain;background:#f3f4f6;display:block;margin:0 auto 3px}
+.ph2 .th,.ph2 .ph{width:96px;height:96px;background:#f3f4f6 center/contain no-repeat;display:block;margin:0 auto 3px}
 .probs{display:grid;grid-template-columns:max-content 160px max-content;gap:2px 10px;font-size:13px;align-items:center}
 .probs .bar{height:9px;margin:0}.probs .given{color:#b91c1c}.probs .sugg{color:#047857;font-weight:700}
 .fixtag{font-size:12px;color:#047857}.nofix{font-size:12px;color:#9ca3af}
+.conf{font-size:12px;color:#1d4ed8}.noconf{font-size:12px;color:#9ca3af}
 """
 
 AUDIT_JS = """
@@ -46,8 +47,10 @@ const list=document.getElementById('findings');
 function applyFilter(){
   const on=new Set([...document.querySelectorAll('.kf:checked')].map(e=>e.value));
   const q=document.getElementById('q').value.trim().toLowerCase();
+  const conf=document.getElementById('conf').checked;
   let n=0;
-  for(const c of list.children){const show=on.has(c.dataset.kind)&&(!q||c.dataset.search.includes(q));
+  for(const c of list.children){const show=on.has(c.dataset.kind)&&(!q||c.dataset.search.includes(q))
+    &&(!conf||c.dataset.confident==='1');
     c.hidden=!show;n+=show;}
   document.getElementById('shown').textContent=n;
 }
@@ -61,6 +64,7 @@ function applySort(){
 }
 document.querySelectorAll('.kf').forEach(e=>e.addEventListener('change',applyFilter));
 document.getElementById('q').addEventListener('input',applyFilter);
+document.getElementById('conf').addEventListener('change',applyFilter);
 document.getElementById('sort').addEventListener('change',applySort);
 """
 
@@ -71,11 +75,14 @@ def _progress(iterable, total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _thumbnails(paths: list[str], workers: int | None) -> dict[str, str | None]:
-    """Data URIs of ``paths`` (None where unreadable), decoded in threads (PIL releases the GIL)."""
+def _thumbnails(paths: list[str], workers: int | None) -> tuple[dict[str, str], str]:
+    """({path: CSS class}, the CSS rules holding the data URIs) for the readable ``paths``, decoded
+    in threads (PIL releases the GIL)."""
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
         uris = list(_progress(pool.map(lambda p: thumbnail_uri(p, THUMB), paths), len(paths), "thumbnails"))
-    return dict(zip(paths, uris))
+    classes = {p: f"t{i}" for i, (p, u) in enumerate(zip(paths, uris)) if u}
+    css = "".join(f'.{classes[p]}{{background-image:url("{u}")}}' for p, u in zip(paths, uris) if u)
+    return classes, css
 
 
 def _strip_rows(finding, by_group: dict[str, np.ndarray], index_of: dict[str, int]) -> list[tuple[int, bool]]:
@@ -84,9 +91,9 @@ def _strip_rows(finding, by_group: dict[str, np.ndarray], index_of: dict[str, in
     return [(i, True) for i in hits] + [(i, False) for i in rest]
 
 
-def _photo(i: int, hit: bool, rows: pd.DataFrame, field: Field, uris: dict[str, str | None]) -> str:
-    uri = uris.get(rows["abs_path"].iat[i])
-    img = f'<img src="{uri}" alt="">' if uri else "<div class=ph>image missing</div>"
+def _photo(i: int, hit: bool, rows: pd.DataFrame, field: Field, thumbs: dict[str, str]) -> str:
+    cls = thumbs.get(rows["abs_path"].iat[i])
+    img = f"<i class='th {cls}'></i>" if cls else "<div class=ph>image missing</div>"
     p = field.probs[i]
     top = int(p.argmax())
     return (f"<div class='ph2{' hit' if hit else ''}' title='{html.escape(rows['path'].iat[i])}'>{img}"
@@ -109,17 +116,19 @@ def _probs_html(finding, field: Field) -> str:
     return f"<div class=muted>probabilities ({what})</div><div class=probs>{''.join(cells)}</div>"
 
 
-def _card(f, fields: dict[str, Field], rows: pd.DataFrame, by_group, index_of, uris, fixed_ranks: set[int]) -> str:
+def _card(f, fields: dict[str, Field], rows: pd.DataFrame, by_group, index_of, thumbs, fixed_ranks: set[int]) -> str:
     field = fields["mask" if f.kind == SWAP else f.field]
-    strip = "".join(_photo(i, hit, rows, field, uris) for i, hit in _strip_rows(f, by_group, index_of))
+    strip = "".join(_photo(i, hit, rows, field, thumbs) for i, hit in _strip_rows(f, by_group, index_of))
     fix = ("<span class=fixtag>in the suggested fixes</span>" if f.rank in fixed_ranks
            else "<span class=nofix>not in the suggested fixes</span>")
+    conf = ("<span class=conf>confident (cleanlab)</span>" if f.confident
+            else "<span class=noconf>not confident</span>")
     label = html.escape(f.field if f.kind != SWAP else "mask")
     search = html.escape(f"{f.group} {f.files}".lower())
     return (f"<div class=finding data-kind='{f.kind}' data-rank='{f.rank}' data-fold='{f.fold}' "
-            f"data-group='{html.escape(str(f.group))}' data-search='{search}'>"
+            f"data-confident='{int(f.confident)}' data-group='{html.escape(str(f.group))}' data-search='{search}'>"
             f"<h3>#{f.rank}<span class='kind k-{f.kind}'>{KIND_TITLES.get(f.kind, f.kind)}</span>"
-            f"{html.escape(str(f.group))}<span class=muted>fold {f.fold} · score {f.score:.3f}</span>{fix}</h3>"
+            f"{html.escape(str(f.group))}<span class=muted>fold {f.fold} · score {f.score:.3f}</span>{conf}{fix}</h3>"
             f"<div class=change>{label}: <span class=g>{html.escape(f.given)}</span> → "
             f"<span class=s>{html.escape(f.suggested)}</span></div>"
             f"<div class=strip>{strip}</div>{_probs_html(f, field)}</div>")
@@ -139,7 +148,8 @@ def _header(data: AuditInput, findings: pd.DataFrame, shown: pd.DataFrame, notes
             "</div><div class=kpis>" + "".join(f"<div class=kpi><span>{k}</span><b>{v}</b></div>" for k, v in
                                                kpis.items()) + "</div></div></header>"
             f"<div class=wrap>{banner}<div class=controls>{boxes}<input id=q type=search "
-            "placeholder='filter by person / file'><label>sort <select id=sort><option value=rank>score</option>"
+            "placeholder='filter by person / file'><label><input type=checkbox id=conf> confident only</label>"
+            "<label>sort <select id=sort><option value=rank>score</option>"
             "<option value=kind>kind</option><option value=group>person</option><option value=fold>fold</option>"
             "</select></label><span class=muted><span id=shown>" + str(len(shown)) + "</span> shown</span></div>")
 
@@ -163,12 +173,12 @@ def write_page(path: Path, data: AuditInput, findings: pd.DataFrame, *, shown: i
     by_group = {g: np.asarray(v) for g, v in rows.groupby("group").indices.items()}
     top = findings.head(shown)
     strips = {i for f in top.itertuples() for i, _ in _strip_rows(f, by_group, index_of)}
-    uris = _thumbnails(sorted({rows["abs_path"].iat[i] for i in strips}), workers)
-    cards = "".join(_card(f, fields, rows, by_group, index_of, uris, fixed_ranks) for f in top.itertuples())
+    thumbs, thumb_css = _thumbnails(sorted({rows["abs_path"].iat[i] for i in strips}), workers)
+    cards = "".join(_card(f, fields, rows, by_group, index_of, thumbs, fixed_ranks) for f in top.itertuples())
     if not cards:
         cards = "<p class=muted>No findings: the out-of-fold predictions contradict no label confidently.</p>"
     page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(data.run.name)} — "
-            f"maskcls label audit</title><style>{PAGE_CSS}{AUDIT_CSS}</style></head><body>"
+            f"maskcls label audit</title><style>{PAGE_CSS}{AUDIT_CSS}{thumb_css}</style></head><body>"
             f"{_header(data, findings, top, notes)}<div id=findings>{cards}</div></div>"
             f"<script>{AUDIT_JS}</script></body></html>")
     atomic_write_text(path, page)
