@@ -4,6 +4,9 @@
                                                       seeded fraction of image labels flipped; OUT_DIR/flips.csv
     score-noise AUDIT_DIR NOISE.csv                   injected persons (synth --label-noise) found in the top 2N
     score-flips AUDIT_DIR FLIPS.csv                   flipped images found in the top 2N
+    same-folds FROM_PREPARED TO_PREPARED OUT          TO_PREPARED with FROM_PREPARED's folds, as a new prepared
+                                                      dir (prepare stratifies on the labels, so fixing labels moves
+                                                      persons between folds; a comparison wants the same folds)
     oof-f1 RUN TRUTH_PREPARED                         out-of-fold macro F1 of RUN against the true labels
     eval-f1 RUN DATA                                  fold-ensemble macro F1 on DATA/eval against eval/truth.csv
 
@@ -20,7 +23,7 @@ import pandas as pd
 
 from maskcls.engine.metrics import confusion, macro_f1
 from maskcls.engine.rundir import read_oof
-from maskcls.fsutil import atomic_write_text, ensure_new_dir
+from maskcls.fsutil import atomic_write_json, atomic_write_text, ensure_new_dir
 from maskcls.prep.prepared import load_prepared
 
 KIND_OF_FIELD = {"gender": "person_gender", "age": "person_age", "swap_incorrect_normal": "swap_incorrect_normal"}
@@ -90,6 +93,23 @@ def score_flips(audit: Path, flips_csv: Path) -> None:
         _cut_report(f"flipped images, {order}", found, hits, n, cut)
 
 
+def same_folds(src: Path, dst: Path, out: Path) -> None:
+    a, b = load_prepared(src), load_prepared(dst)
+    if list(a.manifest["image_id"]) != list(b.manifest["image_id"]):
+        raise SystemExit(f"{src} and {dst} do not list the same images in the same order")
+    moved = int((a.manifest["fold"] != b.manifest["fold"]).sum())
+    man = b.manifest.assign(fold=a.manifest["fold"].to_numpy())
+    meta = dict(b.meta)
+    train = man[man["split"] == "train"]
+    meta["counts"] = {**meta["counts"], "per_fold": np.bincount(train["fold"], minlength=a.num_folds).tolist()}
+    meta["folds"], meta["seed"] = a.num_folds, a.meta["seed"]
+    meta["warnings"] = meta.get("warnings", []) + [f"folds copied from {src} (audit_measure.py same-folds)"]
+    ensure_new_dir(out)
+    atomic_write_text(out / "manifest.csv", man.to_csv(index=False))
+    atomic_write_json(out / "prepare.json", meta)
+    print(f"{out}: {dst}'s labels with {src}'s folds ({moved} of {len(man)} images had moved fold)")
+
+
 def oof_f1(run: Path, truth_prepared: Path) -> None:
     truth = load_prepared(truth_prepared).train_rows()
     oof = read_oof(run, range(load_prepared(truth_prepared).num_folds))
@@ -120,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("out", type=Path)
     s.add_argument("--rate", type=float, default=0.05)
     s.add_argument("--seed", type=int, default=0)
+    s = subs.add_parser("same-folds")
+    for name in ("src", "dst", "out"):
+        s.add_argument(name, type=Path)
     for name, a, b in (("score-noise", "audit", "noise"), ("score-flips", "audit", "flips"),
                        ("oof-f1", "run", "truth"), ("eval-f1", "run", "data")):
         s = subs.add_parser(name)
@@ -132,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         score_noise(args.audit, args.noise)
     elif args.what == "score-flips":
         score_flips(args.audit, args.flips)
+    elif args.what == "same-folds":
+        same_folds(args.src, args.dst, args.out)
     elif args.what == "oof-f1":
         oof_f1(args.run, args.truth)
     else:

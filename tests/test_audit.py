@@ -21,7 +21,7 @@ from maskcls.audit.outputs import nearest_age
 from maskcls.audit.pipeline import audit_run
 from maskcls.cli import main
 from maskcls.engine.rundir import write_oof
-from maskcls.errors import CheckpointError, ConfigError
+from maskcls.errors import CheckpointError, ConfigError, DataError
 from maskcls.labels import age_group
 from maskcls.prep.competition import read_fixes
 from maskcls.prep.prepare import prepare
@@ -217,6 +217,10 @@ def test_audit_writes_only_inside_its_output_directory(data, tmp_path):
                                                                      "fixes.csv"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
     assert main(["audit", str(run), "--out", str(tmp_path / "out")]) == 2  # never over an earlier audit
+    for inside in (data["prep"] / "audit", data["noisy"] / "train" / "audit"):
+        with pytest.raises(DataError, match="which an audit only reads"):
+            audit_run(run, out=inside)
+        assert not inside.exists()
 
 
 # ----------------------------------------------------------------------------- bad input

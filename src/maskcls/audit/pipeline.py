@@ -11,7 +11,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from .. import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write_json, atomic_write_text, ensure_new_dir, free_name
 from .findings import find_issues
 from .inputs import load_audit_input
@@ -23,10 +23,14 @@ log = logging.getLogger(__name__)
 DEFAULT_TOP = 100
 
 
-def _out_dir(run: Path, out: str | Path | None) -> Path:
-    if out is None:
-        return ensure_new_dir(free_name(run / "audit"))
-    return ensure_new_dir(out)
+def _out_dir(run: Path, out: str | Path | None, read_only: dict[str, Path]) -> Path:
+    """A new directory for the audit's files, refused inside the dataset or the prepared directory."""
+    dest = free_name(run / "audit") if out is None else Path(out)
+    for what, root in read_only.items():
+        if dest.resolve() == root.resolve() or root.resolve() in dest.resolve().parents:
+            raise DataError(f"--out {dest} lies inside the {what} {root}, which an audit only reads; "
+                            "choose a folder outside it")
+    return ensure_new_dir(dest)
 
 
 def audit_run(run_dir: str | Path, *, top: int = DEFAULT_TOP, out: str | Path | None = None,
@@ -47,7 +51,7 @@ def audit_run(run_dir: str | Path, *, top: int = DEFAULT_TOP, out: str | Path | 
     data = load_audit_input(run_dir, prepared=prepared, partial=partial)
     findings = find_issues(data)
     chosen = findings.head(top)
-    dest = _out_dir(data.run, out)
+    dest = _out_dir(data.run, out, {"dataset": data.prep.root, "prepared directory": data.prep.dir})
     files = {"audit_csv": dest / "audit.csv", "page": dest / "audit.html"}
     notes = list(data.notes)
     write_audit_csv(files["audit_csv"], findings)
