@@ -35,7 +35,8 @@ AUDIT_CSS = """
 .strip{display:flex;gap:8px;overflow-x:auto;padding:8px 0}
 .ph2{width:112px;flex:none;text-align:center;font-size:11px;border:2px solid transparent;border-radius:6px;padding:3px}
 .ph2.hit{border-color:#f59e0b;background:#fffbeb}
-.ph2 .th,.ph2 .ph{width:96px;height:96px;background:#f3f4f6 center/contain no-repeat;display:block;margin:0 auto 3px}
+.ph2 .th,.ph2 .ph{width:96px;height:96px;background-color:#f3f4f6;background-position:center;background-size:contain;
+background-repeat:no-repeat;display:block;margin:0 auto 3px}
 .probs{display:grid;grid-template-columns:max-content 160px max-content;gap:2px 10px;font-size:13px;align-items:center}
 .probs .bar{height:9px;margin:0}.probs .given{color:#b91c1c}.probs .sugg{color:#047857;font-weight:700}
 .fixtag{font-size:12px;color:#047857}.nofix{font-size:12px;color:#9ca3af}
