@@ -71,6 +71,10 @@ def score_noise(audit: Path, noise_csv: Path) -> None:
         found = np.array([(r.folder, KIND_OF_FIELD[r.field]) in keys for r in noise.itertuples()])
         hits = sum((g, k) in truth for g, k in zip(top["group"], top["kind"]))
         _cut_report(f"injected persons, {order}", found, hits, n, cut)
+    rank = {(g, k): r for g, k, r in zip(f["group"], f["kind"], f["rank"])}
+    ranks = sorted(rank.get((r.folder, KIND_OF_FIELD[r.field]), 0) for r in noise.itertuples())
+    at_n = sum((g, k) in truth for g, k in zip(f["group"].head(n), f["kind"].head(n)))
+    print(f"ranks of the injected persons in audit.csv (0 = not listed): {ranks}; precision at {n}: {at_n}/{n}")
     by_kind = {k: [] for k in KIND_OF_FIELD.values()}
     listed = set(zip(f["group"], f["kind"]))
     for r in noise.itertuples():

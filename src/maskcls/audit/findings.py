@@ -94,7 +94,7 @@ def _evidence(classes: tuple[str, ...], p: np.ndarray) -> dict[str, float]:
 
 
 def person_findings(field: Field, rows: pd.DataFrame) -> list[dict]:
-    """Persons whose pooled out-of-fold prediction of ``field`` confidently contradicts their label."""
+    """Persons whose pooled out-of-fold prediction of ``field`` contradicts their label (confident: cleanlab agrees)."""
     groups = rows["group"].to_numpy()
     keys, inverse = np.unique(groups, return_inverse=True)
     counts = np.bincount(inverse, minlength=len(keys))
@@ -143,7 +143,7 @@ def swap_findings(mask: Field, rows: pd.DataFrame) -> list[dict]:
 
 
 def image_findings(field: Field, rows: pd.DataFrame, exclude: set[str]) -> list[dict]:
-    """Single images whose ``field`` label cleanlab flags and the model contradicts."""
+    """Single images whose ``field`` label the model contradicts (``confident``: cleanlab agrees)."""
     issues, quality = confident_issues(field.codes, field.probs)
     suggested = field.probs.argmax(1)
     paths = rows["path"].to_numpy()
