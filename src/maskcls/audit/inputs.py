@@ -56,8 +56,8 @@ def _locate_prepared(run: Path, info: dict, prepared: str | Path | None) -> Prep
     prep = load_prepared(path)
     recorded, current = info.get("manifest_sha1"), prep.meta.get("manifest_sha1")
     if recorded and current != recorded:
-        raise _changed(prep, run, f"manifest checksum {current} in prepare.json, {recorded} recorded in run.json: "
-                       "it was prepared again")
+        raise _changed(prep, run, f"its manifest checksum {current} differs from {recorded}, recorded in run.json "
+                       "at training: a different or re-prepared directory")
     return prep
 
 
