@@ -33,7 +33,8 @@ AUDIT_CSS = """
 .k-image_mask,.k-image_label{background:#0d9488}
 .change{font-size:15px}.change .g{color:#b91c1c;text-decoration:line-through}.change .s{color:#047857;font-weight:700}
 .strip{display:flex;gap:8px;overflow-x:auto;padding:8px 0}
-.ph2{width:112px;flex:none;text-align:center;font-size:11px;border:2px solid transparent;border-radius:6px;padding:3px}
+.ph2{width:112px;flex:none;text-align:center;font-size:11px;border:2px solid transparent;border-radius:6px;padding:3px;
+overflow-wrap:anywhere}
 .ph2.hit{border-color:#f59e0b;background:#fffbeb}
 .ph2 .th,.ph2 .ph{width:96px;height:96px;background-color:#f3f4f6;background-position:center;background-size:contain;
 background-repeat:no-repeat;display:block;margin:0 auto 3px}
