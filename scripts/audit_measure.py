@@ -95,6 +95,10 @@ def score_flips(audit: Path, flips_csv: Path) -> None:
         found = np.array([p in files for p in flips["path"]])
         hits = sum(any(p in flipped for p in fs.split(";")) for fs in top["files"])
         _cut_report(f"flipped images, {order}", found, hits, n, cut)
+    at_n = sum(any(p in flipped for p in fs.split(";")) for fs in f["files"].head(n))
+    listed = {p for fs in f["files"] for p in fs.split(";")}
+    print(f"precision at {n}: {at_n}/{n} = {at_n / n:.3f}; flipped images listed anywhere in audit.csv: "
+          f"{sum(p in listed for p in flipped)}/{n} ({len(f)} findings, {int(f['confident'].sum())} confident)")
 
 
 def same_folds(src: Path, dst: Path, out: Path) -> None:
