@@ -22,7 +22,9 @@ def register(subs) -> None:
                    help="audit the folds that have out-of-fold predictions when some folds were not trained")
     s.add_argument("--data", help="the prepared directory, if it moved since training (it must be unchanged)")
     s.add_argument("--workers", type=int, default=None, help="threads decoding thumbnails")
-    s.set_defaults(run=cmd_audit)
+    # `run` is this branch's dispatch key, `handler` main's since handlers stopped being shadowed by a
+    # positional 'run' (d62791e); both are set so the command works on either side of the merge.
+    s.set_defaults(run=cmd_audit, handler=cmd_audit)
 
 
 def cmd_audit(args) -> int:
