@@ -12,10 +12,10 @@ import sys
 
 from .. import progress
 from ..errors import MaskclsError
-from . import predict_cmds, prep_cmds, serve_cmds, tools_cmds, train_cmds
+from . import audit_cmds, predict_cmds, prep_cmds, serve_cmds, tools_cmds, train_cmds
 
 # Each module registers its subcommands (parsers and handlers); the order is the help's order.
-COMMAND_MODULES = (prep_cmds, train_cmds, predict_cmds, serve_cmds, tools_cmds)
+COMMAND_MODULES = (prep_cmds, train_cmds, predict_cmds, audit_cmds, serve_cmds, tools_cmds)
 
 EPILOG = """\
 examples:
@@ -26,6 +26,7 @@ examples:
   maskcls train prepared --folds 0 --set train.epochs=3 --set data.image_size=128
   maskcls predict runs/tf_efficientnet_lite0-1 --tta hflip
   maskcls report runs/tf_efficientnet_lite0-1
+  maskcls audit runs/tf_efficientnet_lite0-1     # likely label errors + fixes.csv (after --folds all)
   maskcls demo                                   # all of the above, small, in minutes
   maskcls --log-every 50 train prepared > train.log 2>&1   # plain progress lines, every 50 batches
 

@@ -8,7 +8,8 @@ from .common import float_range, int_range, sub
 
 def register(subs) -> None:
     s = sub(subs, "synth", "write a synthetic dataset in the competition layout",
-             "maskcls synth demo-data --people 120 --seed 0")
+             "maskcls synth demo-data --people 120 --seed 0\n"
+             "maskcls synth noisy-data --people 300 --label-noise 0.05   # truth in train/noise.csv")
     s.add_argument("out")
     s.add_argument("--people", type=int_range(1), default=120, help="training persons (7 photos each)")
     s.add_argument("--eval-people", type=int_range(0), default=None,
@@ -17,6 +18,9 @@ def register(subs) -> None:
     s.add_argument("--size", type=int_range(32, 2048), nargs=2, default=(384, 512), metavar=("W", "H"),
                    help="photo size in pixels, each side 32..2048 (the competition's: 384 512)")
     s.add_argument("--workers", type=int_range(1), default=None)
+    s.add_argument("--label-noise", type=float_range(0.0, 1.0), default=0.0, metavar="RATE",
+                   help="give this fraction of training persons one wrong label (gender, age group, or "
+                   "incorrect_mask/normal swapped); the truth goes to train/noise.csv (a fixes file)")
     s.set_defaults(handler=cmd_synth)
 
     s = sub(subs, "prepare", "index a dataset: check images, make person-grouped folds, write a manifest",
@@ -62,10 +66,12 @@ def register(subs) -> None:
 def cmd_synth(args) -> int:
     from ..prep.synth import synthesize
     s = synthesize(args.out, people=args.people, seed=args.seed, eval_people=args.eval_people,
-                   image_size=tuple(args.size), workers=args.workers)
+                   image_size=tuple(args.size), workers=args.workers, label_noise=args.label_noise)
     print(f"wrote {args.out}: {s['train_people']} train persons ({s['train_images']} photos), "
           f"{s['eval_people']} eval persons ({s['eval_images']} photos) in {s['seconds']:.1f}s "
           f"({s['images_per_s']:.0f} img/s)")
+    if s["noise_csv"]:
+        print(f"label noise: {s['noisy_people']} person(s) with one wrong label; the truth is in {s['noise_csv']}")
     return 0
 
 

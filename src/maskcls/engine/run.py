@@ -105,7 +105,8 @@ def _start_run(cfg: Config, prep: Prepared, folds: list[int], run_dir: Path | No
     if acc.is_main_process:
         run = create_run_dir(Path(path[0]))
         write_run_files(run, cfg, {
-            "prepared": str(prep.dir.resolve()), "folds": folds, "command": sys.argv,
+            "prepared": str(prep.dir.resolve()), "manifest_sha1": prep.meta.get("manifest_sha1"),
+            "folds": folds, "command": sys.argv,
             "maskcls_version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "processes": acc.num_processes, "mixed_precision": acc.mixed_precision, "device": str(acc.device),
             "preprocessing": pp.to_dict(), "loader": {"kind": cfg.data.loader, "workers": cfg.data.num_workers},

@@ -77,9 +77,13 @@ def write_oof(path: Path, rows: pd.DataFrame, paths: np.ndarray, probs: np.ndarr
 
 
 def read_oof(run: Path, folds) -> pd.DataFrame | None:
-    """The out-of-fold rows of ``folds`` written so far (with a ``fold`` column), or None."""
-    parts = [pd.read_csv(fold_dir(run, f) / "oof.csv").assign(fold=f) for f in sorted(folds)
-             if (fold_dir(run, f) / "oof.csv").exists()]
+    """The out-of-fold rows of ``folds`` written so far (with a ``fold`` column), or None.
+
+    Identifiers stay strings: a group or image id such as ``0012`` must not be read as the number 12.
+    """
+    ids = {"path": str, "image_id": str, "group": str}
+    parts = [pd.read_csv(fold_dir(run, f) / "oof.csv", dtype=ids).assign(fold=f)
+             for f in sorted(folds) if (fold_dir(run, f) / "oof.csv").exists()]
     return pd.concat(parts, ignore_index=True) if parts else None
 
 

@@ -53,6 +53,7 @@ from ..errors import ConfigError
 from ..fsutil import cpu_count
 from ..labels import Task, age_group
 from .synth_draw import PHOTOS, PersonJob, render_person
+from .synth_noise import NOISE_CSV_COLUMNS, check_rate, inject_label_noise
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,8 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 
 
 def synthesize(out_dir: str | Path, *, people: int = 120, seed: int = 0, eval_people: int | None = None,
-               image_size: tuple[int, int] = (384, 512), workers: int | None = None) -> dict:
+               image_size: tuple[int, int] = (384, 512), workers: int | None = None,
+               label_noise: float = 0.0) -> dict:
     """Write a synthetic dataset in the competition layout (see the module docstring).
 
     Args:
@@ -200,12 +202,17 @@ def synthesize(out_dir: str | Path, *, people: int = 120, seed: int = 0, eval_pe
         image_size: (width, height) of every photo; the competition's is (384, 512).
         workers: processes drawing in parallel; default: the usable CPU count. Does not
             change the output.
+        label_noise: fraction of training persons (0..0.5) given one wrong label each — gender
+            flipped, age group moved, or incorrect_mask/normal swapped — with the truth in
+            train/noise.csv (:mod:`.synth_noise`); the pictures stay those of the clean set.
 
     Returns:
         A summary dict: out_dir, train_csv, info_csv, truth_csv, train_people,
-        train_images, eval_people, eval_images, image_size, seed, seconds, images_per_s.
+        train_images, eval_people, eval_images, image_size, seed, seconds, images_per_s,
+        label_noise, noisy_people, noise_csv (None without noise).
     """
     _check_args(people, eval_people, image_size, workers, seed)
+    label_noise = check_rate(label_noise)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already exists and is not empty; synthesize never overwrites: "
@@ -214,6 +221,8 @@ def synthesize(out_dir: str | Path, *, people: int = 120, seed: int = 0, eval_pe
     w, h = (int(v) for v in image_size)
     start = time.perf_counter()
     train_rows, jobs, eval_rows = _plan(np.random.default_rng(seed), int(people), eval_people)
+    train_rows, jobs, noise_rows = inject_label_noise(train_rows, jobs, rate=label_noise, seed=int(seed),
+                                                      folder_of=_folder)
     out.parent.mkdir(parents=True, exist_ok=True)
     build = out.parent / f".{out.name}.partial-{os.getpid()}"
     _remove_stale_partials(out)
@@ -225,6 +234,8 @@ def synthesize(out_dir: str | Path, *, people: int = 120, seed: int = 0, eval_pe
         _write_csv(build / "train/train.csv", ["id", "gender", "race", "age", "path"], train_rows)
         _write_csv(build / "eval/info.csv", ["ImageID", "ans"], [(n, 0) for n, _ in eval_rows])
         _write_csv(build / "eval/truth.csv", ["ImageID", "ans"], eval_rows)
+        if label_noise:
+            _write_csv(build / "train/noise.csv", NOISE_CSV_COLUMNS, noise_rows)
         n_images = _run_jobs([(str(build), int(seed), (w, h), j) for j in jobs], workers)
         if out.exists():
             out.rmdir()                        # empty, checked above
@@ -241,6 +252,8 @@ def synthesize(out_dir: str | Path, *, people: int = 120, seed: int = 0, eval_pe
         "train_people": int(people), "train_images": int(people) * len(PHOTOS),
         "eval_people": eval_people, "eval_images": len(eval_rows), "image_size": (w, h),
         "seed": int(seed), "seconds": round(seconds, 3), "images_per_s": round(n_images / seconds, 1),
+        "label_noise": label_noise, "noisy_people": len(noise_rows),
+        "noise_csv": str(out / "train/noise.csv") if label_noise else None,
     }
     logger.info("synthetic dataset: %d train + %d eval people, %d images in %.1f s (%.0f img/s) -> %s",
                 people, eval_people, n_images, seconds, summary["images_per_s"], out)
