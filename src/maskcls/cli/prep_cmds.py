@@ -18,7 +18,7 @@ def register(subs) -> None:
     s.add_argument("--size", type=int_range(32, 2048), nargs=2, default=(384, 512), metavar=("W", "H"),
                    help="photo size in pixels, each side 32..2048 (the competition's: 384 512)")
     s.add_argument("--workers", type=int_range(1), default=None)
-    s.add_argument("--label-noise", type=float_range(0.0, 1.0), default=0.0, metavar="RATE",
+    s.add_argument("--label-noise", type=float_range(0.0, 0.5), default=0.0, metavar="RATE",
                    help="give this fraction of training persons one wrong label (gender, age group, or "
                    "incorrect_mask/normal swapped); the truth goes to train/noise.csv (a fixes file)")
     s.set_defaults(handler=cmd_synth)
