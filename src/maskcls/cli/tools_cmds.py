@@ -8,10 +8,11 @@ def register(subs) -> None:
     s = sub(subs, "bench", "benchmarks measured side by side with the reference recipe",
              "maskcls bench loader --images 300\nmaskcls bench stats\nmaskcls bench train\n"
              "maskcls bench faces\nmaskcls bench memory --images 20000\n"
+             "maskcls bench workers                                # training epochs, 1 loader worker vs 2\n"
              "maskcls bench quality --seeds 2                      # real dev sets, fixed budget\n"
              "maskcls bench quality --set data.sampler=balanced    # a variant against the defaults\n"
              "maskcls bench serve --run runs/lite0-1 --requests 2000")
-    s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "quality", "serve"])
+    s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "workers", "quality", "serve"])
     s.add_argument("--images", type=int_range(1), default=None)
     s.add_argument("--workers", type=int_range(0), default=2)
     q = s.add_argument_group("quality")
@@ -55,6 +56,9 @@ def cmd_bench(args) -> int:
     elif args.what == "train":
         from ..bench.train import bench_train
         r = bench_train(**kw)
+    elif args.what == "workers":
+        from ..bench.workers import bench_workers
+        r = bench_workers(**kw)
     else:
         from ..bench.memory import bench_memory
         r = bench_memory(workers=args.workers, **kw)
