@@ -11,7 +11,7 @@ from maskcls.prep.prepared import load_prepared
 # test_efficientnet from random init at 64 px: seconds per epoch on a CPU.
 TINY = {"model": {"name": "test_efficientnet", "pretrained": "none"},
         "data": {"image_size": 64, "num_workers": 0},
-        "train": {"batch_size": 8, "valid_batch_size": 16},
+        "train": {"batch_size": 8, "valid_batch_size": 16, "accum_steps": 2},
         "run": {"report": False, "tensorboard": False}}
 # The same as command-line overrides, for tests of the CLI itself.
 TINY_SETS = [f"{sec}.{k}={v}" for sec, kv in TINY.items() for k, v in kv.items()]

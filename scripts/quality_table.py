@@ -1,0 +1,76 @@
+"""Every result `maskcls bench quality` has cached, as docs/quality.md's recipe table.
+
+Reads WORK/results/*.json (one per set × seed × resolved config), groups them by how their
+config differs from today's defaults at the fixed budget, and prints per set and variant:
+seeds, best-epoch validation macro F1 (mean ± half-range), its delta to the defaults (same
+seeds), seconds per epoch, and the decision tuning's cross-fitted gain from each run's
+summary.json (offsets fitted on 4/5 of the validation fold's rows, scored on the fifth).
+
+usage: python scripts/quality_table.py [--work .cache/quality]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from maskcls.bench.quality import budget_config
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def variant_of(config: dict, base: dict) -> str:
+    """The settings that differ from ``base`` (the seed aside), as KEY=VALUE words."""
+    flat = _flat({k: v for k, v in config.items() if k != "run"})
+    diff = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(flat.items())
+            if k != "train.seed" and base.get(k) != v]
+    return " ".join(diff) or "defaults"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default=".cache/quality")
+    a = ap.parse_args()
+    base = _flat({k: v for k, v in budget_config().to_dict().items() if k != "run"})
+    rows: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    for f in sorted(Path(a.work, "results").glob("*.json")):
+        r = json.loads(f.read_text())
+        summary = Path(r["run_dir"]) / "summary.json"
+        decision = json.loads(summary.read_text()).get("decision") if summary.is_file() else None
+        rows[(r["set"], variant_of(r["config"], base))][r["seed"]] = {**r, "decision": decision}
+    for name in sorted({s for s, _ in rows}):
+        ref = rows.get((name, "defaults"), {})
+        print(f"\n{name}: best-epoch validation macro F1, fold 0, 128 px, 3 epochs")
+        print(f"{'variant':<44}{'seeds':>10}{'F1':>18}{'delta':>30}{'s/epoch':>9}{'tuning gain':>13}")
+        for (s, variant), by_seed in sorted(rows.items(), key=lambda kv: (kv[0][1] != "defaults", kv[0][1])):
+            if s != name:
+                continue
+            seeds = sorted(by_seed)
+            f1 = np.array([by_seed[x]["best_f1"] for x in seeds])
+            common = [x for x in seeds if x in ref]
+            if variant != "defaults" and common:
+                d = np.array([by_seed[x]["best_f1"] - ref[x]["best_f1"] for x in common])
+                delta = f"{d.mean():+.4f} ({', '.join(f'{v:+.4f}' for v in d)})"
+            else:
+                delta = "-"
+            sec = np.mean([np.mean(by_seed[x]["seconds"]) for x in seeds])
+            gains = [by_seed[x]["decision"]["gain"] for x in seeds if by_seed[x]["decision"]]
+            gain = f"{np.mean(gains):+.4f}" if gains else "-"
+            spread = (f1.max() - f1.min()) / 2
+            print(f"{variant:<44}{','.join(map(str, seeds)):>10}{f1.mean():>10.4f} ± {spread:.4f}"
+                  f"{delta:>30}{sec:>9.1f}{gain:>13}")
+
+
+if __name__ == "__main__":
+    main()
