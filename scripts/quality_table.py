@@ -4,7 +4,9 @@ Reads WORK/results/*.json (one per set × seed × resolved config), groups them 
 config differs from today's defaults at the fixed budget, and prints per set and variant:
 seeds, best-epoch validation macro F1 (mean ± half-range), its delta to the defaults (same
 seeds), seconds per epoch, and the decision tuning's cross-fitted gain from each run's
-summary.json (offsets fitted on 4/5 of the validation fold's rows, scored on the fifth).
+summary.json (offsets fitted on 4/5 of the validation fold's rows, scored on the fifth), and
+the macro F1 of the seeds' ensemble (their best-epoch validation probabilities averaged with
+equal weights, what ``maskcls predict RUN1 RUN2`` does; nothing is fitted).
 
 usage: python scripts/quality_table.py [--work .cache/quality]
 """
@@ -16,8 +18,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from maskcls.bench.quality import budget_config
+from maskcls.bench.quality import FOLD, budget_config
+from maskcls.engine.metrics import confusion, macro_f1
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -38,6 +42,18 @@ def variant_of(config: dict, base: dict) -> str:
     return " ".join(diff) or "defaults"
 
 
+def seed_ensemble_f1(run_dirs: list[str]) -> float | None:
+    """Macro F1 of the runs' validation probabilities averaged with equal weights (same rows)."""
+    oofs = [pd.read_csv(Path(d) / f"fold{FOLD}" / "oof.csv").set_index("image_id").sort_index() for d in run_dirs
+            if (Path(d) / f"fold{FOLD}" / "oof.csv").is_file()]
+    if len(oofs) < 2 or any(not o.index.equals(oofs[0].index) for o in oofs):
+        return None
+    cols = [c for c in oofs[0].columns if c.startswith("prob_")]
+    probs = np.mean([o[cols].to_numpy() for o in oofs], axis=0)
+    labels = oofs[0]["label"].to_numpy()
+    return macro_f1(confusion(labels, probs.argmax(1), len(cols)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=".cache/quality")
@@ -52,7 +68,7 @@ def main() -> None:
     for name in sorted({s for s, _ in rows}):
         ref = rows.get((name, "defaults"), {})
         print(f"\n{name}: best-epoch validation macro F1, fold 0, 128 px, 3 epochs")
-        print(f"{'variant':<44}{'seeds':>10}{'F1':>18}{'delta':>30}{'s/epoch':>9}{'tuning gain':>13}")
+        print(f"{'variant':<44}{'seeds':>10}{'F1':>18}{'delta':>30}{'s/epoch':>9}{'tuning gain':>13}{'ensemble':>10}")
         for (s, variant), by_seed in sorted(rows.items(), key=lambda kv: (kv[0][1] != "defaults", kv[0][1])):
             if s != name:
                 continue
@@ -68,8 +84,9 @@ def main() -> None:
             gains = [by_seed[x]["decision"]["gain"] for x in seeds if by_seed[x]["decision"]]
             gain = f"{np.mean(gains):+.4f}" if gains else "-"
             spread = (f1.max() - f1.min()) / 2
+            ens = seed_ensemble_f1([by_seed[x]["run_dir"] for x in seeds])
             print(f"{variant:<44}{','.join(map(str, seeds)):>10}{f1.mean():>10.4f} ± {spread:.4f}"
-                  f"{delta:>30}{sec:>9.1f}{gain:>13}")
+                  f"{delta:>30}{sec:>9.1f}{gain:>13}{f'{ens:.4f}' if ens is not None else '-':>10}")
 
 
 if __name__ == "__main__":

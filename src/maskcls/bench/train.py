@@ -7,7 +7,7 @@
 * ours bf16 — the same under bf16 autocast (``train.mixed_precision=bf16``).
 
 The closing ``train speedup`` line is for the precision ``train.mixed_precision=auto``
-picks on this machine (:func:`maskcls.engine.trainer.mixed_precision`): bf16 where the CPU
+picks on this machine (:func:`maskcls.engine.accel.resolve_precision`): bf16 where the CPU
 has native bf16 (AVX512-BF16 or AMX), fp32 elsewhere, since emulated bf16 is far slower.
 
 Synthetic tensors isolate the compute path from data loading (``bench loader`` measures
