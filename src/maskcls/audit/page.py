@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..fsutil import atomic_write_text, default_workers
+from ..progress import track
 from ..report_figures import PAGE_CSS, thumbnail_uri
 from .findings import SWAP, Field, label_fields
 from .inputs import AuditInput
@@ -71,17 +72,12 @@ document.getElementById('sort').addEventListener('change',applySort);
 """
 
 
-def _progress(iterable, total: int, desc: str):
-    """The one place this package shows progress (tqdm for now; a shared progress helper can replace it)."""
-    from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
 def _thumbnails(paths: list[str], workers: int | None) -> tuple[dict[str, str], str]:
     """({path: CSS class}, the CSS rules holding the data URIs) for the readable ``paths``, decoded
     in threads (PIL releases the GIL)."""
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        uris = list(_progress(pool.map(lambda p: thumbnail_uri(p, THUMB), paths), len(paths), "thumbnails"))
+        uris = list(track(pool.map(lambda p: thumbnail_uri(p, THUMB), paths), total=len(paths),
+                          desc="audit thumbnails", unit="img"))
     classes = {p: f"t{i}" for i, (p, u) in enumerate(zip(paths, uris)) if u}
     css = "".join(f'.{classes[p]}{{background-image:url("{u}")}}' for p, u in zip(paths, uris) if u)
     return classes, css
