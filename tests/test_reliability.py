@@ -287,6 +287,7 @@ def _wait_rows(proc: subprocess.Popen, csv: Path, rows: int, log: Path, limit: f
     pytest.fail(f"no epoch {rows} within {limit:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_kill_and_ctrl_c_then_resume_equal_uninterrupted(prepared_dir, reference_run, tmp_path):
     run = tmp_path / "R"
@@ -382,6 +383,7 @@ def test_same_seed_same_folds(synth_root, tmp_path):
     assert ma["path"].equals(mc["path"]) and c["counts"]["images"] == a["counts"]["images"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(prepared_dir, reference_run, tmp_path):
     train(prepared_dir, tmp_path / "again", tiny(train={"epochs": 3}))
     pd.testing.assert_frame_equal(metrics(reference_run), metrics(tmp_path / "again"))
@@ -391,6 +393,7 @@ def test_same_seed_same_metrics(prepared_dir, reference_run, tmp_path):
 
 
 # --------------------------------------------------------------------------- data safety
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_workflow_leaves_a_read_only_dataset_untouched(tmp_path, capsys):
     from maskcls.cli import main
