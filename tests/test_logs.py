@@ -358,13 +358,19 @@ def test_wandb_offline_run_holds_config_metrics_summary_and_report(prepared_dir,
     run = Path(s["run_dir"])
     info = json.loads((run / "run.json").read_text())["trackers"]["wandb"]
     assert info["mode"] == "offline" and Path(info["offline_dir"]).parent == run / "wandb"
-    records = _wandb_records(next(Path(info["offline_dir"]).glob(f"run-{info['id']}.wandb")))
-    kinds = [r.WhichOneof("record_type") for r in records]
+    run_file = next(Path(info["offline_dir"]).glob(f"run-{info['id']}.wandb"))
+    deadline = time.monotonic() + 60  # W&B's service process writes the file; wait for its exit record
+    while True:
+        records = _wandb_records(run_file)
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if "exit" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
                for r in records if r.WhichOneof("record_type") == "history"]
     fold0 = [h for h in history if "fold0/valid/f1" in h]
     metrics = pd.read_csv(run / "fold0" / "metrics.csv")
-    assert [h["fold0/epoch"] for h in fold0] == [1, 2]
+    assert [h["fold0/epoch"] for h in fold0] == [1, 2], f"history of fold 0: {fold0}; records: {kinds}"
     assert [round(h["fold0/valid/f1"], 6) for h in fold0] == [round(v, 6) for v in metrics["valid_f1"]]
     config = _items(records, "config", "update")
     assert config["train"]["batch_size"] == 8 and config["resolved"]["effective_batch"] == 16
