@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 test: venv
 	$(BIN)/python -m pytest -q
 
-# The unit tests only (no training, no subprocess runs): under a minute.
+# The unit tests only (no training, no subprocess runs): about a minute.
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
