@@ -21,22 +21,13 @@ import numpy as np
 import pandas as pd
 
 from maskcls.bench.quality import FOLD, budget_config
+from maskcls.config_io import flatten
 from maskcls.engine.metrics import confusion, macro_f1
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def variant_of(config: dict, base: dict) -> str:
     """The settings that differ from ``base`` (the seed aside), as KEY=VALUE words."""
-    flat = _flat({k: v for k, v in config.items() if k != "run"})
+    flat = flatten({k: v for k, v in config.items() if k != "run"})
     diff = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(flat.items())
             if k != "train.seed" and base.get(k) != v]
     return " ".join(diff) or "defaults"
@@ -58,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=".cache/quality")
     a = ap.parse_args()
-    base = _flat({k: v for k, v in budget_config().to_dict().items() if k != "run"})
+    base = flatten({k: v for k, v in budget_config().to_dict().items() if k != "run"})
     rows: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     for f in sorted(Path(a.work, "results").glob("*.json")):
         r = json.loads(f.read_text())

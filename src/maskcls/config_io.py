@@ -204,3 +204,15 @@ def config_table() -> str:
             default = default.removesuffix("\n...").removesuffix("...").strip()
             rows.append(f"| `{s}.{f.name}` | `{default}` | {f.metadata.get('help', '')} |")
     return "\n".join(rows) + "\n"
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'data': {'image_size': 224}} → {'data.image_size': 224}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

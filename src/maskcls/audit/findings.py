@@ -58,14 +58,8 @@ def label_fields(task: Task, labels: np.ndarray, probs: np.ndarray) -> list[Fiel
     """Per-attribute marginals of the K-class probabilities (``label`` alone for a plain task)."""
     if not task.attributes:
         return [Field("label", task.class_names, np.asarray(labels), probs)]
-    sizes = [a.size for a in task.attributes]
-    cube = probs.reshape(len(probs), *sizes)
-    codes = task.split(np.asarray(labels))
-    out = []
-    for i, a in enumerate(task.attributes):
-        others = tuple(1 + j for j in range(len(sizes)) if j != i)
-        out.append(Field(a.name, a.classes, np.asarray(codes[a.name]), cube.sum(axis=others)))
-    return out
+    codes, marginals = task.split(np.asarray(labels)), task.marginals(probs)
+    return [Field(a.name, a.classes, np.asarray(codes[a.name]), marginals[a.name]) for a in task.attributes]
 
 
 def is_person_level(codes: np.ndarray, groups: np.ndarray) -> bool:

@@ -30,22 +30,11 @@ from pathlib import Path
 
 import yaml
 
+from ..config_io import flatten
 from ..errors import MaskclsError
 from .tracker_plan import TrackerPlan
 
 log = logging.getLogger(__name__)
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{'data': {'image_size': 224}} → {'data.image_size': 224}."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def summary_metrics(summary: dict) -> dict:
