@@ -101,10 +101,8 @@ def probe(path: str | Path) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                fmt, mode = img.format, img.mode
-                orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+                facts = describe(img)
                 img.load()  # full decode: truncated files fail here
-                w, h = img.size
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -113,6 +111,19 @@ def probe(path: str | Path) -> dict:
         raise DataError(f"{path}: not an image (unrecognised format)") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot decode ({e})") from None
+    return facts
+
+
+def describe(img: Image.Image) -> dict:
+    """What an opened image's header says, before any pixel is decoded.
+
+    {"width", "height" (after EXIF rotation), "format", "mode", "orientation", "fast"}; ``fast``:
+    libjpeg-turbo gives PIL's pixels (a plain RGB/greyscale JPEG without EXIF rotation). The one
+    rule for ``prepare``'s photos and ``serve``'s uploads alike.
+    """
+    fmt, mode = img.format, img.mode
+    orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    w, h = img.size
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     fast = fmt == "JPEG" and mode in ("RGB", "L") and orientation == 1

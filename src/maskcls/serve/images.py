@@ -22,7 +22,6 @@ from ..errors import DataError
 from .limits import ApiError
 from .model import ServedModel
 
-_EXIF_ORIENTATION = 0x0112
 FORMATS_HINT = "upload a JPEG, PNG, WebP, BMP or TIFF photo"
 
 
@@ -55,8 +54,7 @@ def read_header(data: bytes, name: str, max_pixels: int) -> tuple[int, int, str,
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
-                w, h, fmt, mode = img.width, img.height, img.format, img.mode
-                orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+                facts = imageio.describe(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ApiError(413, "too_many_pixels", f"{name}: image too large (decompression-bomb guard); resize it "
                        f"below {max_pixels:,} pixels", file=name) from None
@@ -66,11 +64,11 @@ def read_header(data: bytes, name: str, max_pixels: int) -> tuple[int, int, str,
     except (OSError, ValueError, SyntaxError) as e:
         raise ApiError(422, "corrupt_image", f"{name}: unreadable image header ({e}); re-save the photo and upload "
                        "it again", file=name) from None
+    w, h = facts["width"], facts["height"]
     if w * h > max_pixels:
         raise ApiError(413, "too_many_pixels", f"{name}: {w}x{h} = {w * h:,} pixels is over this server's limit of "
                        f"{max_pixels:,}; resize the photo (the model sees a few hundred pixels)", file=name)
-    fast = fmt == "JPEG" and mode in ("RGB", "L") and orientation == 1
-    return (h, w, fmt, fast) if orientation in (5, 6, 7, 8) else (w, h, fmt, fast)
+    return w, h, facts["format"], facts["fast"]
 
 
 def decode(data: bytes, fast: bool) -> np.ndarray:
