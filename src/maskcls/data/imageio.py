@@ -73,17 +73,31 @@ def read_pil(path: str | Path) -> np.ndarray:
                         "--skip-bad") from None
 
 
+def turbo_rgb(data: bytes, name: str) -> np.ndarray | None:
+    """JPEG bytes → uint8 RGB HWC with libjpeg-turbo; None when it is missing or refuses the file
+    (strict: a damaged file falls through to the careful PIL path)."""
+    if simplejpeg is None:
+        return None
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except (ValueError, RuntimeError) as e:
+        log.debug("fast decode failed for %s (%s); using PIL", name, e)
+        return None
+
+
 def read_rgb(path: str | Path, fast: bool = True) -> np.ndarray:
     """Decode ``path`` to uint8 RGB HWC. ``fast`` = try libjpeg-turbo first (prepare says when it is safe)."""
     if fast and simplejpeg is not None:
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
-            return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except FileNotFoundError:
             raise FileNotFoundError(f"image {path} not found; re-run `maskcls prepare` if the dataset moved") from None
-        except (ValueError, RuntimeError, OSError) as e:  # fall back to the careful path
-            log.debug("fast decode failed for %s (%s); using PIL", path, e)
+        except OSError as e:  # fall back to the careful path, which names the problem
+            log.debug("reading %s failed (%s); using PIL", path, e)
+        else:
+            if (img := turbo_rgb(data, str(path))) is not None:
+                return img
     return read_pil(path)
 
 

@@ -71,14 +71,10 @@ def read_header(data: bytes, name: str, max_pixels: int) -> tuple[int, int, str,
     return w, h, facts["format"], facts["fast"]
 
 
-def decode(data: bytes, fast: bool) -> np.ndarray:
-    """uint8 RGB HWC: libjpeg-turbo when ``fast`` (strict: a damaged file falls through), else maskcls' PIL path."""
-    if fast and imageio.simplejpeg is not None:
-        try:
-            return imageio.simplejpeg.decode_jpeg(data, colorspace="RGB")
-        except (ValueError, RuntimeError):
-            pass
-    return imageio.read_pil(io.BytesIO(data))
+def decode(data: bytes, fast: bool, name: str = "upload") -> np.ndarray:
+    """uint8 RGB HWC: libjpeg-turbo when ``fast`` and it accepts the bytes, else maskcls' PIL path."""
+    img = imageio.turbo_rgb(data, name) if fast else None
+    return img if img is not None else imageio.read_pil(io.BytesIO(data))
 
 
 class Preprocessor:
@@ -101,7 +97,7 @@ class Preprocessor:
                 boxes, crops = crop_with_boxes([io.BytesIO(data)], self.face_settings, detector=self.detector)
                 img, box = crops[0], boxes[0]
             else:
-                img, box = decode(data, fast), None
+                img, box = decode(data, fast, name), None
         except DataError:
             raise ApiError(422, "corrupt_image", f"{name}: cannot decode this {fmt} image (truncated or corrupt); "
                            f"re-save the photo and upload it again", file=name) from None
