@@ -18,11 +18,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from maskcls.bench.quality import FOLD, budget_config
+from maskcls.bench.quality import budget_config
 from maskcls.config_io import flatten
 from maskcls.engine.metrics import confusion, macro_f1
+from maskcls.engine.rundir import read_run_info
+from maskcls.ensemble import common_oof
+from maskcls.prep.prepared import load_prepared
 
 
 def variant_of(config: dict, base: dict) -> str:
@@ -34,15 +36,15 @@ def variant_of(config: dict, base: dict) -> str:
 
 
 def seed_ensemble_f1(run_dirs: list[str]) -> float | None:
-    """Macro F1 of the runs' validation probabilities averaged with equal weights (same rows)."""
-    oofs = [pd.read_csv(Path(d) / f"fold{FOLD}" / "oof.csv").set_index("image_id").sort_index() for d in run_dirs
-            if (Path(d) / f"fold{FOLD}" / "oof.csv").is_file()]
-    if len(oofs) < 2 or any(not o.index.equals(oofs[0].index) for o in oofs):
+    """Macro F1 of the runs' validation probabilities averaged with equal weights (their common rows)."""
+    if len(run_dirs) < 2:
         return None
-    cols = [c for c in oofs[0].columns if c.startswith("prob_")]
-    probs = np.mean([o[cols].to_numpy() for o in oofs], axis=0)
-    labels = oofs[0]["label"].to_numpy()
-    return macro_f1(confusion(labels, probs.argmax(1), len(cols)))
+    k = load_prepared(read_run_info(Path(run_dirs[0]))["prepared"]).num_classes
+    common = common_oof([Path(d) for d in run_dirs], k)
+    if common is None:
+        return None
+    probs = np.mean([np.stack(common[f"p{i}"]) for i in range(len(run_dirs))], axis=0)
+    return macro_f1(confusion(common["label"].to_numpy(), probs.argmax(1), k))
 
 
 def main() -> None:
