@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import io
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -436,6 +437,30 @@ def test_graceful_shutdown_finishes_in_flight_requests(tmp_path):
         http.client.HTTPConnection("127.0.0.1", port, timeout=2).request("GET", "/healthz")
 
 
+def test_bound_socket_serves_connections_without_nagle_delay():
+    """Accepted connections get TCP_NODELAY: asyncio sets it only on sockets created as IPPROTO_TCP, and
+    without it a response's header and body writes waited ~40 ms for the client's delayed ACK."""
+    from maskcls.serve.server import bind
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    seen = []
+
+    async def main():
+        async def on_conn(reader, writer):
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+        server = await asyncio.start_server(on_conn, sock=sock)
+        async with server:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.02)
+            w.close()
+    asyncio.run(main())
+    assert seen and seen[0] != 0
+
+
 # ----------------------------------------------------------------------------------- the command
 
 def _fake_run(tmp_path: Path) -> Path:
@@ -547,3 +572,4 @@ def test_face_crop_run_returns_the_face_box(prepared_dir, tmp_path):
     assert res["face"]["detected"] and iou(res["face"]["box"], truth) > 0.3
     want = predict_images(run, [str(path)], folds="0")[0]
     assert res["class_id"] == want["class_id"] and abs(res["confidence"] - want["confidence"]) < 1e-4
+
