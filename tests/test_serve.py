@@ -461,6 +461,37 @@ def test_bound_socket_serves_connections_without_nagle_delay():
     assert seen and seen[0] != 0
 
 
+SLOW_LOAD = """
+import sys, time
+from maskcls.serve.app import ServeOptions
+from maskcls.serve.server import bind, serve
+sock = bind("127.0.0.1", 0)
+print("listening", flush=True)
+serve(sys.argv[1], sock, ServeOptions(), access_log=False, loader=lambda: time.sleep(120))
+print("returned", flush=True)
+"""
+
+
+def test_stop_while_the_model_loads_ends_the_process_at_once(tmp_path):
+    """Ctrl+C during loading: no wait for the load and no abort from native threads under finalisation."""
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_LOAD, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "listening"
+        for line in proc.stdout:  # uvicorn's handlers are installed once startup is complete
+            if "startup complete" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "stopped while the model was loading" in out and "returned" not in out
+
+
 # ----------------------------------------------------------------------------------- the command
 
 def _fake_run(tmp_path: Path) -> Path:

@@ -86,6 +86,14 @@ def _page() -> str:
     return resources.files("maskcls.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+LOAD_THREAD = "maskcls-load"
+
+
+def loading() -> bool:
+    """Whether a model load is still running (on its daemon thread)."""
+    return any(t.name == LOAD_THREAD and t.is_alive() for t in threading.enumerate())
+
+
 async def _in_thread(fn: Callable):
     """Run ``fn`` on a daemon thread (a Ctrl-C during a long load must not wait for it)."""
     loop = asyncio.get_running_loop()
@@ -100,7 +108,7 @@ async def _in_thread(fn: Callable):
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(res))
         except RuntimeError:  # the loop closed meanwhile (shutdown during loading)
             pass
-    threading.Thread(target=work, name="maskcls-load", daemon=True).start()
+    threading.Thread(target=work, name=LOAD_THREAD, daemon=True).start()
     return await fut
 
 

@@ -2,17 +2,21 @@
 
 The server binds 127.0.0.1 unless told otherwise, and refuses any other address without a
 bearer token. On SIGINT/SIGTERM uvicorn stops accepting connections, lets requests in
-flight finish (up to ``graceful_s``), then the batcher finishes its queue and stops.
+flight finish (up to ``graceful_s``), then the batcher finishes its queue and stops. Stopped
+while the model is still loading, the process ends at once (nothing was served yet): letting the
+interpreter finalise under ONNX Runtime's or torch's native threads aborts it.
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError, MaskclsError
-from .app import ServeOptions, create_app
+from .app import ServeOptions, create_app, loading
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +69,12 @@ def url_of(sock: socket.socket) -> str:
 
 
 def serve(run: str | Path, sock: socket.socket, options: ServeOptions, *, access_log: bool = True,
-          graceful_s: float = 30.0) -> None:
+          graceful_s: float = 30.0, loader=None) -> None:
     """Serve ``run`` on the bound ``sock`` until SIGINT/SIGTERM; raise when the model cannot be loaded.
 
     Returns after a graceful shutdown on SIGINT (Ctrl+C); SIGTERM ends the process as the signal does.
+    Stopped while the model loads, it ends the process (status 0) instead of returning. ``loader``:
+    see :func:`.app.create_app`.
     """
     import uvicorn
     failure: list[BaseException] = []
@@ -79,7 +85,7 @@ def serve(run: str | Path, sock: socket.socket, options: ServeOptions, *, access
         if server is not None:
             server.should_exit = True
 
-    app = create_app(run, options, on_load_error=stop)
+    app = create_app(run, options, loader=loader, on_load_error=stop)
     # Connections beyond this get uvicorn's own 503: a backstop above the image queue's limit.
     limit = max(64, 4 * options.limits.max_queue)
     config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=graceful_s,
@@ -89,6 +95,12 @@ def serve(run: str | Path, sock: socket.socket, options: ServeOptions, *, access
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it shut down on: stopping is the normal end
         pass
+    if not failure and loading():
+        # Native code (ONNX Runtime's session, torch) is still running on the load thread; finalising the
+        # interpreter under it aborts ("terminate called without an active exception", status 134).
+        print("maskcls serve: stopped while the model was loading", flush=True)
+        sys.stderr.flush()
+        os._exit(0)
     if failure:
         err = failure[0]
         raise err if isinstance(err, (MaskclsError, FileNotFoundError)) else MaskclsError(f"cannot serve {run}: {err}")
