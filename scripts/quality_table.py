@@ -8,6 +8,9 @@ summary.json (offsets fitted on 4/5 of the validation fold's rows, scored on the
 the macro F1 of the seeds' ensemble (their best-epoch validation probabilities averaged with
 equal weights, what ``maskcls predict RUN1 RUN2`` does; nothing is fitted).
 
+Only the development sets themselves are tabled; the held-out sets of scripts/quality_pseudo.py
+print their own comparison.
+
 usage: python scripts/quality_table.py [--work .cache/quality]
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskcls.bench.quality import budget_config
+from maskcls.bench.quality import DEV_SETS, budget_config
 from maskcls.config_io import flatten
 from maskcls.engine.metrics import confusion, macro_f1
 from maskcls.engine.rundir import read_run_info
@@ -55,6 +58,8 @@ def main() -> None:
     rows: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     for f in sorted(Path(a.work, "results").glob("*.json")):
         r = json.loads(f.read_text())
+        if r["set"] not in DEV_SETS:
+            continue
         summary = Path(r["run_dir"]) / "summary.json"
         decision = json.loads(summary.read_text()).get("decision") if summary.is_file() else None
         rows[(r["set"], variant_of(r["config"], base))][r["seed"]] = {**r, "decision": decision}
