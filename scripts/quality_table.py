@@ -1,12 +1,15 @@
 """Every result `maskcls bench quality` has cached, as docs/quality.md's recipe table.
 
-Reads WORK/results/*.json (one per set × seed × resolved config), groups them by how their
-config differs from today's defaults at the fixed budget, and prints per set and variant:
-seeds, best-epoch validation macro F1 (mean ± half-range), its delta to the defaults (same
-seeds), seconds per epoch, and the decision tuning's cross-fitted gain from each run's
-summary.json (offsets fitted on 4/5 of the validation fold's rows, scored on the fifth), and
-the macro F1 of the seeds' ensemble (their best-epoch validation probabilities averaged with
-equal weights, what ``maskcls predict RUN1 RUN2`` does; nothing is fitted).
+Reads WORK/results/*.json (one per set × seed × resolved config) and groups them by how their
+config differs from today's defaults at the fixed budget. Each variant is compared with its
+nearest measured base: the row whose settings are the largest subset of its own (the defaults
+when none is). A technique tried when the defaults were another backbone is thus compared
+with that backbone, not with today's. Per set, base by base, it prints each variant's seeds,
+best-epoch validation macro F1 (mean ± half-range), its delta to the base (the seeds both
+have), seconds per epoch, the decision tuning's cross-fitted gain from each run's summary.json
+(offsets fitted on 4/5 of the validation fold's rows, scored on the fifth), and the macro F1 of
+the first two seeds' ensemble (their best-epoch validation probabilities averaged with equal
+weights, what ``maskcls predict RUN1 RUN2`` does; nothing is fitted).
 
 Only the development sets themselves are tabled; the held-out sets of scripts/quality_pseudo.py
 print their own comparison.
@@ -50,6 +53,33 @@ def seed_ensemble_f1(run_dirs: list[str]) -> float | None:
     return macro_f1(confusion(common["label"].to_numpy(), probs.argmax(1), k))
 
 
+def base_of(variant: str, variants: set[str]) -> str | None:
+    """The measured variant whose settings are the largest proper subset of ``variant``'s."""
+    if variant == "defaults":
+        return None
+    words = set(variant.split())
+    subsets = [v for v in variants if v != variant and (v == "defaults" or set(v.split()) < words)]
+    return max(subsets, key=lambda v: (0 if v == "defaults" else len(v.split()), v), default=None)
+
+
+def row(label: str, by_seed: dict[int, dict], ref: dict[int, dict]) -> str:
+    seeds = sorted(by_seed)
+    f1 = np.array([by_seed[x]["best_f1"] for x in seeds])
+    common = [x for x in seeds if x in ref]
+    if common:
+        d = np.array([by_seed[x]["best_f1"] - ref[x]["best_f1"] for x in common])
+        delta = f"{d.mean():+.4f} ({', '.join(f'{v:+.4f}' for v in d)})"
+    else:
+        delta = "-"
+    sec = np.mean([np.mean(by_seed[x]["seconds"]) for x in seeds])
+    gains = [by_seed[x]["decision"]["gain"] for x in seeds if by_seed[x]["decision"]]
+    gain = f"{np.mean(gains):+.4f}" if gains else "-"
+    spread = (f1.max() - f1.min()) / 2
+    ens = seed_ensemble_f1([by_seed[x]["run_dir"] for x in seeds[:2]])
+    return (f"{label:<44}{','.join(map(str, seeds)):>12}{f1.mean():>10.4f} ± {spread:.4f}"
+            f"{delta:>38}{sec:>9.1f}{gain:>13}{f'{ens:.4f}' if ens is not None else '-':>10}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=".cache/quality")
@@ -63,28 +93,22 @@ def main() -> None:
         summary = Path(r["run_dir"]) / "summary.json"
         decision = json.loads(summary.read_text()).get("decision") if summary.is_file() else None
         rows[(r["set"], variant_of(r["config"], base))][r["seed"]] = {**r, "decision": decision}
+    header = (f"{'variant':<44}{'seeds':>12}{'F1':>18}{'delta':>38}{'s/epoch':>9}{'tuning gain':>13}"
+              f"{'ensemble':>10}")
     for name in sorted({s for s, _ in rows}):
-        ref = rows.get((name, "defaults"), {})
+        variants = {v for s, v in rows if s == name}
+        children: dict[str | None, list[str]] = defaultdict(list)
+        for v in variants:
+            children[base_of(v, variants)].append(v)
         print(f"\n{name}: best-epoch validation macro F1, fold 0, 128 px, 3 epochs")
-        print(f"{'variant':<44}{'seeds':>10}{'F1':>18}{'delta':>30}{'s/epoch':>9}{'tuning gain':>13}{'ensemble':>10}")
-        for (s, variant), by_seed in sorted(rows.items(), key=lambda kv: (kv[0][1] != "defaults", kv[0][1])):
-            if s != name:
-                continue
-            seeds = sorted(by_seed)
-            f1 = np.array([by_seed[x]["best_f1"] for x in seeds])
-            common = [x for x in seeds if x in ref]
-            if variant != "defaults" and common:
-                d = np.array([by_seed[x]["best_f1"] - ref[x]["best_f1"] for x in common])
-                delta = f"{d.mean():+.4f} ({', '.join(f'{v:+.4f}' for v in d)})"
-            else:
-                delta = "-"
-            sec = np.mean([np.mean(by_seed[x]["seconds"]) for x in seeds])
-            gains = [by_seed[x]["decision"]["gain"] for x in seeds if by_seed[x]["decision"]]
-            gain = f"{np.mean(gains):+.4f}" if gains else "-"
-            spread = (f1.max() - f1.min()) / 2
-            ens = seed_ensemble_f1([by_seed[x]["run_dir"] for x in seeds])
-            print(f"{variant:<44}{','.join(map(str, seeds)):>10}{f1.mean():>10.4f} ± {spread:.4f}"
-                  f"{delta:>30}{sec:>9.1f}{gain:>13}{f'{ens:.4f}' if ens is not None else '-':>10}")
+        for parent in sorted(children, key=lambda v: (v is not None, v != "defaults", v or "")):
+            print(f"  {'the defaults' if parent is None else 'against ' + parent}")
+            print(header)
+            ref = rows.get((name, parent), {}) if parent is not None else {}
+            for v in sorted(children[parent]):
+                label = v if parent in (None, "defaults") else " ".join(w for w in v.split()
+                                                                        if w not in parent.split())
+                print(row(label, rows[(name, v)], ref))
 
 
 if __name__ == "__main__":
