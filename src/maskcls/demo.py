@@ -1,7 +1,7 @@
 """``maskcls demo`` / ``make demo``: the whole job on a synthetic dataset in a few minutes.
 
-synth → prepare → stats → train (one fold, offline-pretrained tf_efficientnet_lite0, small
-input) → predict (submission for the synthetic eval part) → report, then a short summary.
+synth → prepare → stats → train (one fold, the default backbone with its offline ImageNet
+weights, small input) → predict (submission for the synthetic eval part) → report, then a short summary.
 Because the synthetic eval part has known answers (eval/truth.csv), the summary also scores
 the submission — a check no real competition gives you.
 """

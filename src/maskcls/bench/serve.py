@@ -139,8 +139,9 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def quick_run(workdir: Path, *, model: str = "tf_efficientnet_lite0", image_size: int = 128) -> Path:
-    """A small real run to serve: synthetic photos, fold 0, one short epoch (the weights do not matter here)."""
+def quick_run(workdir: Path, *, model: str | None = None, image_size: int = 128) -> Path:
+    """A small real run to serve: synthetic photos, fold 0, one short epoch (the weights do not matter here);
+    ``model`` defaults to the default backbone."""
     from ..config import Config
     from ..engine.run import run_training
     from ..prep.prepare import prepare
@@ -149,7 +150,7 @@ def quick_run(workdir: Path, *, model: str = "tf_efficientnet_lite0", image_size
     synthesize(workdir / "data", people=12, eval_people=3, seed=0, workers=1)
     prepare(workdir / "data", workdir / "prepared", folds=3, seed=0)
     cfg = Config()
-    cfg = replace(cfg, model=replace(cfg.model, name=model, pretrained="package"),
+    cfg = replace(cfg, model=replace(cfg.model, name=model or cfg.model.name, pretrained="package"),
                   data=replace(cfg.data, image_size=image_size, num_workers=0),
                   train=replace(cfg.train, epochs=1, max_train_batches=2, batch_size=8),
                   run=replace(cfg.run, report=False, tensorboard=False))
@@ -167,7 +168,7 @@ def _table(mode: str, rows: list[dict], rss: tuple[float, float], batch: float) 
 
 def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurrency: tuple[int, ...] = (1, 8, 32),
                 backend: str = "onnx", warmup: int = 200, workdir: Path | None = None) -> dict:
-    """Serve ``run`` (default: a quick tf_efficientnet_lite0 run at 128 px) in both modes and measure.
+    """Serve ``run`` (default: a quick run of the default backbone at 128 px) in both modes and measure.
 
     Args:
         run: a run directory; None trains a small one in a temporary folder first.

@@ -24,9 +24,9 @@ examples:
   maskcls stats prepared                         # exact mean / pooled std
   maskcls faces prepared                         # optional MTCNN face crops
   maskcls train prepared --folds 0 --set train.epochs=3 --set data.image_size=128
-  maskcls predict runs/tf_efficientnet_lite0-1 --tta hflip
-  maskcls report runs/tf_efficientnet_lite0-1
-  maskcls audit runs/tf_efficientnet_lite0-1     # likely label errors + fixes.csv (after --folds all)
+  maskcls predict runs/mobilenetv2_100-1 --tta hflip
+  maskcls report runs/mobilenetv2_100-1
+  maskcls audit runs/mobilenetv2_100-1     # likely label errors + fixes.csv (after --folds all)
   maskcls demo                                   # all of the above, small, in minutes
   maskcls --log-every 50 train prepared > train.log 2>&1   # plain progress lines, every 50 batches
 

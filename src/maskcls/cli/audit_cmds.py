@@ -10,9 +10,9 @@ from .common import int_range, sub
 def register(subs) -> None:
     s = sub(subs, "audit", "rank likely label errors (persons' gender/age, swapped mask photos, single images) "
             "from a k-fold run's out-of-fold predictions",
-            "maskcls audit runs/tf_efficientnet_lite0-1            # RUN/audit/: audit.csv, fixes.csv, audit.html\n"
-            "maskcls audit runs/tf_efficientnet_lite0-1 --top 300 --out audit-300\n"
-            "maskcls audit runs/tf_efficientnet_lite0-1 --partial  # some folds not trained yet")
+            "maskcls audit runs/mobilenetv2_100-1            # RUN/audit/: audit.csv, fixes.csv, audit.html\n"
+            "maskcls audit runs/mobilenetv2_100-1 --top 300 --out audit-300\n"
+            "maskcls audit runs/mobilenetv2_100-1 --partial  # some folds not trained yet")
     s.add_argument("run_dir", metavar="RUN",
                    help="run directory trained on every fold (maskcls train PREPARED --folds all)")
     s.add_argument("--top", type=int_range(1), default=100,

@@ -10,11 +10,12 @@ from .common import float_range, int_range, sub
 
 def register(subs) -> None:
     s = sub(subs, "predict", "predict a submission (eval/info.csv) or label images",
-             "maskcls predict runs/lite0-1                       # submission.csv in the run dir\n"
-             "maskcls predict runs/lite0-1 --folds all --tta hflip --out sub.csv\n"
-             "maskcls predict runs/lite0-1 photo.jpg photos/     # one line per image\n"
-             "maskcls predict runs/lite0-1 photos/ --json\n"
-             "maskcls predict runs/lite0-1 runs/lite2-1 --tta hflip --out sub.csv   # an ensemble of runs")
+             "maskcls predict runs/mobilenetv2_100-1                       # submission.csv in the run dir\n"
+             "maskcls predict runs/mobilenetv2_100-1 --folds all --tta hflip --out sub.csv\n"
+             "maskcls predict runs/mobilenetv2_100-1 photo.jpg photos/     # one line per image\n"
+             "maskcls predict runs/mobilenetv2_100-1 photos/ --json\n"
+             "maskcls predict runs/mobilenetv2_100-1 runs/tf_efficientnet_lite2-1 --tta hflip \\\n"
+             "    --out sub.csv                                            # an ensemble of runs")
     s.add_argument("run_dir", metavar="RUN", help="a run directory; several runs (each with run.json) make an ensemble")
     s.add_argument("images", nargs="*", help="more runs, or image files or folders (omit to predict the eval set)")
     s.add_argument("--data", help="prepared directory, or a competition folder with eval/info.csv / a CSV of images "
@@ -34,7 +35,7 @@ def register(subs) -> None:
     s.set_defaults(handler=cmd_predict)
 
     s = sub(subs, "pseudo", "pseudo-label confident eval images into a new prepared directory",
-            "maskcls pseudo runs/lite0-1 --min-prob 0.9 --out prepared-pseudo\n"
+            "maskcls pseudo runs/mobilenetv2_100-1 --min-prob 0.9 --out prepared-pseudo\n"
             "maskcls train prepared-pseudo --folds all      # eval images with p >= 0.9 train in every fold")
     s.add_argument("run_dir", metavar="RUN")
     s.add_argument("--out", required=True, help="new prepared directory")
@@ -45,12 +46,13 @@ def register(subs) -> None:
     s.set_defaults(handler=cmd_pseudo)
 
     s = sub(subs, "report", "write RUN/report.html (curves, confusion matrices, per-class table, gallery)",
-             "maskcls report runs/lite0-1")
+             "maskcls report runs/mobilenetv2_100-1")
     s.add_argument("run_dir", metavar="RUN")
     s.set_defaults(handler=cmd_report)
 
     s = sub(subs, "export", "export a deployable ONNX / TorchScript model",
-             "maskcls export runs/lite0-1 --format onnx\nmaskcls export runs/lite0-1 --format torchscript --folds 0")
+             "maskcls export runs/mobilenetv2_100-1 --format onnx\n"
+             "maskcls export runs/mobilenetv2_100-1 --format torchscript --folds 0")
     s.add_argument("run_dir", metavar="RUN")
     s.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     s.add_argument("--folds", default="all", help="'all' (ensemble), 'best', or one fold")

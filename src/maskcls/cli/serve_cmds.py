@@ -9,9 +9,9 @@ from .common import float_range, int_range, sub
 
 def register(subs) -> None:
     s = sub(subs, "serve", "serve a trained run: JSON API (POST /v1/predict) and a web page, micro-batched",
-            "maskcls serve runs/lite0-1                     # http://127.0.0.1:8000/\n"
-            "maskcls serve runs/lite0-1 --folds all --port 9000\n"
-            "MASKCLS_SERVE_TOKEN=$(openssl rand -hex 16) maskcls serve runs/lite0-1 --host 0.0.0.0\n"
+            "maskcls serve runs/mobilenetv2_100-1                     # http://127.0.0.1:8000/\n"
+            "maskcls serve runs/mobilenetv2_100-1 --folds all --port 9000\n"
+            "MASKCLS_SERVE_TOKEN=$(openssl rand -hex 16) maskcls serve runs/mobilenetv2_100-1 --host 0.0.0.0\n"
             "curl -F file=@photo.jpg http://127.0.0.1:8000/v1/predict")
     s.add_argument("run_dir", metavar="RUN", help="run directory (runs/<name>-<n>)")
     s.add_argument("--host", default="127.0.0.1",

@@ -11,7 +11,7 @@ def register(subs) -> None:
              "maskcls bench workers                                # training epochs, 1 loader worker vs 2\n"
              "maskcls bench quality --seeds 2                      # real dev sets, fixed budget\n"
              "maskcls bench quality --set data.sampler=balanced    # a variant against the defaults\n"
-             "maskcls bench serve --run runs/lite0-1 --requests 2000")
+             "maskcls bench serve --run runs/mobilenetv2_100-1 --requests 2000")
     s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "workers", "quality", "serve"])
     s.add_argument("--images", type=int_range(1), default=None)
     s.add_argument("--workers", type=int_range(0), default=2)
@@ -24,7 +24,7 @@ def register(subs) -> None:
     add_config_args(q)
     v = s.add_argument_group("serve")
     v.add_argument("--run", dest="run_dir", default=None,
-                   help="the run to serve (default: train a small tf_efficientnet_lite0 run at 128 px first)")
+                   help="the run to serve (default: train a small run of the default backbone at 128 px first)")
     v.add_argument("--requests", type=int_range(1), default=2000, help="requests per mode and concurrency")
     v.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="the server's backend")
     s.set_defaults(handler=cmd_bench)

