@@ -13,7 +13,7 @@ import torch
 from helpers import TINY_SETS, tiny, train
 from maskcls.cli import main
 from maskcls.engine.decision import apply_offsets, read_offsets
-from maskcls.errors import CheckpointError, DataError
+from maskcls.errors import CheckpointError, ConfigError, DataError
 from maskcls.predict import predict_images, predict_submission
 
 
@@ -99,6 +99,34 @@ def test_export_round_trip(run2, tmp_path, fmt):
         ref = build_ensemble(load_folds(run2, "all"))(x).numpy()
     got = run_exported(out, x.numpy())
     assert got.shape == (3, 18) and np.abs(got - ref).max() < 1e-4
+
+
+def test_export_out_paths(tmp_path, capsys):
+    """--out: a folder gets model.<ext>, a bare name gets the format's suffix, the other format's suffix is
+    refused before anything is loaded (the run need not exist for that)."""
+    from maskcls.export import export_path
+    run = tmp_path / "run"
+    assert export_path(run, "onnx", None) == run / "export" / "model.onnx"
+    assert export_path(run, "torchscript", None) == run / "export" / "model.ts"
+    (tmp_path / "models").mkdir()
+    assert export_path(run, "onnx", tmp_path / "models") == tmp_path / "models" / "model.onnx"
+    assert export_path(run, "onnx", tmp_path / "mask-v2") == tmp_path / "mask-v2.onnx"
+    assert export_path(run, "torchscript", tmp_path / "m.pt") == tmp_path / "m.pt"
+    with pytest.raises(ConfigError, match=r"ends in \.onnx, not \.pt.*--out .*m\.onnx, or --format torchscript"):
+        export_path(run, "onnx", tmp_path / "m.pt")
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "ends in .ts or .pt or .torchscript, not .onnx" in err and "--format onnx" in err
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_export_to_a_bare_name_is_verified(run2, tmp_path):
+    """An ONNX export to --out without a suffix was verified as TorchScript and failed; now it gets .onnx."""
+    from maskcls.export import export_run
+    out = export_run(run2, fmt="onnx", folds="0", out=tmp_path / "bare")
+    assert out == tmp_path / "bare.onnx" and out.is_file() and not (tmp_path / "bare").exists()
+    assert json.loads(out.with_suffix(".json").read_text())["check"]["max_abs_diff_vs_pytorch"] < 1e-4
 
 
 @pytest.mark.slow

@@ -44,14 +44,37 @@ def _example(size: int, n: int = 2) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
 
 
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".ts", ".pt", ".torchscript")}
+
+
+def export_path(run: str | Path, fmt: str, out: str | Path | None) -> Path:
+    """Where ``--out`` puts the model: RUN/export/model.<ext> by default, ``out``/model.<ext> for a folder,
+    ``out`` + the format's suffix when it has none; a suffix of the other format is refused."""
+    default = f"model{SUFFIXES[fmt][0]}"
+    if out is None:
+        return Path(run) / "export" / default
+    out = Path(out)
+    if out.is_dir():
+        return out / default
+    if not out.suffix:
+        return out.with_name(out.name + SUFFIXES[fmt][0])
+    suffix = out.suffix.lower()
+    if suffix not in SUFFIXES[fmt]:
+        other = [f for f, s in SUFFIXES.items() if suffix in s]
+        raise ConfigError(f"--out {out}: a {fmt} model file ends in {' or '.join(SUFFIXES[fmt])}, not {out.suffix}; "
+                          f"use --out {out.with_suffix(SUFFIXES[fmt][0])}"
+                          + (f", or --format {other[0]}" if other else ""))
+    return out
+
+
 def export_run(run: str | Path, *, fmt: str = "onnx", folds: str = "all", out: str | Path | None = None) -> Path:
     """Export and verify; returns the model path (its JSON sits beside it)."""
     if fmt not in ("onnx", "torchscript"):
         raise ConfigError(f"--format {fmt!r}: choose onnx or torchscript")
+    out = export_path(run, fmt, out)
     loaded = load_folds(run, folds)
     pp = loaded[0].preprocessing
     model = build_ensemble(loaded)
-    out = Path(out) if out else Path(run) / "export" / f"model.{'onnx' if fmt == 'onnx' else 'ts'}"
     out.parent.mkdir(parents=True, exist_ok=True)
     x = _example(pp.image_size)
     with torch.no_grad():
@@ -63,7 +86,7 @@ def export_run(run: str | Path, *, fmt: str = "onnx", folds: str = "all", out: s
                               dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}}, opset_version=17)
         else:
             torch.jit.save(torch.jit.trace(model, (x,)), str(tmp))
-    got = run_exported(out, x.numpy())
+    got = run_exported(out, x.numpy(), fmt=fmt)
     err = float(np.abs(got - expected).max())
     meta = loaded[0].meta
     spec = {"format": fmt, "model": meta["model_name"], "folds": [f.fold for f in loaded], "heads": meta["heads"],
@@ -82,10 +105,11 @@ def export_run(run: str | Path, *, fmt: str = "onnx", folds: str = "all", out: s
     return out
 
 
-def run_exported(path: str | Path, images: np.ndarray) -> np.ndarray:
-    """Run an exported model on uint8 N×3×S×S images (onnxruntime or TorchScript)."""
+def run_exported(path: str | Path, images: np.ndarray, fmt: str | None = None) -> np.ndarray:
+    """Run an exported model on uint8 N×3×S×S images (onnxruntime or TorchScript; ``fmt`` default: by
+    the file's suffix)."""
     path = Path(path)
-    if path.suffix == ".onnx":
+    if (fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")) == "onnx":
         import onnxruntime as ort
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return sess.run(None, {"image": images})[0]
