@@ -166,6 +166,24 @@ def _table(mode: str, rows: list[dict], rss: tuple[float, float], batch: float) 
     return lines
 
 
+def model_scaling(run: Path, backend: str, batch: int, seconds: float = 2.0) -> dict[int, float]:
+    """Milliseconds per image of the served model alone (the server's own predictor and settings, no HTTP,
+    no decoding) at batch 1 and ``batch``: what micro-batching can save at most."""
+    from ..serve.model import check_batch, load_model
+    served = load_model(run, folds="best", backend=backend)
+    out = {}
+    for b in (1, batch):
+        x = check_batch(served.preprocessing.image_size, n=b)
+        for _ in range(3):
+            served.predict(x)
+        n, t0 = 0, time.perf_counter()
+        while n < 5 or time.perf_counter() - t0 < seconds:
+            served.predict(x)
+            n += 1
+        out[b] = 1000 * (time.perf_counter() - t0) / (n * b)
+    return out
+
+
 def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurrency: tuple[int, ...] = (1, 8, 32),
                 backend: str = "onnx", warmup: int = 200, workdir: Path | None = None) -> dict:
     """Serve ``run`` (default: a quick run of the default backbone at 128 px) in both modes and measure.
@@ -178,7 +196,8 @@ def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurre
         warmup: requests at concurrency 8 before the start memory is read.
         workdir: parent of the temporary folder.
 
-    Returns ``{"modes": {mode: {"rows", "rss_mb"}}, "speedup", "text"}``; ``text`` ends with
+    Returns ``{"modes": {mode: {"rows", "rss_mb", "mean_batch"}}, "speedup", "model_ms_per_image", "text"}``
+    (``model_ms_per_image``: the model alone at batch 1 and at the micro-batch size); ``text`` ends with
     ``serve speedup vs one-at-a-time: X.XX`` (throughput ratio at concurrency 8).
     """
     if run is not None:
@@ -210,6 +229,12 @@ def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurre
             batch = stats.get("images", 0) / max(1, stats.get("batches", 1))
             results[mode] = {"rows": rows, "rss_mb": (start, end), "mean_batch": batch}
             lines += _table(mode, rows, (start, end), batch)
+        # after the servers, so nothing runs beside it
+        max_batch = MODES["micro-batched"][0]
+        scaling = model_scaling(run, backend, max_batch)
+        lines.append(f"model alone ({meta.get('backend', {}).get('name')}, the server's settings): "
+                     f"{scaling[1]:.2f} ms per image at batch 1, {scaling[max_batch]:.2f} at batch {max_batch}; "
+                     f"batching the model alone gains at most {scaling[1] / scaling[max_batch]:.2f}x")
     by_c = {m: {r["concurrency"]: r for r in v["rows"]} for m, v in results.items()}
     c8 = 8 if 8 in concurrency else concurrency[len(concurrency) // 2]
     speedup = by_c["micro-batched"][c8]["req_s"] / by_c["one-at-a-time"][c8]["req_s"]
@@ -218,4 +243,4 @@ def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurre
             f"{meta.get('backend', {}).get('name')} backend; {requests} requests per concurrency, one 384x512 JPEG "
             f"each; {os.cpu_count()} CPUs")
     text = "\n".join([head, *lines, f"serve speedup vs one-at-a-time: {speedup:.2f}"])
-    return {"modes": results, "speedup": speedup, "text": text}
+    return {"modes": results, "speedup": speedup, "model_ms_per_image": scaling, "text": text}
