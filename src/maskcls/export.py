@@ -109,7 +109,8 @@ def run_exported(path: str | Path, images: np.ndarray, fmt: str | None = None) -
     """Run an exported model on uint8 N×3×S×S images (onnxruntime or TorchScript; ``fmt`` default: by
     the file's suffix)."""
     path = Path(path)
-    if (fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")) == "onnx":
+    fmt = fmt or ("onnx" if path.suffix.lower() in SUFFIXES["onnx"] else "torchscript")
+    if fmt == "onnx":
         import onnxruntime as ort
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return sess.run(None, {"image": images})[0]

@@ -87,7 +87,7 @@ def _check_weights(name: str, pretrained: str) -> None:
     checked when the model is built)."""
     if pretrained == "package":
         check_package_weights(name)
-    elif pretrained not in ("package", "hub", "none") and not Path(pretrained).is_file():
+    elif pretrained not in ("hub", "none") and not Path(pretrained).is_file():
         raise FileNotFoundError(f"model.pretrained={pretrained}: file not found; give a local .pth/.pt state dict, "
                                 "or use 'package', 'hub' or 'none'")
 

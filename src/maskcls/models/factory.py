@@ -10,14 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, did_you_mean
-from .weights import (
-    PACKAGE_WEIGHTS,
-    check_package_weights,
-    hub_reachable,
-    load_file_state,
-    load_package_state,
-    package_weights_available,
-)
+from .weights import PACKAGE_WEIGHTS, hub_reachable, load_file_state, load_package_state, package_weights_available
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +121,6 @@ def build_model(name: str, *, num_outputs: int, pretrained: str = "package", dro
         image_size: input side; fixed-size architectures (ViTs) are built for it, or refused.
     """
     info = pretrained_info(name)
-    if pretrained == "package":
-        check_package_weights(name)
     backbone, source = _create(name, pretrained, num_outputs, drop_rate, **size_kwargs(info, name, image_size))
     info.weights = source
     model = MaskClsNet(backbone, mean or info.mean, std or info.std)

