@@ -75,3 +75,69 @@ def test_readme_config_table_is_current():
     from pathlib import Path
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert config_table() in readme, "README's configuration table is stale: paste `maskcls config --table`"
+
+
+# YAML 1.1 (PyYAML's default) reads these words as booleans; config values keep them as written.
+YAML11_BOOL_WORDS = ["no", "No", "NO", "off", "Off", "yes", "Yes", "on", "ON"]
+
+
+def _string_choice_keys() -> list[tuple[str, str]]:
+    """(key, choice) for every string-valued key whose choices include a word YAML 1.1 would mangle."""
+    import dataclasses
+    import typing
+    out = []
+    sections = typing.get_type_hints(Config)
+    for sec in dataclasses.fields(Config):
+        hints = typing.get_type_hints(sections[sec.name])
+        for f in dataclasses.fields(sections[sec.name]):
+            tp = hints[f.name]
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            literal = tp if typing.get_origin(tp) is typing.Literal else next(
+                (a for a in args if typing.get_origin(a) is typing.Literal), None)
+            for choice in typing.get_args(literal) if literal is not None else ():
+                if isinstance(choice, str) and choice in YAML11_BOOL_WORDS:
+                    out.append((f"{sec.name}.{f.name}", choice))
+    return out
+
+
+def test_string_choice_keys_include_mixed_precision_no():
+    assert ("train.mixed_precision", "no") in _string_choice_keys()
+
+
+@pytest.mark.parametrize("key,choice", _string_choice_keys())
+def test_yaml_boolean_words_reach_string_keys_as_written(key, choice, tmp_path):
+    sec, name = key.split(".")
+    assert getattr(getattr(load_config(None, [f"{key}={choice}"]), sec), name) == choice  # --set k=no
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"{sec}:\n  {name}: {choice}\n")  # the same, unquoted, in a config file
+    assert getattr(getattr(load_config(cfg_file), sec), name) == choice
+
+
+@pytest.mark.parametrize("word", YAML11_BOOL_WORDS)
+def test_free_string_key_keeps_a_boolean_word(word):
+    assert load_config(None, [f"run.name={word}"]).run.name == word
+
+
+@pytest.mark.parametrize("word,value", [("true", True), ("yes", True), ("on", True), ("Yes", True),
+                                        ("false", False), ("no", False), ("off", False), ("OFF", False)])
+def test_boolean_keys_still_take_yes_no_on_off(word, value, tmp_path):
+    assert load_config(None, [f"train.ema={word}"]).train.ema is value
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"train:\n  ema: {word}\n")
+    assert load_config(cfg_file).train.ema is value
+
+
+def test_boolean_key_refuses_other_words():
+    with pytest.raises(ConfigError, match="train.ema: expected true or false"):
+        load_config(None, ["train.ema=maybe"])
+
+
+def test_dotted_key_at_the_top_of_a_config_file_says_to_nest_it(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train.epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: top-level key 'train.epochs': nest it under its section, "
+                                          r"as 'train: \{epochs: 3\}', or give it as --set train.epochs=3"):
+        load_config(cfg_file)
+    cfg_file.write_text("train: 3\n")
+    with pytest.raises(ConfigError, match=r"'train' must be a section holding keys"):
+        load_config(cfg_file)

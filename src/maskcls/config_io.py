@@ -8,6 +8,7 @@ built in code with ``dataclasses.replace`` (:func:`validate` re-checks every fie
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,30 @@ import yaml
 
 from .config import Config
 from .errors import ConfigError, did_you_mean
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+# What a boolean key also accepts when written as a word (YAML 1.1's spellings, any case).
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only ``true`` and ``false``.
+
+    PyYAML follows YAML 1.1, which also reads ``yes``/``no``/``on``/``off`` as booleans, so that
+    ``train.mixed_precision: no`` arrived as ``False`` and was refused. Here such words stay
+    strings; a boolean key still takes them (:func:`_coerce`), a string key gets the word.
+    """
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_yaml(text: str):
+    """``text`` parsed as config YAML (:class:`ConfigLoader`); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=ConfigLoader)
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -41,6 +66,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected a list like {example}, got {value!r}")
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if tp is bool:
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
@@ -108,9 +135,15 @@ def all_keys() -> list[str]:
 def apply_dict(cfg: Config, data: dict, source: str = "config") -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections (data:, model:, train: …)")
+    sections = list(_sections(cfg))
     for sec, values in data.items():
         if not isinstance(values, dict):
-            set_value(cfg, str(sec), values)  # raises with a clear message
+            if "." in str(sec):
+                head, key = str(sec).split(".", 1)
+                raise ConfigError(f"{source}: top-level key {sec!r}: nest it under its section, as "
+                                  f"'{head}: {{{key}: {values}}}', or give it as --set {sec}={values}")
+            raise ConfigError(f"{source}: {sec!r} must be a section holding keys (one of {', '.join(sections)}), "
+                              f"not a single value{did_you_mean(str(sec), sections)}")
         for k, v in values.items():
             try:
                 set_value(cfg, f"{sec}.{k}", v)
@@ -124,7 +157,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. train.epochs=3")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        value = load_yaml(raw) if raw.strip() != "" else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: cannot parse value ({e.problem})") from None
     return key.strip(), value
@@ -139,7 +172,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise FileNotFoundError(f"config file {p} not found; pass an existing YAML file to -c "
                                     "(configs/default.yaml is a template)")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({e})") from None
         apply_dict(cfg, data, source=str(p))
@@ -161,7 +194,7 @@ def read_config(path: str | Path) -> Config:
     """The Config in a YAML file written by maskcls (a run's config.yaml); errors name the file."""
     p = Path(path)
     try:
-        return config_from_dict(yaml.safe_load(p.read_text()) or {})
+        return config_from_dict(load_yaml(p.read_text()) or {})
     except FileNotFoundError:
         raise FileNotFoundError(f"{p} not found; is {p.parent} a run directory written by `maskcls train`?") from None
     except yaml.YAMLError as e:
