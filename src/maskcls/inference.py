@@ -6,22 +6,34 @@ checkpoint's meta (architecture, heads, preprocessing, task), never from a guess
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from .config import Config
 from .config_io import config_from_dict
-from .engine.accel import cpu_has_native_bf16
 from .engine.checkpoint import load_checkpoint
 from .engine.fold_data import Preprocessing
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, did_you_mean
 from .labels import Task
 from .models.factory import MaskClsNet, build_model
 from .models.heads import probabilities
 from .progress import track
+
+Tta = Literal["none", "hflip"]
+TTA_CHOICES: tuple[str, ...] = typing.get_args(Tta)
+
+
+def check_tta(tta: str) -> str:
+    """``tta`` if it is one of :data:`TTA_CHOICES`; else a ConfigError listing them (never a silent 'none')."""
+    if tta not in TTA_CHOICES:
+        raise ConfigError(f"tta={tta!r} is not a valid choice; choose one of {', '.join(TTA_CHOICES)}"
+                          f"{did_you_mean(str(tta), TTA_CHOICES)}")
+    return tta
 
 
 @dataclass
@@ -109,13 +121,19 @@ def device_for_inference() -> torch.device:
 
 
 @torch.no_grad()
-def ensemble_probs(folds: list[LoadedFold], loader, *, tta: str = "none", device: torch.device | None = None,
+def ensemble_probs(folds: list[LoadedFold], loader, *, tta: Tta = "none", device: torch.device | None = None,
                    bf16: bool | None = None, progress: bool = True) -> np.ndarray:
-    """Average class probabilities of ``folds`` (and of the flipped view with tta='hflip') over ``loader``."""
+    """Average class probabilities of ``folds`` (and of the flipped view with tta='hflip') over ``loader``.
+
+    Precision: on a CPU always fp32, whatever the run was trained in and whatever the CPU, so that
+    ``predict``, the exported model (fp32) and ``serve`` agree on every machine; bf16 autocast only
+    on a CUDA GPU that supports it (``bf16=False`` turns it off there too).
+    """
+    check_tta(tta)
     device = device or device_for_inference()
     if bf16 is None:
-        bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()
-                or device.type == "cpu" and cpu_has_native_bf16())
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = bf16 and device.type == "cuda"
     models = [f.model.to(device).to(memory_format=torch.channels_last).eval() for f in folds]
     task, heads = folds[0].task, folds[0].heads
     out = []

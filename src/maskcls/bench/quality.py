@@ -71,8 +71,11 @@ class SeedResult:
 
 
 def _key(cfg: Config, name: str, prep) -> str:
-    """What a result depends on: every config section but ``run`` (names, folders, trackers), the set, the split."""
+    """What a result depends on: every config section but ``run`` (names, folders, trackers), the set, the split,
+    and the precision that actually trains (``auto`` is bf16 on one CPU and fp32 on another)."""
+    from ..engine.accel import resolve_precision
     settings = {k: v for k, v in cfg.to_dict().items() if k != "run"}
+    settings["train"] = {**settings["train"], "mixed_precision": resolve_precision(cfg.train.mixed_precision)}
     blob = json.dumps({"config": settings, "set": name, "manifest": prep.meta.get("manifest_sha1"),
                        "fold": FOLD}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]

@@ -12,10 +12,23 @@ from accelerate import Accelerator
 from ..config import TrainConfig
 from ..errors import ConfigError
 
+CPU_BF16_ENV = "MASKCLS_CPU_BF16"
+
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: there bf16 autocast speeds CPU training up; on AVX2-only CPUs it is
-    emulated and measured ~8x slower than fp32 (docs/benchmarks.md)."""
+    emulated and measured ~8x slower than fp32 (docs/benchmarks.md).
+
+    ``MASKCLS_CPU_BF16=1`` (or ``0``) overrides the detection, so that any machine can take
+    either path of ``train.mixed_precision=auto``: bf16 autocast runs on every x86 CPU, only
+    slower where it is emulated. The test suite runs both ways on one machine with it.
+    """
+    forced = os.environ.get(CPU_BF16_ENV)
+    if forced is not None and forced.strip() != "":
+        if forced.strip() not in ("0", "1"):
+            raise ConfigError(f"environment variable {CPU_BF16_ENV}={forced!r}: use 1 (bf16 autocast on this CPU), "
+                              "0 (fp32), or unset it to detect AVX512-BF16/AMX")
+        return forced.strip() == "1"
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(c() for c in checks if c is not None)

@@ -267,5 +267,9 @@ def resume_training(run_dir: str | Path, *, prepared: str | Path | None = None,
     run = Path(run_dir)
     info = read_run_info(run)
     cfg = read_run_config(run)
+    if cfg.train.mixed_precision == "auto" and info.get("mixed_precision") in ("no", "bf16", "fp16"):
+        # A run written before config.yaml recorded the resolved precision: continue in the precision it
+        # started in, not in what 'auto' means on this machine (bf16 on one CPU, fp32 on another).
+        cfg.train.mixed_precision = info["mixed_precision"]
     prep = load_prepared(prepared or info["prepared"])
     return run_training(cfg, prep, folds=info["folds"], run_dir=run, resume=True, on_summary=on_summary)
