@@ -166,6 +166,7 @@ def test_prepare_names_every_bad_file_and_skip_bad_records_it(synth_root, tmp_pa
         assert str(made[case.name]) not in kept
 
 
+@pytest.mark.slow  # trains (through its run fixture)
 @pytest.mark.timeout(240)   # a hang in a loader or in predict fails here instead of stalling the suite
 def test_handled_corpus_prepares_trains_and_predicts(handled_dataset, handled_run):
     from maskcls.predict import predict_submission
@@ -191,6 +192,7 @@ def test_handled_corpus_prepares_trains_and_predicts(handled_dataset, handled_ru
     assert sub["ans"].astype(int).between(0, 17).all()
 
 
+@pytest.mark.slow  # trains (through its run fixture)
 def test_predict_images_over_the_corpus(handled_run, corpus_dir):
     from maskcls.predict import predict_images
     _, run, _, _ = handled_run
@@ -436,6 +438,7 @@ def test_workflow_leaves_a_read_only_dataset_untouched(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- security
+@pytest.mark.slow  # trains (through its run fixture)
 def test_checkpoints_load_with_weights_only(reference_run):
     for name in ("best.pt", "last.pt"):
         ck = torch.load(reference_run / "fold0" / name, weights_only=True)
@@ -460,6 +463,7 @@ def test_pickled_checkpoint_is_refused(tmp_path):
     assert not marker.exists(), "a pickled object in a checkpoint was executed"
 
 
+@pytest.mark.slow  # trains (through its run fixture)
 def test_yaml_python_tags_are_rejected(tmp_path, reference_run):
     from maskcls.config_io import load_config
     marker = tmp_path / "pwned"
