@@ -27,6 +27,7 @@ import os
 import re
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -58,11 +59,16 @@ class RunTrackers:
         plan: from :func:`.tracker_plan.plan_trackers`.
         run: the run directory (W&B writes RUN/wandb/; the default MLflow store lies beside it).
         enabled: False on ranks other than 0.
+        on_epoch: called with (fold, metrics row) after every epoch, before the trackers log it.
     """
 
-    def __init__(self, plan: TrackerPlan, run: Path, *, enabled: bool = True):
+    def __init__(self, plan: TrackerPlan, run: Path, *, enabled: bool = True,
+                 on_epoch: Callable[[int, dict], None] | None = None):
         self.plan, self.run = plan, Path(run)
         self.enabled = enabled and bool(plan.names)
+        # a caller's own per-epoch hook (maskcls tune reports to Optuna); rank 0 only, and unlike a
+        # tracker it may raise to stop the run (optuna.TrialPruned)
+        self.on_epoch = on_epoch if enabled else None
         self.wandb = self.mlflow = None
         self.fold_tb: dict[int, object] = {}
         self.off: set[str] = set()  # trackers switched off after a failure
@@ -141,6 +147,8 @@ class RunTrackers:
 
     def log_epoch(self, fold: int, row: dict) -> None:
         """One finished epoch: the metrics.csv ``row`` (epoch, train_loss, valid_f1, lr, …)."""
+        if self.on_epoch is not None:
+            self.on_epoch(fold, row)
         if not self.enabled:
             return
         epoch = int(row["epoch"])
