@@ -129,8 +129,10 @@ def _prediction_data(run: Path, data: str | Path | None, fold: LoadedFold) -> tu
     # A CSV given for prediction is the user's own list of images: absolute paths are fine here.
     prepare_for_prediction(source, out, task=fold.task, allow_absolute=True)
     if fold.preprocessing.faces:
+        from .prep.face_crop import FaceSettings
         from .prep.faces import build_face_crops
-        build_face_crops(out, **(fold.meta.get("face_settings") or {}), progress=False)
+        settings = FaceSettings.from_dict(fold.meta.get("face_settings") or {}, source=f"{run}'s face settings")
+        build_face_crops(out, **settings.to_dict(), progress=False)
     return load_prepared(out), True
 
 

@@ -1,6 +1,6 @@
 """The start banner: what a run will actually do, from the values resolved, not the config's defaults.
 
-``batch_size=30`` with the default ``accum_steps=2`` trains with an effective batch of 60, and
+``batch_size=30`` with ``accum_steps=2`` (the default is 1) trains with an effective batch of 60, and
 ``normalize: model`` means some mean and std: the banner says so once per run, before the first
 batch, and the same facts go into ``run.json`` (``resolved``) so that nothing later has to guess::
 
@@ -17,12 +17,13 @@ batch, and the same facts go into ``run.json`` (``resolved``) so that nothing la
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from .. import __version__
-from ..config import DataConfig, ModelConfig, TrainConfig
+from ..config import Config
 from .fold_data import Preprocessing
 
 PRECISION = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}
@@ -36,66 +37,115 @@ def device_label(device: torch.device) -> str:
     return f"{device} ({n} thread{'s' if n != 1 else ''})"
 
 
-def resolved_facts(*, model: ModelConfig, data: DataConfig, train: TrainConfig, pp: Preprocessing,
-                   device: torch.device, precision: str, processes: int, weights: str, num_classes: int,
-                   folds: list[int], num_folds: int, run: Path, trackers: str) -> dict:
-    """What the run does, resolved: recorded in run.json and shown by :func:`banner_lines`.
+@dataclass
+class FoldFacts:
+    """A fold's sizes: images, loader batches and optimizer steps per epoch (of this process)."""
+    train_images: int
+    valid_images: int
+    batches: int
+    optimizer_steps: int
+
+
+@dataclass
+class ResolvedFacts:
+    """What the run does, resolved: recorded in run.json (``resolved``, as :meth:`to_dict`) and shown by
+    :func:`banner_lines`. Build it with :func:`resolved_facts`."""
+    device: str
+    precision: str
+    model: str
+    weights: str
+    heads: str
+    num_classes: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    normalize: str
+    faces: bool
+    cache: bool
+    preset: str
+    batch_per_process: int
+    processes: int
+    accum_steps: int
+    effective_batch: int
+    loader: str
+    workers: int
+    folds: list[int]
+    num_folds: int
+    epochs: int
+    trackers: str
+    run_dir: str
+    steps_per_epoch: dict[str, FoldFacts] = field(default_factory=dict)  # by fold number, as a string
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RuntimeFacts:
+    """What Accelerate and the model factory chose: ``precision`` is Accelerate's ('no', 'bf16', 'fp16'),
+    ``weights`` where the pretrained weights came from (``build_model``'s answer)."""
+    device: torch.device
+    precision: str
+    processes: int
+    weights: str
+
+
+def resolved_facts(cfg: Config, pp: Preprocessing, runtime: RuntimeFacts, *, num_classes: int, folds: list[int],
+                   num_folds: int, run: Path, trackers: str) -> ResolvedFacts:
+    """The resolved facts of a run.
 
     Args:
-        model, data, train: the resolved config sections (config.yaml's values).
+        cfg: the resolved config (config.yaml's values).
         pp: the input size and mean/std the model normalises with.
-        device, precision, processes: what Accelerate chose ('no', 'bf16', 'fp16').
-        weights: where the pretrained weights came from (``build_model``'s answer).
+        runtime: the device, precision, processes and weights chosen.
         num_classes: the task's classes.
         folds, num_folds: the folds this run trains, of how many.
         run: the run directory.
         trackers: the experiment trackers, described (``TrackerPlan.describe``).
     """
-    return {
-        "device": device_label(device), "precision": PRECISION.get(precision, precision),
-        "model": model.name, "weights": weights, "heads": model.heads, "num_classes": num_classes,
-        "image_size": pp.image_size, "mean": pp.mean, "std": pp.std, "normalize": data.normalize,
-        "faces": pp.faces, "cache": data.cache, "preset": pp.preset,
-        "batch_per_process": train.batch_size, "processes": processes, "accum_steps": train.accum_steps,
-        "effective_batch": train.batch_size * processes * train.accum_steps,
-        "loader": data.loader, "workers": data.num_workers, "folds": folds, "num_folds": num_folds,
-        "epochs": train.epochs, "trackers": trackers, "run_dir": str(Path(run).resolve()), "steps_per_epoch": {},
-    }
+    model, data, train = cfg.model, cfg.data, cfg.train
+    return ResolvedFacts(
+        device=device_label(runtime.device), precision=PRECISION.get(runtime.precision, runtime.precision),
+        model=model.name, weights=runtime.weights, heads=model.heads, num_classes=num_classes,
+        image_size=pp.image_size, mean=pp.mean, std=pp.std, normalize=data.normalize, faces=pp.faces,
+        cache=data.cache, preset=pp.preset, batch_per_process=train.batch_size, processes=runtime.processes,
+        accum_steps=train.accum_steps, effective_batch=train.batch_size * runtime.processes * train.accum_steps,
+        loader=data.loader, workers=data.num_workers, folds=list(folds), num_folds=num_folds, epochs=train.epochs,
+        trackers=trackers, run_dir=str(Path(run).resolve()))
 
 
 def fold_facts(*, train_images: int, valid_images: int, batches: int, accum_steps: int,
-               max_batches: int = 0) -> dict:
-    """A fold's sizes: images, loader batches and optimizer steps per epoch (of this process)."""
+               max_batches: int = 0) -> FoldFacts:
+    """A fold's sizes; ``max_batches`` (train.max_train_batches) caps the batches per epoch."""
     batches = min(batches, max_batches) if max_batches else batches
-    return {"train_images": train_images, "valid_images": valid_images, "batches": batches,
-            "optimizer_steps": math.ceil(batches / accum_steps)}
+    return FoldFacts(train_images, valid_images, batches, math.ceil(batches / accum_steps))
 
 
-def fold_line(fold: int, f: dict) -> str:
-    return (f"fold {fold}: {f['train_images']} train / {f['valid_images']} valid images, {f['batches']} batches = "
-            f"{f['optimizer_steps']} optimizer steps per epoch")
+def fold_line(fold: int, f: FoldFacts) -> str:
+    return (f"fold {fold}: {f.train_images} train / {f.valid_images} valid images, {f.batches} batches = "
+            f"{f.optimizer_steps} optimizer steps per epoch")
 
 
 def _vec(v: list[float]) -> str:
     return "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
 
 
-def banner_lines(r: dict, *, first_fold: int, resume: bool = False) -> list[str]:
-    """The banner's lines for the facts ``r`` of :func:`resolved_facts` (with the first fold's steps)."""
-    n = r["processes"]
-    source = "face crops" if r["faces"] else "photos"
-    steps = r["steps_per_epoch"].get(str(first_fold))
+def banner_lines(r: ResolvedFacts, *, first_fold: int, resume: bool = False) -> list[str]:
+    """The banner's lines for the facts ``r`` (with the first fold's steps)."""
+    n = r.processes
+    source = "face crops" if r.faces else "photos"
+    steps = r.steps_per_epoch.get(str(first_fold))
     return [
-        f"maskcls {__version__}: {'resuming' if resume else 'training'} {Path(r['run_dir']).name}",
-        f"  device    {r['device']}, {r['precision']}",
-        f"  model     {r['model']}, weights {r['weights']}, heads {r['heads']}, {r['num_classes']} classes",
-        f"  input     {r['image_size']} px {source}{' (uint8 cache)' if r['cache'] else ''}, mean {_vec(r['mean'])}, "
-        f"std {_vec(r['std'])} (normalize={r['normalize']})",
-        f"  batch     {r['batch_per_process']} per process x {n} process{'es' if n != 1 else ''} x "
-        f"{r['accum_steps']} accumulation = {r['effective_batch']} effective",
-        f"  loader    {r['loader']}, {r['workers']} workers, preset {r['preset']}",
-        f"  folds     {','.join(map(str, r['folds']))} of {r['num_folds']}, {r['epochs']} epochs"
+        f"maskcls {__version__}: {'resuming' if resume else 'training'} {Path(r.run_dir).name}",
+        f"  device    {r.device}, {r.precision}",
+        f"  model     {r.model}, weights {r.weights}, heads {r.heads}, {r.num_classes} classes",
+        f"  input     {r.image_size} px {source}{' (uint8 cache)' if r.cache else ''}, mean {_vec(r.mean)}, "
+        f"std {_vec(r.std)} (normalize={r.normalize})",
+        f"  batch     {r.batch_per_process} per process x {n} process{'es' if n != 1 else ''} x "
+        f"{r.accum_steps} accumulation = {r.effective_batch} effective",
+        f"  loader    {r.loader}, {r.workers} workers, preset {r.preset}",
+        f"  folds     {','.join(map(str, r.folds))} of {r.num_folds}, {r.epochs} epochs"
         + (f"; {fold_line(first_fold, steps)}" if steps else ""),
-        f"  trackers  {r['trackers']}",
-        f"  run dir   {r['run_dir']}",
+        f"  trackers  {r.trackers}",
+        f"  run dir   {r.run_dir}",
     ]

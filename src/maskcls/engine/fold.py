@@ -21,10 +21,11 @@ from ..labels import Task
 from ..models.factory import build_model, unwrap_model
 from ..prep.prepared import Prepared
 from .accel import seed_everything
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import FoldCheckpoints, Trainable
 from .fold_data import Preprocessing, fold_data
-from .loop import TrainingDiverged, evaluate, steps_per_epoch, train_one_epoch
+from .loop import EpochSetup, TrainingDiverged, evaluate, steps_per_epoch, train_one_epoch
 from .losses import build_loss
+from .metrics import EpochMetrics
 from .mixing import make_mixer
 from .optim import build_optimizer, build_scheduler, param_groups
 from .rundir import fold_dir, write_lr_csv, write_metrics_csv, write_oof
@@ -81,14 +82,21 @@ class FoldState:
                 "epochs_run": self.epoch, "status": self.status}
 
 
-def epoch_line(fold: int, epoch: int, epochs: int, tm: dict, vm: dict, lr: float, best: bool,
-               task: Task) -> str:
-    heads = "".join(f" {a.name} {vm[f'f1_{a.name}']:.3f}" for a in task.attributes if f"f1_{a.name}" in vm)
-    return (f"fold {fold} epoch {epoch + 1}/{epochs}: train loss {tm['loss']:.4f} acc {tm['acc']:.3f} "
-            f"f1 {tm['f1']:.3f} | valid loss {vm['loss']:.4f} acc {vm['acc']:.3f} f1 {vm['f1']:.4f}"
-            f"{' (' + heads.strip() + ')' if heads else ''} | lr {lr:.2e} | "
-            f"{tm['seconds'] + vm['seconds']:.1f}s {tm['images'] / max(tm['seconds'], 1e-9):.1f} img/s"
+def epoch_line(fold: int, epoch: int, epochs: int, tm: EpochMetrics, vm: EpochMetrics, lr: float, best: bool) -> str:
+    heads = " ".join(f"{name} {f1:.3f}" for name, f1 in vm.head_f1.items())
+    return (f"fold {fold} epoch {epoch + 1}/{epochs}: train loss {tm.loss:.4f} acc {tm.acc:.3f} "
+            f"f1 {tm.f1:.3f} | valid loss {vm.loss:.4f} acc {vm.acc:.3f} f1 {vm.f1:.4f}"
+            f"{' (' + heads + ')' if heads else ''} | lr {lr:.2e} | "
+            f"{tm.seconds + vm.seconds:.1f}s {tm.images_per_s:.1f} img/s"
             f"{' *best*' if best else ''}")
+
+
+def metrics_row(epoch: int, tm: EpochMetrics, vm: EpochMetrics, lr: float, task: Task) -> dict:
+    """A metrics.csv row (1-based ``epoch``)."""
+    return {"epoch": epoch + 1, "train_loss": tm.loss, "train_acc": tm.acc, "train_f1": tm.f1,
+            "valid_loss": vm.loss, "valid_acc": vm.acc, "valid_f1": vm.f1,
+            **{f"valid_f1_{a.name}": vm.head_f1.get(a.name) for a in task.attributes},
+            "lr": lr, "seconds": tm.seconds + vm.seconds, "images_per_s": tm.images_per_s}
 
 
 class FoldTrainer:
@@ -108,43 +116,34 @@ class FoldTrainer:
                               valid_batch_size=cfg.train.valid_batch_size, seed=seed, rank=acc.process_index,
                               world=acc.num_processes, old_age=cfg.train.old_age)
         counts = np.bincount(self.data.train_labels, minlength=task.num_classes)
-        self.criterion = build_loss(cfg.loss, task=task, heads=cfg.model.heads, class_counts=counts).to(acc.device)
+        criterion = build_loss(cfg.loss, task=task, heads=cfg.model.heads, class_counts=counts).to(acc.device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        groups = param_groups(model, lr=cfg.optim.lr, head_lr_mult=cfg.optim.head_lr_mult)
-        o = cfg.optim
-        optimizer = build_optimizer(groups, name=o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
-                                    nesterov=o.nesterov)
-        spe = steps_per_epoch(len(self.data.train_loader), cfg.train.accum_steps, cfg.train.max_train_batches)
-        s = cfg.sched
-        self.scheduler = build_scheduler(optimizer, name=s.name, steps_per_epoch=spe, epochs=cfg.train.epochs,
-                                         base_lr=o.lr, warmup_epochs=s.warmup_epochs, T_0=s.T_0, T_mult=s.T_mult,
-                                         max_lr=s.max_lr, min_lr=s.min_lr)
+        optimizer = build_optimizer(param_groups(model, lr=cfg.optim.lr, head_lr_mult=cfg.optim.head_lr_mult),
+                                    name=cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                    momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+        scheduler = _scheduler(optimizer, cfg, len(self.data.train_loader))
         if cfg.train.compile:
             model = torch.compile(model)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.mixer = make_mixer(cfg.data, num_classes=task.num_classes)
-        self.ema = make_ema(unwrap_model(self.model), cfg.train) if cfg.train.ema else None
+        model, optimizer = acc.prepare(model, optimizer)
+        t = cfg.train
+        self.setup = EpochSetup(model, criterion, optimizer, scheduler, acc, task=task, heads=cfg.model.heads,
+                                accum_steps=t.accum_steps, clip_grad=t.clip_grad, channels_last=t.channels_last,
+                                max_batches=t.max_train_batches,
+                                mixer=make_mixer(cfg.data, num_classes=task.num_classes),
+                                ema=make_ema(unwrap_model(model), t) if t.ema else None)
+        self.checkpoints = FoldCheckpoints(self.dir, config=cfg.to_dict())
         self.state = FoldState()
         self.weights = info.weights
 
     @property
-    def validated(self):
-        """The model that is validated and kept in best.pt: the EMA of the weights when on."""
-        return self.ema.module if self.ema is not None else self.model
+    def _trainable(self) -> Trainable:
+        s = self.setup
+        return Trainable(s.model, s.optimizer, s.scheduler, scaler=self.ctx.acc.scaler, ema=s.ema)
 
     # ------------------------------------------------------------------ state on disk
     def _resume(self) -> None:
-        ck = load_checkpoint(self.dir / "last.pt")
-        unwrap_model(self.ctx.acc.unwrap_model(self.model)).load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
-        if self.ctx.acc.scaler is not None and ck.get("scaler"):
-            self.ctx.acc.scaler.load_state_dict(ck["scaler"])
-        if self.ema is not None:
-            self.ema.module.load_state_dict(ck["ema"])
-        self.state = FoldState.from_dict(ck["state"])
-        set_rng_state(ck["rng"])
+        self.state = FoldState.from_dict(self.checkpoints.restore_last(self._trainable))
         log.info("fold %d: resuming after epoch %d (best f1 %.4f)", self.fold, self.state.epoch, self.state.best_f1)
 
     def _meta(self) -> dict:
@@ -155,66 +154,43 @@ class FoldTrainer:
                 "weights": self.weights, "maskcls_version": __version__}
         if ctx.pp.faces:  # predict on new photos must crop them the same way
             from ..prep.faces import face_settings, load_face_crops
-            meta["face_settings"] = face_settings(load_face_crops(ctx.prep.dir)[1])
+            meta["face_settings"] = face_settings(load_face_crops(ctx.prep.dir)[1]).to_dict()
         return meta
 
-    def _weights_state(self, model=None) -> dict:
-        model = self.model if model is None else model
-        return {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
-
-    def _save_last(self, rotate: bool = True) -> None:
-        acc = self.ctx.acc
-        save_checkpoint({"model": self._weights_state(), "optimizer": self.optimizer.state_dict(),
-                         "scheduler": self.scheduler.state_dict(),
-                         "scaler": acc.scaler.state_dict() if acc.scaler is not None else {},
-                         "state": self.state.to_dict(), "rng": rng_state(), "epoch": self.state.epoch,
-                         "metric": self.state.best_f1, "config": self.ctx.cfg.to_dict(), "meta": self.meta,
-                         **({"ema": self._weights_state(self.ema.module)} if self.ema is not None else {})},
-                        self.dir / "last.pt", keep_previous=rotate)
-
     # ------------------------------------------------------------------ epochs
-    def _end_epoch(self, epoch: int, tm: dict, vm: dict, probs: np.ndarray) -> None:
+    def _end_epoch(self, epoch: int, tm: EpochMetrics, vm: EpochMetrics, probs: np.ndarray) -> None:
         cfg, acc = self.ctx.cfg, self.ctx.acc
-        lr = self.optimizer.param_groups[0]["lr"]
-        row = {"epoch": epoch + 1, "train_loss": tm["loss"], "train_acc": tm["acc"], "train_f1": tm["f1"],
-               "valid_loss": vm["loss"], "valid_acc": vm["acc"], "valid_f1": vm["f1"],
-               **{f"valid_f1_{a.name}": vm.get(f"f1_{a.name}") for a in self.ctx.task.attributes},
-               "lr": lr, "seconds": tm["seconds"] + vm["seconds"],
-               "images_per_s": tm["images"] / max(tm["seconds"], 1e-9)}
-        best = self.state.record(row, vm["f1"], vm["acc"])
+        lr = self.setup.optimizer.param_groups[0]["lr"]
+        row = metrics_row(epoch, tm, vm, lr, self.ctx.task)
+        best = self.state.record(row, vm.f1, vm.acc)
         if not acc.is_main_process:
             return
-        if best:
+        if best:  # best.pt and oof.csv of this epoch, then last.pt: the commit point
             rows = self.data.valid_rows
-            write_oof(self.dir / "oof.csv", rows, self.ctx.prep.abs_paths(rows), probs)
-            save_checkpoint({"model": self._weights_state(self.validated), "epoch": epoch + 1, "metric": vm["f1"],
-                             "config": cfg.to_dict(), "meta": self.meta}, self.dir / "best.pt")
-        self._save_last()
+            self.checkpoints.save_best(self.setup.validated, epoch=epoch + 1, metric=vm.f1, with_it=lambda: write_oof(
+                self.dir / "oof.csv", rows, self.ctx.prep.abs_paths(rows), probs))
+        self.checkpoints.save_last(self._trainable, self.state.to_dict())
         write_metrics_csv(self.dir / "metrics.csv", self.state.history)
         write_lr_csv(self.dir / "lr.csv", self.state.lrs)
         self.ctx.trackers.log_epoch(self.fold, row)
-        log.info(epoch_line(self.fold, epoch, cfg.train.epochs, tm, vm, lr, best, self.ctx.task))
+        log.info(epoch_line(self.fold, epoch, cfg.train.epochs, tm, vm, lr, best))
 
-    def _epoch(self, epoch: int) -> tuple[dict, dict, np.ndarray]:
-        cfg, t = self.ctx.cfg, self.ctx.cfg.train
+    def _epoch(self, epoch: int) -> tuple[EpochMetrics, EpochMetrics, np.ndarray]:
+        t = self.ctx.cfg.train
         set_epoch(self.data.train_loader, epoch)
-        tm = train_one_epoch(self.model, self.criterion, self.optimizer, self.scheduler, self.data.train_loader,
-                             self.ctx.acc, epoch=epoch, task=self.ctx.task, heads=cfg.model.heads,
-                             accum_steps=t.accum_steps, clip_grad=t.clip_grad, channels_last=t.channels_last,
-                             max_batches=t.max_train_batches, lr_log=self.state.lrs, mixer=self.mixer,
-                             ema=self.ema, desc=f"fold {self.fold} epoch {epoch + 1}/{t.epochs} train")
-        vm, probs = evaluate(self.validated, self.data.valid_loader, self.ctx.acc, criterion=self.criterion,
-                             labels=self.data.valid_rows["label"].to_numpy(), task=self.ctx.task,
-                             heads=cfg.model.heads, channels_last=t.channels_last,
-                             desc=f"fold {self.fold} epoch {epoch + 1}/{t.epochs} valid")
+        where = f"fold {self.fold} epoch {epoch + 1}/{t.epochs}"
+        tm = train_one_epoch(self.setup, self.data.train_loader, epoch=epoch, lr_log=self.state.lrs,
+                             desc=f"{where} train")
+        vm, probs = evaluate(self.setup, self.data.valid_loader, self.data.valid_rows["label"].to_numpy(),
+                             desc=f"{where} valid")
         return tm, vm, probs
 
     def run(self) -> dict:
         """Train the remaining epochs; returns the fold's summary entry."""
         cfg, acc = self.ctx.cfg, self.ctx.acc
-        if self.ctx.resume and ((self.dir / "last.pt").exists() or (self.dir / "last.prev.pt").exists()):
+        if self.ctx.resume and self.checkpoints.can_resume():
             self._resume()
-        self.meta = self._meta()
+        self.checkpoints.meta = self._meta()
         if self.state.status in ("done", "stopped"):
             return self.state.result()
         self.ctx.trackers.start_fold(self.fold, self.dir)
@@ -224,7 +200,7 @@ class FoldTrainer:
                     tm, vm, probs = self._epoch(epoch)
                 except TrainingDiverged as e:
                     log.error("fold %d stopped: %s; the last good checkpoint %s is kept", self.fold, e,
-                              self.dir / "last.pt")
+                              self.checkpoints.last)
                     self.state.status = "diverged"
                     break
                 self._end_epoch(epoch, tm, vm, probs)
@@ -236,11 +212,20 @@ class FoldTrainer:
             else:
                 self.state.status = "done"
             if acc.is_main_process:  # the same state with its final status; last.prev.pt stays the epoch before
-                self._save_last(rotate=False)
+                self.checkpoints.save_last(self._trainable, self.state.to_dict(), rotate=False)
         finally:
             self.ctx.trackers.end_fold(self.fold)
         acc.wait_for_everyone()
         return self.state.result()
+
+
+def _scheduler(optimizer, cfg: Config, train_batches: int):
+    """The lr schedule over the whole fold, in optimizer steps (batches / accumulation per epoch)."""
+    s, t = cfg.sched, cfg.train
+    return build_scheduler(optimizer, name=s.name, steps_per_epoch=steps_per_epoch(train_batches, t.accum_steps,
+                                                                                   t.max_train_batches),
+                           epochs=t.epochs, base_lr=cfg.optim.lr, warmup_epochs=s.warmup_epochs, T_0=s.T_0,
+                           T_mult=s.T_mult, max_lr=s.max_lr, min_lr=s.min_lr)
 
 
 def make_ema(model, train: TrainConfig):

@@ -132,6 +132,16 @@ def training_labels(rows: pd.DataFrame, task: Task, old_age: int | None) -> np.n
     return np.asarray(task.encode(*(codes[a.name] for a in task.attributes)), np.int64)
 
 
+def check_batch_fits(batch_size: int, train_images: int, *, fold: int, world: int) -> None:
+    """One training batch per process must fit in ``fold``'s training rows (``fold_rows``'s, pseudo-labelled
+    ones included): a larger batch would never be full, so every step would train on fewer images than
+    train.batch_size (and the effective batch the banner reports) says."""
+    per_rank = train_images // world
+    if batch_size > per_rank:
+        raise ConfigError(f"train.batch_size={batch_size} is larger than the training set of fold {fold} "
+                          f"({per_rank} images per process); lower train.batch_size")
+
+
 @dataclass
 class FoldData:
     """A fold's rows, datasets and loaders (the training loader's epoch is set by ``set_epoch``)."""
@@ -154,10 +164,7 @@ def fold_data(prep: Prepared, fold: int, data: DataConfig, pp: Preprocessing, *,
     train_labels = training_labels(tr_rows, prep.task, old_age)
     train_ds = make_dataset(prep, tr_rows, data, pp, training=True, seed=seed, labels=train_labels)
     valid_ds = make_dataset(prep, va_rows, data, pp, training=False, seed=seed)
-    per_rank = len(train_ds) // world
-    if batch_size > per_rank:
-        raise ConfigError(f"train.batch_size={batch_size} is larger than the training set of fold {fold} "
-                          f"({per_rank} images per process); lower train.batch_size")
+    check_batch_fits(batch_size, len(train_ds), fold=fold, world=world)
     weights = balanced_weights(train_ds.labels) if data.sampler == "balanced" else None
     sampler = EpochSampler(len(train_ds), seed=seed, weights=weights, rank=rank, world=world)
     workers, kind = resolve_loader(data)

@@ -1,19 +1,22 @@
 """One training epoch and one evaluation pass (torchvision-references style, explicit arguments)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from ..labels import Task
 from ..models.factory import unwrap_model
-from ..models.heads import probabilities
+from ..models.heads import Heads, probabilities
 from ..progress import progress, track
-from .metrics import confusion, summarize
+from .metrics import EpochMetrics, confusion
 from .mixing import mix_batch
 
 log = logging.getLogger(__name__)
@@ -23,85 +26,107 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the fold stops and its last good checkpoint is kept."""
 
 
+@dataclass
+class EpochSetup:
+    """What every epoch of a fold uses, built once by the fold's trainer.
+
+    ``accum_steps``: gradients accumulate over this many batches (the last window may be shorter).
+    ``max_batches``: stop each training epoch after this many batches (0 = all).
+    ``mixer``: MixUp/CutMix (:mod:`.mixing`); the criterion then sees soft targets.
+    ``ema``: a timm ModelEmaV3 updated after every optimizer step; it is what gets validated.
+    """
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    accelerator: Accelerator
+    task: Task
+    heads: Heads
+    accum_steps: int = 1
+    clip_grad: float = 0.0
+    channels_last: bool = True
+    max_batches: int = 0
+    mixer: object | None = None
+    ema: object | None = None
+
+    @property
+    def validated(self) -> torch.nn.Module:
+        """The model that is validated (and kept in best.pt): the EMA of the weights when on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def batches(self, loader) -> int:
+        return len(loader) if not self.max_batches else min(self.max_batches, len(loader))
+
+
 def _to_device(x: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def train_one_epoch(model, criterion, optimizer, scheduler, loader, accelerator, *, epoch: int, task: Task,
-                    heads: str, accum_steps: int = 1, clip_grad: float = 0.0, channels_last: bool = True,
-                    max_batches: int = 0, lr_log: list | None = None, mixer=None, ema=None,
-                    desc: str | None = None) -> dict:
-    """Train for one epoch; gradients accumulate over ``accum_steps`` batches (the last window may be shorter).
+def _optimizer_step(s: EpochSetup, lr_log: list | None) -> None:
+    acc = s.accelerator
+    if s.clip_grad > 0:
+        acc.clip_grad_norm_(s.model.parameters(), s.clip_grad)
+    s.optimizer.step()
+    if not getattr(s.optimizer, "step_was_skipped", False):
+        s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    if lr_log is not None:
+        lr_log.append(s.optimizer.param_groups[0]["lr"])
+    if s.ema is not None:
+        s.ema.update(unwrap_model(s.model), step=len(lr_log) if lr_log is not None else None)
 
-    ``mixer``: MixUp/CutMix (:mod:`.mixing`), the criterion then sees soft targets; training
-    accuracy and F1 are still counted against the batch's own labels. ``ema``: a timm ModelEmaV3
-    updated after every optimizer step (its step count is the number of optimizer steps so far).
-    ``desc`` starts the progress lines (default "epoch <n> train").
+
+def train_one_epoch(s: EpochSetup, loader, *, epoch: int, lr_log: list | None = None,
+                    desc: str | None = None) -> EpochMetrics:
+    """Train for one epoch (``s``: the model, optimiser and settings); ``lr_log`` gets the lr after every
+    optimizer step; ``desc`` starts the progress lines (default "epoch <n> train").
+
+    With a mixer, training accuracy and F1 are still counted against the batch's own labels.
     """
-    model.train()
-    num_classes = task.num_classes
-    n_batches = len(loader) if not max_batches else min(max_batches, len(loader))
-    cm = np.zeros((num_classes, num_classes), np.int64)
+    s.model.train()
+    acc, k = s.accelerator, s.task.num_classes
+    n_batches = s.batches(loader)
+    cm = np.zeros((k, k), np.int64)
     loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
     bar = progress(total=n_batches, desc=desc or f"epoch {epoch + 1} train", unit="batch",
-                   enabled=accelerator.is_main_process)
-    optimizer.zero_grad(set_to_none=True)
+                   enabled=acc.is_main_process)
+    s.optimizer.zero_grad(set_to_none=True)
     for i, (x, y, _) in enumerate(loader):
         if i >= n_batches:
             break
-        window_start = (i // accum_steps) * accum_steps
-        window = min(accum_steps, n_batches - window_start)
+        window_start = (i // s.accum_steps) * s.accum_steps
+        window = min(s.accum_steps, n_batches - window_start)
         sync = (i + 1 - window_start) == window
-        x, y = _to_device(x, accelerator.device, channels_last), y.to(accelerator.device)
-        x, target = mix_batch(mixer, x, y)
+        x, y = _to_device(x, acc.device, s.channels_last), y.to(acc.device)
+        x, target = mix_batch(s.mixer, x, y)
         # DDP must skip the gradient all-reduce on every micro-batch but the window's last
-        with accelerator.no_sync(model) if not sync else _nullctx():
-            with accelerator.autocast():
-                logits = model(x)
-                loss = criterion(logits.float(), target)
+        with acc.no_sync(s.model) if not sync else contextlib.nullcontext():
+            with acc.autocast():
+                logits = s.model(x)
+                loss = s.criterion(logits.float(), target)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
-            accelerator.backward(loss / window)
+            acc.backward(loss / window)
         if sync:
-            if clip_grad > 0:
-                accelerator.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-            if not getattr(optimizer, "step_was_skipped", False):
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if lr_log is not None:
-                lr_log.append(optimizer.param_groups[0]["lr"])
-            if ema is not None:
-                ema.update(unwrap_model(model), step=len(lr_log) if lr_log is not None else None)
+            _optimizer_step(s, lr_log)
         pred = logits.detach().float()
-        pred = probabilities(pred, task, heads).argmax(1) if heads == "multi" else pred.argmax(1)
-        cm += confusion(y.cpu().numpy(), pred.cpu().numpy(), num_classes)
+        pred = probabilities(pred, s.task, s.heads).argmax(1) if s.heads == "multi" else pred.argmax(1)
+        cm += confusion(y.cpu().numpy(), pred.cpu().numpy(), k)
         loss_sum += loss.item() * len(y)
         seen += len(y)
         elapsed = time.perf_counter() - t0
         bar.update(1, loss=f"{loss_sum / seen:.4f}", acc=f"{np.trace(cm) / seen:.3f}",
-                   img_s=f"{seen * accelerator.num_processes / max(elapsed, 1e-9):.1f}")
+                   img_s=f"{seen * acc.num_processes / max(elapsed, 1e-9):.1f}")
     bar.close()
-    totals = accelerator.reduce(torch.tensor(np.append(cm.ravel(), [loss_sum, seen]), dtype=torch.float64,
-                                             device=accelerator.device), reduction="sum").cpu().numpy()
-    cm = totals[:-2].reshape(num_classes, num_classes).round().astype(np.int64)
-    out = summarize(cm, float(totals[-2]), int(totals[-1]), task)
-    out["images"] = int(totals[-1])
-    out["seconds"] = time.perf_counter() - t0
-    return out
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    totals = acc.reduce(torch.tensor(np.append(cm.ravel(), [loss_sum, seen]), dtype=torch.float64,
+                                     device=acc.device), reduction="sum").cpu().numpy()
+    cm = totals[:-2].reshape(k, k).round().astype(np.int64)
+    return EpochMetrics.from_confusion(cm, float(totals[-2]), int(totals[-1]), s.task, time.perf_counter() - t0)
 
 
 @torch.no_grad()
-def predict_probs(model, loader, accelerator, *, task: Task, heads: str, channels_last: bool = True,
+def predict_probs(model, loader, accelerator, *, task: Task, heads: Heads, channels_last: bool = True,
                   criterion=None, desc: str = "valid") -> tuple[np.ndarray, np.ndarray, float]:
     """Probabilities for every sample of a (possibly sharded) loader, gathered on all ranks.
 
@@ -130,18 +155,15 @@ def predict_probs(model, loader, accelerator, *, task: Task, heads: str, channel
     return idx[order], probs[order], loss_sum
 
 
-def evaluate(model, loader, accelerator, *, criterion, labels: np.ndarray, task: Task, heads: str,
-             channels_last: bool = True, desc: str = "valid") -> tuple[dict, np.ndarray]:
-    """Validation metrics over the whole set (exact macro F1), and the probabilities."""
+def evaluate(s: EpochSetup, loader, labels: np.ndarray, *, desc: str = "valid") -> tuple[EpochMetrics, np.ndarray]:
+    """Validation metrics of ``s.validated`` over the whole set (exact macro F1), and the probabilities."""
     t0 = time.perf_counter()
-    idx, probs, loss_sum = predict_probs(model, loader, accelerator, task=task, heads=heads,
-                                         channels_last=channels_last, criterion=criterion, desc=desc)
+    idx, probs, loss_sum = predict_probs(s.validated, loader, s.accelerator, task=s.task, heads=s.heads,
+                                         channels_last=s.channels_last, criterion=s.criterion, desc=desc)
     if len(idx) != len(labels) or (idx != np.arange(len(labels))).any():
         raise RuntimeError(f"validation gathered {len(idx)} rows for {len(labels)} images: rows lost or duplicated")
-    cm = confusion(labels, probs.argmax(1), task.num_classes)
-    out = summarize(cm, loss_sum, len(labels), task)
-    out["seconds"] = time.perf_counter() - t0
-    return out, probs
+    cm = confusion(labels, probs.argmax(1), s.task.num_classes)
+    return EpochMetrics.from_confusion(cm, loss_sum, len(labels), s.task, time.perf_counter() - t0), probs
 
 
 def steps_per_epoch(n_batches: int, accum_steps: int, max_batches: int = 0) -> int:

@@ -13,25 +13,25 @@ from torch import nn
 from ..config import LossConfig
 from ..errors import ConfigError
 from ..labels import Task
+from ..models.heads import Heads, check_heads
 
 LOSSES = ("ce", "focal", "weighted_ce", "soft_f1")
 
 
 class FocalLoss(nn.Module):
-    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None):
+    """Focal loss −(1 − p_t)^γ·log p_t, averaged over the batch (unweighted: γ already favours the hard,
+    often rare, examples; ``weighted_ce`` is the class-weighted loss)."""
+
+    def __init__(self, gamma: float = 2.0):
         super().__init__()
         self.gamma = gamma
-        self.register_buffer("weight", weight if weight is not None else None)
 
     def forward(self, logits, target):
         logp = F.log_softmax(logits.float(), dim=1)
         if target.dim() == 2:  # soft targets: −Σ t·(1 − p)^γ·log p
             return -(target * (1 - logp.exp()) ** self.gamma * logp).sum(1).mean()
         logpt = logp.gather(1, target[:, None]).squeeze(1)
-        loss = -((1 - logpt.exp()) ** self.gamma) * logpt
-        if self.weight is not None:
-            loss = loss * self.weight[target]
-        return loss.mean()
+        return (-((1 - logpt.exp()) ** self.gamma) * logpt).mean()
 
 
 class SoftF1Loss(nn.Module):
@@ -96,7 +96,7 @@ class MultiHeadLoss(nn.Module):
         return sum(self.weights[h] * self.losses[h](logits[:, slices[h]], t[h]) for h in self.losses)
 
 
-def build_loss(cfg: LossConfig, *, task: Task, heads: str, class_counts: np.ndarray) -> nn.Module:
+def build_loss(cfg: LossConfig, *, task: Task, heads: Heads, class_counts: np.ndarray) -> nn.Module:
     """The training criterion for ``heads`` ('single': one K-way loss; 'multi': one per attribute).
 
     Args:
@@ -106,7 +106,7 @@ def build_loss(cfg: LossConfig, *, task: Task, heads: str, class_counts: np.ndar
         class_counts: training examples per class (weighted_ce; per attribute for multi).
     """
     args = dict(label_smoothing=cfg.label_smoothing, gamma=cfg.focal_gamma, power=cfg.weight_power)
-    if heads == "single":
+    if check_heads(heads) == "single":
         return _one(cfg.name, task.num_classes, class_counts, **args)
     weights = cfg.head_weights or [1.0] * len(task.attributes)
     if len(weights) != len(task.attributes):

@@ -6,6 +6,8 @@ The run summary, the report and the epoch lines all score through these function
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
@@ -50,6 +52,27 @@ def summarize(cm: np.ndarray, loss_sum: float, n: int, task: Task) -> dict[str, 
     out = {"loss": loss_sum / max(n, 1), "acc": accuracy(cm), "f1": macro_f1(cm)}
     out.update({f"f1_{h}": v for h, v in head_f1(cm, task).items()})
     return out
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One epoch's training or validation scores, over the whole epoch (all processes)."""
+    loss: float
+    acc: float
+    f1: float
+    images: int
+    seconds: float
+    head_f1: dict[str, float] = field(default_factory=dict)  # macro F1 per attribute of a factored task
+
+    @classmethod
+    def from_confusion(cls, cm: np.ndarray, loss_sum: float, n: int, task: Task, seconds: float) -> EpochMetrics:
+        s = summarize(cm, loss_sum, n, task)
+        return cls(loss=s["loss"], acc=s["acc"], f1=s["f1"], images=int(n), seconds=float(seconds),
+                   head_f1=head_f1(cm, task))
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
 
 
 def class_table(cm: np.ndarray, names: list[str]) -> pd.DataFrame:

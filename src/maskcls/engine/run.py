@@ -27,10 +27,10 @@ from ..models.factory import pretrained_info, size_kwargs
 from ..models.weights import check_package_weights
 from ..prep.prepared import Prepared, load_prepared
 from .accel import make_accelerator
-from .banner import banner_lines, fold_facts, fold_line, resolved_facts
+from .banner import ResolvedFacts, RuntimeFacts, banner_lines, fold_facts, fold_line, resolved_facts
 from .decision import tune_run
 from .fold import FoldTrainer, RunContext
-from .fold_data import Preprocessing, resolve_loader, resolve_preprocessing
+from .fold_data import Preprocessing, check_batch_fits, fold_rows, resolve_loader, resolve_preprocessing
 from .rundir import (
     create_run_dir,
     next_run_dir,
@@ -93,13 +93,10 @@ def _check_weights(name: str, pretrained: str) -> None:
 
 
 def _check_batch_fits(batch_size: int, prep: Prepared, folds: list[int], world: int) -> None:
-    """Every fold's training part must hold one batch per process (the loaders drop incomplete ones)."""
-    fold_of = prep.train_rows()["fold"].to_numpy()
+    """Every fold's training rows must hold one batch per process: checked before the run directory exists
+    (``fold_data`` checks the same rows again)."""
     for f in folds:
-        per_rank = int((fold_of != f).sum()) // world
-        if batch_size > per_rank:
-            raise ConfigError(f"train.batch_size={batch_size} is larger than the training set of fold {f} "
-                              f"({per_rank} images per process); lower train.batch_size")
+        check_batch_fits(batch_size, len(fold_rows(prep, f)[0]), fold=f, world=world)
 
 
 def _start_run(cfg: Config, prep: Prepared, folds: list[int], run_dir: Path | None, acc: Accelerator,
@@ -121,7 +118,8 @@ def _start_run(cfg: Config, prep: Prepared, folds: list[int], run_dir: Path | No
 
 
 def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None, run_dir: str | Path | None = None,
-                 resume: bool = False, on_summary: Callable[[Path], None] | None = None) -> dict:
+                 resume: bool = False, on_summary: Callable[[Path], None] | None = None,
+                 on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Train ``folds`` (default: all) of ``prep`` and return summary.json's content plus ``run_dir``.
 
     Args:
@@ -134,6 +132,8 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
         on_summary: called on rank 0 with the run directory once summary.json is written (also after
             Ctrl-C), before the trackers close: the CLI writes report.html here, so that it becomes
             a tracker artifact.
+        on_epoch_end: called on rank 0 with (fold, metrics.csv row) after every epoch's checkpoint; it may
+            raise to stop the run (``maskcls tune`` reports to Optuna and raises ``optuna.TrialPruned``).
     Raises:
         RunInterrupted: on Ctrl-C, after the summary of what was saved is written.
     """
@@ -157,7 +157,7 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
         plan = plan_trackers(cfg.run)  # a missing package or server fails before the run directory exists
         run = _start_run(cfg, prep, fold_list, run_dir, acc, pp)
     ctx = RunContext(cfg, prep, prep.task, pp, run, acc, resume=resume,
-                     trackers=RunTrackers(plan, run, enabled=acc.is_main_process))
+                     trackers=RunTrackers(plan, run, enabled=acc.is_main_process, on_epoch=on_epoch_end))
     summary = None
     try:
         results, interrupted = _train_folds(ctx, fold_list)
@@ -199,7 +199,8 @@ def _train_folds(ctx: RunContext, fold_list: list[int]) -> tuple[dict[int, dict]
     return results, interrupted
 
 
-def _announce(ctx: RunContext, trainer: FoldTrainer, resolved: dict | None, fold_list: list[int]) -> dict:
+def _announce(ctx: RunContext, trainer: FoldTrainer, resolved: ResolvedFacts | None,
+              fold_list: list[int]) -> ResolvedFacts:
     """Before a fold's first batch: the start banner (first fold) or the fold's sizes; run.json records
     both, and the first fold starts the trackers. Returns the resolved facts."""
     cfg, acc, fold = ctx.cfg, ctx.acc, trainer.fold
@@ -207,39 +208,39 @@ def _announce(ctx: RunContext, trainer: FoldTrainer, resolved: dict | None, fold
                        batches=len(trainer.data.train_loader), accum_steps=cfg.train.accum_steps,
                        max_batches=cfg.train.max_train_batches)
     if resolved is not None:
-        resolved["steps_per_epoch"][str(fold)] = facts
+        resolved.steps_per_epoch[str(fold)] = facts
         log.info(fold_line(fold, facts))
         if acc.is_main_process and not ctx.resume:
-            _update_run_info(ctx.run, resolved=resolved)
+            _update_run_info(ctx.run, resolved=resolved.to_dict())
         return resolved
-    resolved = resolved_facts(model=cfg.model, data=cfg.data, train=cfg.train, pp=ctx.pp, device=acc.device,
-                              precision=acc.mixed_precision, processes=acc.num_processes, weights=trainer.weights,
-                              num_classes=ctx.task.num_classes, folds=fold_list,
-                              num_folds=ctx.prep.num_folds, run=ctx.run,
-                              trackers=ctx.trackers.plan.describe(ctx.run))
-    resolved["steps_per_epoch"][str(fold)] = facts
+    runtime = RuntimeFacts(acc.device, acc.mixed_precision, acc.num_processes, trainer.weights)
+    resolved = resolved_facts(cfg, ctx.pp, runtime, num_classes=ctx.task.num_classes, folds=fold_list,
+                              num_folds=ctx.prep.num_folds, run=ctx.run, trackers=ctx.trackers.plan.describe(ctx.run))
+    resolved.steps_per_epoch[str(fold)] = facts
     log.info("\n".join(banner_lines(resolved, first_fold=fold, resume=ctx.resume)))
     if acc.is_main_process:
         _record_start(ctx, resolved)
     return resolved
 
 
-def _record_start(ctx: RunContext, resolved: dict) -> None:
+def _record_start(ctx: RunContext, resolved: ResolvedFacts) -> None:
     """run.json: the resolved facts (a resumed run: when, where and how it continued), then the trackers."""
     if not ctx.resume:
-        _update_run_info(ctx.run, resolved=resolved)
+        _update_run_info(ctx.run, resolved=resolved.to_dict())
     else:
         info = read_run_info(ctx.run)
         before = (info.get("resolved") or info).get("effective_batch")
-        if before is not None and before != resolved["effective_batch"]:
+        if before is not None and before != resolved.effective_batch:
             log.warning("this run trained with an effective batch of %d; resumed here it is %d (processes or "
                         "batch settings differ), so the continued epochs are not those of an uninterrupted run",
-                        before, resolved["effective_batch"])
+                        before, resolved.effective_batch)
+        r = resolved
         resumed = info.get("resumed", []) + [{
             "at": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv, "maskcls_version": __version__,
-            **{k: resolved[k] for k in ("device", "precision", "processes", "effective_batch", "loader", "workers")}}]
+            "device": r.device, "precision": r.precision, "processes": r.processes,
+            "effective_batch": r.effective_batch, "loader": r.loader, "workers": r.workers}]
         _update_run_info(ctx.run, resumed=resumed)
-    trackers = ctx.trackers.start(config=ctx.cfg.to_dict(), resolved=resolved)
+    trackers = ctx.trackers.start(config=ctx.cfg.to_dict(), resolved=resolved.to_dict())
     if trackers:
         _update_run_info(ctx.run, trackers=trackers)
 

@@ -6,15 +6,29 @@ the product of the attributes' softmax probabilities, in the task's class-id ord
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
+from ..errors import ConfigError, did_you_mean
 from ..labels import Task
 
+Heads = Literal["single", "multi"]  # resolved: the config's 'auto' is decided by Task.resolve_heads
 
-def probabilities(logits: torch.Tensor, task: Task, heads: str) -> torch.Tensor:
+
+def check_heads(heads: str) -> Heads:
+    """``heads`` itself when it is one of :data:`Heads`, else a clear error (a checkpoint's or a caller's typo
+    must not silently mean multi-head)."""
+    if heads not in get_args(Heads):
+        choices = get_args(Heads)
+        raise ConfigError(f"heads={heads!r} is not one of {', '.join(choices)}{did_you_mean(str(heads), choices)}")
+    return heads
+
+
+def probabilities(logits: torch.Tensor, task: Task, heads: Heads) -> torch.Tensor:
     """Class probabilities (B×K, float32) from the network's logits."""
     logits = logits.float()
-    if heads == "single":
+    if check_heads(heads) == "single":
         return logits.softmax(dim=1)
     p = None
     for s in task.head_slices.values():

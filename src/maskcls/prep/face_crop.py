@@ -5,7 +5,7 @@ be), the fallback region when no face is found, and decode → detect → crop f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import cv2
 import numpy as np
@@ -27,6 +27,22 @@ class FaceSettings:
     detect_size: int = 320
     min_face: float = 0.15
     min_prob: float = 0.9
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "face settings") -> FaceSettings:
+        """The settings a checkpoint's ``meta`` or a faces.json ``key`` records (plain dicts), checked;
+        ``source`` names where they came from in the error."""
+        try:
+            s = cls(**{f.name: d[f.name] for f in fields(cls)})
+        except (KeyError, TypeError):
+            raise ConfigError(f"{source} lack {', '.join(f.name for f in fields(cls) if f.name not in (d or {}))}; "
+                              "they were written by another maskcls version: run `maskcls faces` again") from None
+        s.check()
+        return s
+
+    def to_dict(self) -> dict:
+        """As checkpoints and faces.json record them (plain values)."""
+        return asdict(self)
 
     def check(self) -> None:
         if self.fallback not in FALLBACKS:

@@ -195,8 +195,8 @@ def load_face_crops(prepared_dir: str | Path) -> tuple[np.ndarray, dict]:
     if not info or not info.get("complete") or not (fdir / "crops.npy").is_file():
         raise DataError(f"no complete face crops in {fdir}; run `maskcls faces {prep.dir}` first")
     try:
-        cfg = FaceSettings(**{k: info["key"][k] for k in FaceSettings.__dataclass_fields__})
-    except (KeyError, TypeError):
+        cfg = face_settings(info)
+    except ConfigError:
         raise DataError(f"{fdir}/faces.json is from another maskcls version; "
                         f"run `maskcls faces {prep.dir}` again") from None
     if faces_key(prep, cfg) != info["key"]:
@@ -209,17 +209,18 @@ def load_face_crops(prepared_dir: str | Path) -> tuple[np.ndarray, dict]:
     return crops, info
 
 
-def face_settings(info: dict) -> dict:
+def face_settings(info: dict) -> FaceSettings:
     """The detection settings recorded in a faces.json (what predict must repeat)."""
-    return {k: info["key"][k] for k in FaceSettings.__dataclass_fields__}
+    return FaceSettings.from_dict(info.get("key") or {}, source="faces.json's settings")
 
 
-def crop_files(paths: list[str], settings: dict, *, batch_size: int = 16, device: str | None = None) -> np.ndarray:
+def crop_files(paths: list[str], settings: FaceSettings | dict, *, batch_size: int = 16,
+               device: str | None = None) -> np.ndarray:
     """Face crops (N×S×S×3 uint8) of arbitrary image files with the settings a run trained with."""
     return crop_with_boxes(paths, settings, batch_size=batch_size, device=device)[1]
 
 
-def crop_with_boxes(sources: list, settings: dict, *, batch_size: int = 16, device: str | None = None,
+def crop_with_boxes(sources: list, settings: FaceSettings | dict, *, batch_size: int = 16, device: str | None = None,
                     detector=None) -> tuple[np.ndarray, np.ndarray]:
     """Face boxes and crops of arbitrary images with the settings a run trained with (what serving shows).
 
@@ -227,7 +228,7 @@ def crop_with_boxes(sources: list, settings: dict, *, batch_size: int = 16, devi
         sources: image files, or binary file objects holding an image (uploads). All are decoded
             by PIL with their EXIF rotation applied (the fast JPEG path ignores EXIF, and an
             arbitrary photo has not been probed as a prepared one has).
-        settings: the run's face settings (:func:`face_settings`).
+        settings: the run's face settings (a checkpoint records them as a dict: ``FaceSettings.to_dict``).
         batch_size: images per MTCNN call.
         device: torch device of a new detector (default: CUDA when available, else CPU).
         detector: an MTCNN from :func:`~.mtcnn.make_detector` to reuse (a server keeps one).
@@ -235,8 +236,7 @@ def crop_with_boxes(sources: list, settings: dict, *, batch_size: int = 16, devi
     Returns (boxes N×7 in the images' pixels after EXIF rotation, columns ``face_crop.BOX_COLS``;
     crops N×S×S×3 uint8). Raises DataError naming an unreadable image.
     """
-    cfg = FaceSettings(**settings)
-    cfg.check()
+    cfg = settings if isinstance(settings, FaceSettings) else FaceSettings.from_dict(settings)
     detector = detector if detector is not None else make_detector(device)
     boxes, crops = [], []
     for i in range(0, len(sources), batch_size):
