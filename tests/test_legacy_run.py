@@ -43,11 +43,21 @@ def test_legacy_run_reports(legacy_run):
     assert "image size 32" in page  # read through the typed config, not guessed
 
 
+@pytest.mark.precision
 def test_legacy_run_resumes_to_the_uninterrupted_metrics(legacy_run, prepared_dir):
+    import json
+
     from maskcls.engine.run import resume_training
+    # recorded in fp32 (see the fixture's README): compared only with an fp32 continuation
+    assert json.loads((legacy_run / "run.json").read_text())["mixed_precision"] == "no"
     resume_training(legacy_run, prepared=prepared_dir)
     got = pd.read_csv(legacy_run / "fold0" / "metrics.csv")
     want = pd.read_csv(FIXTURE / "uninterrupted_metrics.csv")
     assert len(got) == 3
+    # Epochs 1-2 were written by the old code and are kept as they are; epoch 3 is computed here. The
+    # fixture's CPU is not this one: fp32 kernels of another vector width sum in another order, which
+    # after 3 epochs is measured at 6e-6 relative (AVX512 AMD EPYC vs the recording CPU). A resume that
+    # restored the wrong state (RNG, optimizer, schedule) misses by orders of magnitude more than 1e-4.
+    np.testing.assert_array_equal(got[EXACT_COLUMNS][:2].to_numpy(float), want[EXACT_COLUMNS][:2].to_numpy(float))
     np.testing.assert_allclose(got[EXACT_COLUMNS].to_numpy(float), want[EXACT_COLUMNS].to_numpy(float),
-                               rtol=1e-6, atol=1e-9)
+                               rtol=1e-4, atol=1e-9)

@@ -100,6 +100,7 @@ def test_recipe_options_train_and_validate_on_the_scoring_labels(prepared_dir, t
 
 
 @pytest.mark.slow
+@pytest.mark.precision
 def test_resume_with_ema_and_mixup_equals_uninterrupted(prepared_dir, tmp_path):
     cfg = tiny(train={"epochs": 3, "ema": True}, data={"mixup": 0.4, "cutmix": 1.0})
     s = train(prepared_dir, tmp_path / "full", cfg)

@@ -559,6 +559,7 @@ def real_run(prepared_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.precision
 def test_real_run_onnx_equals_predict_and_torch(real_run, synth_root):
     from maskcls.predict import predict_images
     paths = sorted((synth_root / "eval" / "images").iterdir())[:4]
@@ -581,6 +582,7 @@ def test_real_run_onnx_equals_predict_and_torch(real_run, synth_root):
 
 
 @pytest.mark.slow
+@pytest.mark.precision
 def test_onnx_cached_in_run_and_rebuilt_when_damaged(real_run):
     onnx = real_run / "export" / "serve-folds0.onnx"
     onnx.unlink(missing_ok=True)
@@ -596,6 +598,7 @@ def test_onnx_cached_in_run_and_rebuilt_when_damaged(real_run):
 
 
 @pytest.mark.slow
+@pytest.mark.precision
 def test_face_crop_run_returns_the_face_box(prepared_dir, tmp_path):
     pytest.importorskip("facenet_pytorch")
     pytest.importorskip("skimage")

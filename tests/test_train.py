@@ -23,6 +23,7 @@ def train(prepared, tmp_path, folds=(0,), name="r", **sections):
 
 
 @pytest.mark.slow
+@pytest.mark.precision
 def test_outputs_and_exact_f1(prepared_dir, tmp_path):
     s = train(prepared_dir, tmp_path, train={"epochs": 2}, run={"tensorboard": True})
     run = Path(s["run_dir"])
@@ -59,6 +60,7 @@ def test_multi_heads_and_losses(prepared_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.precision
 def test_resume_equals_uninterrupted(prepared_dir, tmp_path):
     s = train(prepared_dir, tmp_path, train={"epochs": 3}, name="full")
     run = Path(s["run_dir"])
@@ -207,18 +209,19 @@ def test_nan_loss_stops_and_keeps_checkpoint(prepared_dir, tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(prepared_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])  # both paths on every machine, whatever auto is
+def test_two_processes_match_one(prepared_dir, tmp_path, precision):
     """torchrun with 2 CPU processes (gloo): completes; validation metrics match 1 process (batch 2×8 = 16).
 
     Exact equivalence needs a model whose normalisation does not depend on the per-process
     batch (GroupNorm: BatchNorm statistics are per process, and SyncBatchNorm is CUDA-only),
     no dropout, and an unweighted mean loss (class-weighted CE divides by each process's
     own weight sum). Then DDP's averaged gradients equal the 16-image batch's gradient, and
-    the metrics match to float rounding.
+    the metrics match to float rounding in fp32, and to bf16's rounding under bf16 autocast.
     """
     common = [a for a in TINY_SETS if not a.startswith("model.name")] + [
         "model.name=test_efficientnet_gn", "model.drop_rate=0", "loss.name=ce", "loss.label_smoothing=0",
-        "train.epochs=2", "train.accum_steps=1", "train.deterministic=true"]
+        "train.epochs=2", "train.accum_steps=1", "train.deterministic=true", f"train.mixed_precision={precision}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one = [a for a in common if not a.startswith("train.batch_size")] + ["train.batch_size=16"]
     cmd1 = [sys.executable, "-m", "maskcls", "train", str(prepared_dir), "--folds", "0",
@@ -233,9 +236,26 @@ def test_two_processes_match_one(prepared_dir, tmp_path):
     a = pd.read_csv(tmp_path / "one" / "fold0" / "metrics.csv")
     b = pd.read_csv(tmp_path / "two" / "fold0" / "metrics.csv")
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
-    assert np.allclose(a["train_loss"], b["train_loss"], atol=1e-3)
-    assert np.allclose(a["valid_loss"], b["valid_loss"], atol=1e-3)
-    assert np.allclose(a["valid_acc"], b["valid_acc"], atol=1e-6)
+    oa, ob = (pd.read_csv(tmp_path / r / "fold0" / "oof.csv").sort_values("path") for r in ("one", "two"))
+    pa, pb = (o[[c for c in o.columns if c.startswith("prob_")]].to_numpy() for o in (oa, ob))
+    if precision == "no":  # fp32: the same sums in another order, to float rounding
+        assert np.allclose(a["train_loss"], b["train_loss"], atol=1e-3)
+        assert np.allclose(a["valid_loss"], b["valid_loss"], atol=1e-3)
+        assert np.allclose(a["valid_acc"], b["valid_acc"], atol=1e-6)
+        assert np.abs(pa - pb).max() < 1e-4 and (oa["pred"].to_numpy() == ob["pred"].to_numpy()).all()
+        return
+    # bf16 autocast keeps 8 significant bits (unit roundoff U = 2**-8): batches of 16 and 2×8 round
+    # differently and 10 optimizer steps compound it (measured on AVX512-BF16: losses 0.9 U apart,
+    # probabilities 6 U). Allowed: losses 4 U relative, probabilities 16 U; the predicted class may
+    # differ only where the one-process top-2 margin is within twice the probability difference.
+    U = 2.0 ** -8
+    assert np.allclose(a["train_loss"], b["train_loss"], rtol=4 * U, atol=0)
+    assert np.allclose(a["valid_loss"], b["valid_loss"], rtol=4 * U, atol=0)
+    diff = np.abs(pa - pb).max()
+    assert diff < 16 * U, diff
+    top2 = np.sort(pa, 1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) > 2 * diff
+    assert (oa["pred"].to_numpy() == ob["pred"].to_numpy())[decided].all()
 
 
 @pytest.mark.slow
@@ -249,3 +269,35 @@ def test_crop_cache_is_built_once_for_all_folds(prepared_dir, tmp_path):
     assert len(arr) == (pd.read_csv(d / "manifest.csv")["split"] == "train").sum()
     train(d, tmp_path, train={"epochs": 1}, data={"cache": True}, folds=(1,), name="c1")
     assert npy.stat().st_mtime_ns == first, "another fold rebuilt the crop cache"
+
+
+def test_cpu_bf16_env_overrides_detection(monkeypatch):
+    from maskcls.engine.accel import resolve_precision
+    if torch.cuda.is_available():
+        pytest.skip("the variable decides the CPU's path only")
+    monkeypatch.setenv("MASKCLS_CPU_BF16", "1")
+    assert resolve_precision("auto") == "bf16" and resolve_precision("no") == "no"
+    monkeypatch.setenv("MASKCLS_CPU_BF16", "0")
+    assert resolve_precision("auto") == "no" and resolve_precision("bf16") == "bf16"  # an explicit choice wins
+    monkeypatch.setenv("MASKCLS_CPU_BF16", "yes")
+    with pytest.raises(ConfigError, match="MASKCLS_CPU_BF16='yes': use 1"):
+        resolve_precision("auto")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env,setting,banner,recorded", [
+    ("1", "no", "fp32", "no"), ("1", "auto", "bf16 autocast", "bf16"), ("0", "auto", "fp32", "no")])
+def test_banner_and_run_files_say_the_precision_used(prepared_dir, tmp_path, caplog, monkeypatch,
+                                                     env, setting, banner, recorded):
+    """`--set train.mixed_precision=no` (unquoted) trains in fp32 and says so, whatever the CPU."""
+    from maskcls.cli import main
+    monkeypatch.setenv("MASKCLS_CPU_BF16", env)
+    caplog.set_level("INFO", logger="maskcls")
+    sets = [a for a in TINY_SETS if not a.startswith("train.")] + ["train.epochs=1", f"train.mixed_precision={setting}"]
+    assert main(["train", str(prepared_dir), "--folds", "0", "--run-dir", str(tmp_path / "r")]
+                + sum((["--set", o] for o in sets), [])) == 0
+    device_line = next(line for line in caplog.text.splitlines() if line.strip().startswith("device"))
+    assert device_line.strip() == f"device    cpu ({torch.get_num_threads()} threads), {banner}"
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["mixed_precision"] == recorded
+    assert f"mixed_precision: '{recorded}'" in (tmp_path / "r" / "config.yaml").read_text().replace('"', "'") \
+        or f"mixed_precision: {recorded}" in (tmp_path / "r" / "config.yaml").read_text()

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from ..config import TrainConfig
 from ..errors import ConfigError
@@ -56,7 +57,13 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
-    acc = Accelerator(mixed_precision=resolve_precision(train.mixed_precision), cpu=not torch.cuda.is_available())
+    precision = resolve_precision(train.mixed_precision)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, precision):
+        # Accelerate keeps one precision per process and refuses another; a second training in this
+        # process (tune's trials, a notebook) may use another one. The process group is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+    acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     if not acc.is_main_process:  # one rank speaks
         logging.getLogger("maskcls").setLevel(logging.WARNING)
     return acc
