@@ -78,14 +78,16 @@ class TrainConfig:
     accum_steps: int = _f(1, "Gradient accumulation steps (reference: 2; 1 won on both real development sets, "
                                 "docs/quality.md).", min=1, max=1024)
     seed: int = _f(719, "Seed of everything: model init, order, augmentation (reference: 719).", min=0)
-    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = _f("auto", "'auto' = bf16 on GPUs that support it, else "
-                                                                "fp16; on CPU bf16 only with native support "
-                                                                "(AVX512-BF16/AMX), else fp32.")
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = _f(
+        "auto", "'auto' = bf16 on GPUs that support it, else fp16; on a CPU bf16 autocast where it is native "
+        "(AVX512-BF16/AMX), else fp32 (no); MASKCLS_CPU_BF16=1 or 0 overrides the CPU's detection. Inference on a "
+        "CPU (predict, export, serve) is fp32 whatever the training precision.")
     channels_last: bool = _f(True, "NHWC memory format (faster convolutions with AMP).")
     compile: bool = _f(False, "torch.compile the model (slow first epoch; best on GPU).")
     clip_grad: float = _f(0.0, "Clip gradient norm to this value; 0 = off.", min=0.0)
     patience: int = _f(0, "Stop a fold after this many epochs without a better validation F1; 0 = off.", min=0)
-    deterministic: bool = _f(True, "Deterministic algorithms where available (bit-exact CPU reruns).")
+    deterministic: bool = _f(True, "Deterministic algorithms where available: a rerun on the same machine in "
+                                   "the same precision is bit-exact (another CPU or precision rounds otherwise).")
     max_train_batches: int = _f(0, "Debug: stop each epoch after this many batches; 0 = all.", min=0)
     old_age: Optional[int] = _f(None, "Age threshold of the oldest group for the training labels only (e.g. 58 or "
                                 "59: the data stops at 60); validation, out-of-fold scores and reports keep the "
