@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from .common import float_range, int_range, sub
 
@@ -11,7 +12,8 @@ def register(subs) -> None:
     s = sub(subs, "serve", "serve a trained run: JSON API (POST /v1/predict) and a web page, micro-batched",
             "maskcls serve runs/mobilenetv2_100-1                     # http://127.0.0.1:8000/\n"
             "maskcls serve runs/mobilenetv2_100-1 --folds all --port 9000\n"
-            "MASKCLS_SERVE_TOKEN=$(openssl rand -hex 16) maskcls serve runs/mobilenetv2_100-1 --host 0.0.0.0\n"
+            "MASKCLS_SERVE_TOKEN=$(openssl rand -hex 16) maskcls serve runs/mobilenetv2_100-1 --host 0.0.0.0 \\\n"
+            "    --allow-host photos.example.org          # the name clients use to reach it\n"
             "curl -F file=@photo.jpg http://127.0.0.1:8000/v1/predict")
     s.add_argument("run_dir", metavar="RUN", help="run directory (runs/<name>-<n>)")
     s.add_argument("--host", default="127.0.0.1",
@@ -35,33 +37,63 @@ def register(subs) -> None:
                    help="images waiting or running, over all requests; more are answered 503 + Retry-After")
     s.add_argument("--decode-workers", type=int_range(1, 256), default=None,
                    help="threads decoding uploads (default: CPUs)")
+    s.add_argument("--decode-budget-mp", type=float_range(0.004, 10_000), default=64.0,
+                   help="megapixels decoded at once over all requests, and the most one request's photos may hold "
+                        "together (more: 413); decoding costs 10-15 bytes per pixel (default 64: under 1 GB)")
+    s.add_argument("--header-timeout", type=float_range(0.1, 3600), default=10.0,
+                   help="seconds a request's line and headers may take to arrive (then 408 and the connection "
+                        "closes)")
+    s.add_argument("--body-timeout", type=float_range(0.1, 3600), default=60.0,
+                   help="seconds a request's body may take after its headers (then the connection closes)")
+    s.add_argument("--max-client-connections", type=int_range(1, 10_000), default=32,
+                   help="connections one client address (an IPv6 /64) may hold open; more are answered 429")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header names NAME (repeatable; *.example.org for a "
+                        "domain, * for any); by default only the address the server listens on (and localhost)")
+    s.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages of ORIGIN (https://example.org) call the API (repeatable; * for any); "
+                        "by default only the server's own page")
     s.add_argument("--no-access-log", action="store_true", help="do not log every request")
     s.set_defaults(handler=cmd_serve)
 
 
-def cmd_serve(args) -> int:
-    from ..errors import ConfigError
-    from ..inference import select_folds
+def _options(args, token: str | None):
     from ..serve.app import ServeOptions
+    from ..serve.connections import ConnectionLimits
     from ..serve.limits import Limits, MiB
+    from ..serve.origins import WILDCARD_BINDS, check_allowed_hosts, normalize_origin
+
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * MiB), max_images=args.max_images,
+                    max_queue=args.max_queue, decode_budget_pixels=int(args.decode_budget_mp * 1e6),
+                    **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
+    limits.check()
+    connections = ConnectionLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                                   per_client=args.max_client_connections)
+    connections.check()
+    hosts = check_allowed_hosts(args.allow_host + ([] if args.host in WILDCARD_BINDS else [args.host]))
+    origins = [normalize_origin(o) for o in args.allow_origin]
+    return ServeOptions(folds=args.folds, backend=args.backend, max_batch=args.max_batch,
+                        max_wait_ms=args.max_wait_ms, token=token, limits=limits, decode_workers=args.decode_workers,
+                        allow_hosts=hosts, allow_origins=origins, connections=connections)
+
+
+def cmd_serve(args) -> int:
+    from ..inference import select_folds
     from ..serve.server import TOKEN_ENV, bind, check_exposure, serve, url_of
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     check_exposure(args.host, token)
-    if args.max_batch < 1 or args.max_wait_ms < 0:
-        raise ConfigError(f"--max-batch must be >= 1 and --max-wait-ms >= 0, not {args.max_batch} and "
-                          f"{args.max_wait_ms}")
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * MiB), max_images=args.max_images,
-                    max_queue=args.max_queue, **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
-    limits.check()
+    options = _options(args, token)
     select_folds(args.run_dir, args.folds)  # a wrong run or fold fails here, before anything listens
-    options = ServeOptions(folds=args.folds, backend=args.backend, max_batch=args.max_batch,
-                           max_wait_ms=args.max_wait_ms, token=token, limits=limits,
-                           decode_workers=args.decode_workers)
     sock = bind(args.host, args.port)
     logging.getLogger("maskcls.serve").setLevel(logging.INFO)
     print(f"maskcls serve: {args.run_dir} on {url_of(sock)} (folds {args.folds}, {args.backend}; "
           f"{'token required' if token else 'no token'}); Ctrl+C stops", flush=True)
-    serve(args.run_dir, sock, options, access_log=not args.no_access_log)
+    if serve(args.run_dir, sock, options, access_log=not args.no_access_log):
+        # The model load still runs native code (ONNX Runtime, torch) on its thread: finalising the interpreter
+        # under it aborts ("terminate called without an active exception"). Nothing was served; end at once.
+        print("maskcls serve: stopped while the model was loading", flush=True)
+        sys.stderr.flush()
+        os._exit(0)
     print("maskcls serve: stopped", flush=True)
     return 0

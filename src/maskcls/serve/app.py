@@ -23,14 +23,18 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..fsutil import cpu_count
 from .answers import answer
 from .batcher import MicroBatcher
-from .images import Preprocessor, safe_name
-from .limits import Admission, ApiError, BodyLimit, Limits
+from .connections import ConnectionLimits
+from .images import ModelInput, Preprocessor, safe_name
+from .limits import Admission, ApiError, BodyLimit, Limits, PixelBudget
 from .model import ServedModel, load_model
+from .origins import HostOriginGuard, normalize_origin
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,14 @@ class ServeOptions:
         max_batch: most images per model call; 1 = one request at a time.
         max_wait_ms: longest an image waits for its batch to fill.
         token: bearer token required on /v1/*; None = none (loopback only; the CLI enforces it).
-        limits: upload, pixel, image-count and queue limits.
+        limits: upload, pixel, image-count, queue and decode-budget limits.
         decode_workers: threads decoding and preprocessing uploads (default: one per CPU).
+        allow_hosts: names accepted in the Host header besides the connection's own address and
+            ``localhost`` on loopback (see :mod:`.origins`); ``["*"]`` = any.
+        allow_origins: web origins whose pages may call the API besides the server's own page;
+            ``["*"]`` = any.
+        connections: time limits on requests' headers and bodies, connections per client
+            (applied by :func:`.server.serve`, at the transport level).
     """
     folds: str = "best"
     backend: str = "onnx"
@@ -59,6 +69,9 @@ class ServeOptions:
     token: str | None = None
     limits: Limits = field(default_factory=Limits)
     decode_workers: int | None = None
+    allow_hosts: list[str] = field(default_factory=list)
+    allow_origins: list[str] = field(default_factory=list)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 class ServerState:
@@ -67,6 +80,7 @@ class ServerState:
     def __init__(self, options: ServeOptions):
         self.options, self.limits = options, options.limits
         self.admission = Admission(options.limits.max_queue)
+        self.pixels = PixelBudget(options.limits.decode_budget_pixels)
         self.model: ServedModel | None = None
         self.preprocess: Preprocessor | None = None
         self.batcher: MicroBatcher | None = None
@@ -143,8 +157,12 @@ async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, byte
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         try:
-            form = await request.form(max_files=limits.max_images * 4, max_fields=limits.max_images * 4)
+            form = await request.form(max_files=limits.max_images, max_fields=limits.max_images * 4)
         except HTTPException as e:
+            if str(e.detail).startswith("Too many files"):
+                raise ApiError(413, "too_many_images", f"more than {limits.max_images} photos in one request; this "
+                               f"server takes at most {limits.max_images} per request: send the rest in further "
+                               "requests") from None
             raise ApiError(400, "bad_multipart", f"malformed multipart body ({e.detail}); send photos as form "
                            "files, e.g. curl -F file=@photo.jpg") from None
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
@@ -209,9 +227,35 @@ def create_app(run: str | Path, options: ServeOptions | None = None, *,
                   docs_url=None, redoc_url=None)  # the interactive docs load from a CDN: not here
     app.state.serving = st
     app.add_middleware(BodyLimit, max_bytes=options.limits.max_upload_bytes)
+    if options.allow_origins:  # their pages may read the answers (and send the token: a preflight)
+        app.add_middleware(CORSMiddleware, allow_origins=[normalize_origin(o) for o in options.allow_origins],
+                           allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"])
+    app.add_middleware(HostOriginGuard, hosts=options.allow_hosts, origins=options.allow_origins)  # outermost
     auth = Depends(_auth_dependency(options.token))
     _routes(app, st, auth)
     return app
+
+
+async def _in_pool(st: ServerState, fn, *args) -> list:
+    """``fn(*args)`` for each tuple of ``args`` on the decode pool; ApiErrors combined into one, others raised."""
+    loop = asyncio.get_running_loop()
+    done = await asyncio.gather(*(loop.run_in_executor(st.pool, fn, *a) for a in args), return_exceptions=True)
+    for d in done:
+        if isinstance(d, BaseException) and not isinstance(d, ApiError):
+            raise d
+    errors = [d for d in done if isinstance(d, ApiError)]
+    if errors:
+        raise ApiError.combine(errors)
+    return done
+
+
+async def _decode_all(st: ServerState, uploads: list[tuple[str, bytes]]) -> list[ModelInput]:
+    """Every upload's model input: headers first, then the decoding within the server's pixel budget."""
+    headers = await _in_pool(st, st.preprocess.header, *((data, name) for name, data in uploads))
+    pixels = sum(h.pixels for h in headers)
+    st.pixels.refuse_if_over(pixels, len(uploads))
+    async with st.pixels.hold(pixels):
+        return await _in_pool(st, st.preprocess, *((data, name, h) for (name, data), h in zip(uploads, headers)))
 
 
 def _routes(app: FastAPI, st: ServerState, auth) -> None:
@@ -224,22 +268,23 @@ def _routes(app: FastAPI, st: ServerState, auth) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code,
+                            headers=exc.headers)  # 405: Allow
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):  # logged with its traceback by the server
         return JSONResponse({"error": {"code": "internal", "message": f"internal error ({type(exc).__name__}); "
                                        "the server log has the details"}}, status_code=500)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index():
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz():
         if st.model is None or st.batcher is None:
             status = "failed" if st.error else "loading"
@@ -257,18 +302,14 @@ def _routes(app: FastAPI, st: ServerState, auth) -> None:
     @app.post("/v1/predict", dependencies=[auth])
     async def predict(request: Request):
         model = st.ready()
-        uploads = await read_uploads(request, st.limits)
+        try:
+            uploads = await read_uploads(request, st.limits)
+        except ClientDisconnect:  # nobody to answer: one line, not a traceback
+            log.info("client %s went away while sending its photos", request.client.host if request.client else "?")
+            return JSONResponse({"error": {"code": "client_disconnected", "message": "incomplete request"}}, 400)
         t0 = time.perf_counter()
         with st.admission.hold(len(uploads)):
-            loop = asyncio.get_running_loop()
-            done = await asyncio.gather(*(loop.run_in_executor(st.pool, st.preprocess, data, name)
-                                          for name, data in uploads), return_exceptions=True)
-            for d in done:
-                if isinstance(d, BaseException) and not isinstance(d, ApiError):
-                    raise d
-            errors = [d for d in done if isinstance(d, ApiError)]
-            if errors:
-                raise ApiError.combine(errors)
+            done = await _decode_all(st, uploads)
             probs = await st.batcher.run([d.tensor for d in done])
         results = [answer(d.name, p, model.task, width=d.width, height=d.height, box=d.box)
                    for d, p in zip(done, probs)]

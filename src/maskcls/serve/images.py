@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -25,9 +25,22 @@ from .model import ServedModel
 FORMATS_HINT = "upload a JPEG, PNG, WebP, BMP or TIFF photo"
 
 
+@dataclass(frozen=True)
+class Header:
+    """What an upload's header says, before any pixel is decoded."""
+    width: int  # after EXIF rotation
+    height: int
+    format: str
+    fast: bool  # libjpeg-turbo gives PIL's pixels
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
 @dataclass
-class Prepared:
-    """One upload, ready for the model."""
+class ModelInput:
+    """One upload turned into the model's input tensor, with what its answer reports of the photo."""
     name: str
     tensor: np.ndarray  # uint8 3×S×S
     width: int  # of the photo after EXIF rotation
@@ -89,8 +102,13 @@ class Preprocessor:
             from ..prep.mtcnn import make_detector
             self.detector = make_detector("cpu")
 
-    def __call__(self, data: bytes, name: str) -> Prepared:
-        w, h, fmt, fast = read_header(data, name, self.max_pixels)
+    def header(self, data: bytes, name: str) -> Header:
+        """The upload's header facts; ApiError for what cannot be served (see :func:`read_header`)."""
+        return Header(*read_header(data, name, self.max_pixels))
+
+    def __call__(self, data: bytes, name: str, header: Header | None = None) -> ModelInput:
+        """Decode and transform one upload (its ``header`` read again unless given)."""
+        w, h, fmt, fast = astuple(header or self.header(data, name))
         try:
             if self.face_settings:
                 from ..prep.faces import crop_with_boxes
@@ -102,4 +120,4 @@ class Preprocessor:
             raise ApiError(422, "corrupt_image", f"{name}: cannot decode this {fmt} image (truncated or corrupt); "
                            f"re-save the photo and upload it again", file=name) from None
         tensor = self.transform(np.ascontiguousarray(img)).numpy()
-        return Prepared(name, tensor, w, h, box)
+        return ModelInput(name, tensor, w, h, box)

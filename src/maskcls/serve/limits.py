@@ -5,15 +5,22 @@ Every limit answers before memory grows: the body is counted while it arrives (4
 header before it is decoded (413 past ``max_pixels``: decompression bombs), a request holds
 at most ``max_images`` photos, and at most ``max_queue`` images may be admitted and not yet
 answered — beyond that the server answers 503 with Retry-After at once instead of queueing.
+Decoding costs memory by pixels, not by bytes (a flat 7000×7000 PNG is 47 KB on the wire and
+about 500 MB decoded: 10–15 bytes per pixel through decode and resize), so the pixels being
+decoded at once, over all requests, stay within ``decode_budget_pixels``: a request whose photos
+hold more together is refused with 413, and requests wait (first come, first served) for their
+pixels to fit, whatever the number of decode workers.
 Errors are JSON ``{"error": {"code", "message", "file"?}}``; the message names the file and
 says what to do.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+from collections import deque
 from dataclasses import dataclass
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 from ..data.imageio import MAX_PIXELS
 from ..errors import ConfigError
@@ -31,11 +38,14 @@ class Limits:
             maskcls' decoder limit (``data.imageio.MAX_PIXELS``).
         max_images: photos in one request.
         max_queue: images admitted and not yet answered, over all requests; more → 503.
+        decode_budget_pixels: pixels decoded at once over all requests, and the most one request's
+            photos may hold together (64 MP: about 0.6–1 GB of decode memory); at least ``max_pixels``.
     """
     max_upload_bytes: int = 20 * MiB
     max_pixels: int = MAX_PIXELS
     max_images: int = 16
     max_queue: int = 64
+    decode_budget_pixels: int = 64_000_000
 
     def check(self) -> None:
         if self.max_upload_bytes < 1024:
@@ -48,6 +58,10 @@ class Limits:
         if self.max_queue < self.max_images:
             raise ConfigError(f"--max-queue ({self.max_queue}) must be at least --max-images ({self.max_images}), "
                               "or a full request could never be admitted")
+        if self.decode_budget_pixels < self.max_pixels:
+            raise ConfigError(f"--decode-budget-mp ({self.decode_budget_pixels / 1e6:g} MP) must be at least "
+                              f"--max-pixels ({self.max_pixels / 1e6:g} MP), or an accepted photo could never be "
+                              "decoded")
 
 
 class ApiError(Exception):
@@ -101,6 +115,57 @@ class Admission:
             yield
         finally:
             self.pending -= n
+
+
+class PixelBudget:
+    """Pixels being decoded, over all requests: a request waits (first come, first served) until its
+    photos' pixels fit in ``capacity`` (event-loop only: no lock)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.used = capacity, 0
+        self._waiting: deque[tuple[int, asyncio.Future]] = deque()
+
+    def refuse_if_over(self, pixels: int, photos: int) -> None:
+        """413 for a request whose photos could never fit the budget together."""
+        if pixels > self.capacity:
+            raise ApiError(413, "too_many_pixels", f"the {photos} photo(s) of this request hold {pixels / 1e6:.1f} "
+                           f"MP together, over this server's decode budget of {self.capacity / 1e6:g} MP per "
+                           "request; send them in several requests, or smaller (the model sees a few hundred pixels)")
+
+    @contextlib.asynccontextmanager
+    async def hold(self, pixels: int) -> AsyncIterator[None]:
+        """Hold ``pixels`` (at most ``capacity``) for the block, waiting for them to be free."""
+        if pixels > self.capacity:
+            raise ValueError(f"{pixels} pixels can never fit a budget of {self.capacity}")
+        if self._waiting or self.used + pixels > self.capacity:
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.append((pixels, turn))
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():  # granted just as the request went away
+                    self._release(pixels)
+                else:
+                    self._waiting.remove((pixels, turn))
+                    self._grant()
+                raise
+        else:
+            self.used += pixels
+        try:
+            yield
+        finally:
+            self._release(pixels)
+
+    def _release(self, pixels: int) -> None:
+        self.used -= pixels
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self.used + self._waiting[0][0] <= self.capacity:
+            pixels, turn = self._waiting.popleft()
+            if not turn.done():
+                self.used += pixels
+                turn.set_result(None)
 
 
 class _BodyTooLarge(Exception):
