@@ -12,10 +12,10 @@ import sys
 
 from .. import progress
 from ..errors import MaskclsError
-from . import audit_cmds, predict_cmds, prep_cmds, serve_cmds, tools_cmds, train_cmds
+from . import audit_cmds, predict_cmds, prep_cmds, serve_cmds, tools_cmds, train_cmds, tune_cmds
 
 # Each module registers its subcommands (parsers and handlers); the order is the help's order.
-COMMAND_MODULES = (prep_cmds, train_cmds, predict_cmds, audit_cmds, serve_cmds, tools_cmds)
+COMMAND_MODULES = (prep_cmds, train_cmds, tune_cmds, predict_cmds, audit_cmds, serve_cmds, tools_cmds)
 
 EPILOG = """\
 examples:

@@ -1,0 +1,242 @@
+"""maskcls tune: the search space is checked before anything trains; trials are run directories; pruning,
+a killed worker and two workers on a real PostgreSQL server leave a study that is whole."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from helpers import TINY_SETS, tiny
+from maskcls.cli import main
+from maskcls.config_io import load_config, read_config
+from maskcls.errors import ConfigError
+from maskcls.fsutil import read_json
+from maskcls.prep.prepared import load_prepared
+from maskcls.tune.space import load_space, parse_space
+from maskcls.tune.study import TuneSettings, run_study
+
+SPACE = ("optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}\n"
+         "loss.label_smoothing: {type: float, low: 0.0, high: 0.2}\n")
+
+
+def _space(tmp_path: Path, text: str = SPACE) -> Path:
+    p = tmp_path / "space.yaml"
+    p.write_text(text)
+    return p
+
+
+def _tune_args(prepared, space, study_dir, trials, *extra, epochs=1) -> list[str]:
+    sets = [a for s in TINY_SETS + [f"train.epochs={epochs}", "run.trackers=[]"] for a in ("--set", s)]
+    return ["tune", str(prepared), "--space", str(space), "--trials", str(trials), "--study-dir", str(study_dir),
+            *sets, *extra]
+
+
+def _cli(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "maskcls", *args]
+
+
+def _study(study_dir: Path, name: str | None = None) -> optuna.Study:
+    return optuna.load_study(study_name=name or study_dir.name, storage=f"sqlite:///{study_dir / 'study.db'}")
+
+
+# ------------------------------------------------------------------ the space, before anything trains
+@pytest.mark.parametrize("text, message", [
+    ("optim.lrr: {type: float, low: 0.001, high: 0.01}", "did you mean 'optim.lr'"),
+    ("data.image_size: {type: float, low: 96, high: 224}", "data.image_size takes int values"),
+    ("model.name: {type: float, low: 1, high: 2}", "use type: categorical"),
+    ("optim.lr: {type: float, low: 0.01, high: 0.001}", "low 0.01 is above high 0.001"),
+    ("loss.label_smoothing: {type: float, low: 0.0, high: 0.7}", "out of range"),
+    ("data.preset: {type: categorical, choices: [fast, fastest]}", "not a valid choice"),
+    ("optim.lr: {type: float, low: 0.0, high: 0.01, log: true}", "log: true needs low > 0"),
+    ("optim.lr: {type: flaot, low: 0.001, high: 0.01}", "did you mean 'float'"),
+    ("optim.lr: {type: float, low: 0.001, hi: 0.01}", "unknown field(s) hi"),
+    ("train.epochs: {type: int, low: 1.5, high: 3}", "expected a whole number"),
+])
+def test_space_errors_name_the_key_and_the_fix(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=None) as e:
+        load_space(_space(tmp_path, text))
+    assert message in str(e.value) and str(tmp_path / "space.yaml") in str(e.value)
+
+
+def test_space_types_follow_the_config():
+    params = {p.key: p for p in parse_space({"data.image_size": {"type": "int", "low": 96, "high": 224, "step": 32},
+                                             "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                                             "data.preset": {"type": "categorical", "choices": ["fast", "reference"]}})}
+    assert params["data.image_size"].grid() == [96, 128, 160, 192, 224]
+    assert params["optim.lr"].log and isinstance(params["optim.lr"].low, float)
+    with pytest.raises(ConfigError, match="grid needs a step"):
+        params["optim.lr"].grid()
+
+
+def test_cli_refuses_a_bad_space_before_training(prepared_dir, tmp_path, capsys):
+    space = _space(tmp_path, "optim.lrr: {type: float, low: 0.001, high: 0.01}\n")
+    assert main(_tune_args(prepared_dir, space, tmp_path / "st", 2)) == 2
+    assert "did you mean 'optim.lr'" in capsys.readouterr().err
+    assert not (tmp_path / "st").exists()
+    # a key both fixed and searched is a mistake too
+    assert main(_tune_args(prepared_dir, _space(tmp_path), tmp_path / "st", 2, "--set", "optim.lr=0.01")) == 2
+    assert "both fixed with --set and searched" in capsys.readouterr().err
+    assert not (tmp_path / "st").exists()
+
+
+# ------------------------------------------------------------------ trials, pruning, outputs
+@pytest.mark.slow
+def test_pruned_trial_is_pruned_and_its_run_says_so(prepared_dir, tmp_path):
+    """A pruner that prunes every epoch (F1 never reaches 1.01): the trial stops after its first epoch."""
+    settings = TuneSettings(tmp_path / "st", trials=1, pruner=optuna.pruners.ThresholdPruner(lower=1.01))
+    study = run_study(tiny(train={"epochs": 3}, run={"trackers": []}), load_prepared(prepared_dir),
+                      load_space(_space(tmp_path)), settings)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [1]
+    run = Path(trial.user_attrs["run_dir"])
+    assert run == (tmp_path / "st" / "trials" / "trial-0000").resolve()
+    marker = read_json(run / "pruned.json")
+    assert marker["pruned"] and marker["epoch"] == 1 and marker["trial"] == 0
+    assert read_json(run / "run.json")["tune"]["state"] == "PRUNED"
+    assert len(pd.read_csv(run / "fold0" / "metrics.csv")) == 1  # one epoch trained, not three
+    assert not (run / "summary.json").exists()
+    table = pd.read_csv(tmp_path / "st" / "trials.csv")
+    assert table["state"].tolist() == ["PRUNED"] and table["epochs_reported"].tolist() == [1]
+    assert not (tmp_path / "st" / "best.yaml").exists()  # no completed trial, no best config
+
+
+@pytest.mark.slow
+def test_cli_study_outputs_and_best_yaml_loads_for_train(prepared_dir, tmp_path, capsys):
+    st = tmp_path / "st"
+    assert main(_tune_args(prepared_dir, _space(tmp_path), st, 2, "--seed", "1", "--pruner", "none")) == 0
+    out = capsys.readouterr().out
+    assert "trial 0 (1/2):" in out and "trial 1 (2/2):" in out and "best:" in out
+    study = _study(st)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    best = study.best_trial
+    cfg = load_config(st / "best.yaml")  # what `maskcls train -c DIR/best.yaml` reads
+    assert cfg.optim.lr == pytest.approx(best.params["optim.lr"])
+    assert cfg.loss.label_smoothing == pytest.approx(best.params["loss.label_smoothing"])
+    assert cfg.model.name == "test_efficientnet" and cfg.train.epochs == 1  # the fixed part too
+    run = Path(best.user_attrs["run_dir"])
+    assert read_config(run / "config.yaml").optim.lr == pytest.approx(cfg.optim.lr)
+    assert read_json(run / "summary.json")["mean_f1"] == pytest.approx(best.value)
+    assert read_json(run / "run.json")["tune"]["state"] == "COMPLETE"
+    table = pd.read_csv(st / "trials.csv")
+    assert table["number"].tolist() == [0, 1] and set(table["state"]) == {"COMPLETE"}
+    assert {"optim.lr", "loss.label_smoothing", "duration_s", "run_dir"} <= set(table.columns)
+    page = (st / "study.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 and f'href="trials/{run.name}"' in page
+    assert "src=\"http" not in page  # self-contained
+
+
+# ------------------------------------------------------------------ a killed worker
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    end = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the worker ended before {path} appeared"
+        assert time.time() < end, f"{path} did not appear in {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_killed_worker_trial_fails_and_rerun_reaches_n(prepared_dir, tmp_path, storage):
+    st = tmp_path / "st"
+    args = _tune_args(prepared_dir, _space(tmp_path), st, 3, "--pruner", "none", "--heartbeat", "1",
+                      *(["--storage", "journal"] if storage == "journal" else []), epochs=4)
+    worker = subprocess.Popen(_cli(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(st / "trials" / "trial-0001", worker)  # trial 0 done, trial 1 training
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    rerun = subprocess.run(_cli(args), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    url = f"sqlite:///{st / 'study.db'}" if storage == "sqlite" else optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(st / "study.journal")))
+    study = optuna.load_study(study_name="st", storage=url)
+    states = {t.number: t.state for t in study.trials}
+    assert states[1] == TrialState.FAIL  # the killed worker's trial
+    assert sum(s == TrialState.COMPLETE for s in states.values()) == 3
+    assert sorted(states) == list(range(len(states)))
+    assert "marked FAIL" in rerun.stderr
+    assert set(pd.read_csv(st / "trials.csv")["state"]) == {"COMPLETE", "FAIL"}
+
+
+# ------------------------------------------------------------------ two workers on PostgreSQL
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def postgres(request) -> str:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 (trust auth), stopped and removed at the end."""
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver is missing: pip install -e '.[dev]'")
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL's server is not installed (Debian: apt-get install postgresql; .ci/run does)")
+    root = Path(tempfile.mkdtemp(prefix="maskcls-pg-"))  # under /tmp: the server's user must reach it
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the package's postgres user
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", _free_port()
+
+    def pg(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(as_user + list(cmd), capture_output=True, text=True, timeout=120)
+
+    init = pg(str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres")
+    if init.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"initdb failed here: {init.stderr.strip()[-300:]}")
+    start = pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60", "-o",
+               f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+
+    def stop():
+        pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+    request.addfinalizer(stop)
+    assert start.returncode == 0, f"pg_ctl start failed: {start.stderr}\n{(root / 'log').read_text()[-2000:]}"
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgresql_study(prepared_dir, tmp_path, postgres):
+    n = 4
+    workers = [subprocess.Popen(_cli(_tune_args(prepared_dir, _space(tmp_path), tmp_path / f"machine{i}", n,
+                                                "--storage", postgres, "--study", "pg", "--pruner", "none",
+                                                epochs=2)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for i in (1, 2)]
+    outs = [w.communicate(timeout=600) for w in workers]
+    for w, (out, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="pg", storage=postgres)
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(len(numbers)))  # no number duplicated or lost
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert n <= len(finished) <= n + 1  # each worker checks after its own trial: at most one more
+    assert all(t.state != TrialState.RUNNING for t in study.trials)
+    runs = {t.number: Path(t.user_attrs["run_dir"]) for t in finished}
+    assert all((r / "summary.json").is_file() for r in runs.values())
+    by_machine = {i: {r for r in runs.values() if r.parent.parent.name == f"machine{i}"} for i in (1, 2)}
+    assert by_machine[1] and by_machine[2], "both workers should have run trials"
+    assert len(by_machine[1]) + len(by_machine[2]) == len(runs)
+    for i in (1, 2):  # each machine's outputs list the whole study
+        assert len(pd.read_csv(tmp_path / f"machine{i}" / "trials.csv")) == len(study.trials)
