@@ -17,6 +17,7 @@ import pandas as pd
 
 from .config import Config
 from .engine.metrics import confusion, macro_f1
+from .fsutil import free_name
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +31,6 @@ def demo_config(epochs: int, runs_dir: Path) -> Config:
                    run=replace(cfg.run, runs_dir=str(runs_dir)))
 
 
-def _free_dir(path: Path) -> Path:
-    if not path.exists():
-        return path
-    n = 2
-    while Path(f"{path}-{n}").exists():
-        n += 1
-    return Path(f"{path}-{n}")
-
-
 def run_demo(out: str | Path = "demo-out", *, people: int = 120, epochs: int | None = None, seed: int = 0) -> dict:
     from .engine.run import run_training
     from .predict import predict_submission
@@ -49,7 +41,7 @@ def run_demo(out: str | Path = "demo-out", *, people: int = 120, epochs: int | N
     from .report import write_report
 
     t0 = time.time()
-    out = _free_dir(Path(out))
+    out = free_name(Path(out))
     out.mkdir(parents=True)
     epochs = epochs or 10
     timings = {}

@@ -12,14 +12,15 @@ from __future__ import annotations
 import itertools
 import logging
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 
-from .engine.decision import apply_offsets, cross_fitted, fit_offsets
+from .engine.decision import TuneBias, apply_offsets, check_tune_bias, cross_fitted, fit_offsets
 from .engine.metrics import confusion, macro_f1
 from .engine.rundir import read_oof, read_run_info
-from .errors import DataError
+from .errors import ConfigError, DataError, did_you_mean
 from .fsutil import atomic_write_json, free_name
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,25 @@ def fit_run_weights(probs: list[np.ndarray], labels: np.ndarray, k: int, step: f
     return best_w
 
 
+EnsembleWeights = Literal["equal", "oof"]  # predict --ensemble-weights
+
+
+def check_weights_method(weights: str) -> EnsembleWeights:
+    """``weights`` when it is one of :data:`EnsembleWeights`, else a clear error (before any run is loaded)."""
+    choices = get_args(EnsembleWeights)
+    if weights not in choices:
+        raise ConfigError(f"--ensemble-weights {weights!r} is not one of {', '.join(choices)}"
+                          f"{did_you_mean(str(weights), choices)}")
+    return weights
+
+
 def predict_runs(runs: list[str | Path], *, data: str | None = None, out: str | None = None, folds: str = "all",
-                 tta: str = "none", weights: str = "equal", tune_bias: str = "auto",
+                 tta: str = "none", weights: EnsembleWeights = "equal", tune_bias: TuneBias = "auto",
                  batch_size: int | None = None) -> dict:
     """The submission of several runs' averaged probabilities; see the module docstring."""
     from .predict import _submission_rows, eval_probabilities, run_and_data, submission_path, write_submission
+    check_weights_method(weights)
+    check_tune_bias(tune_bias)
     runs = [Path(r) for r in runs]
     probs, info, task, prep = [], None, None, None
     for run in runs:
@@ -82,8 +97,6 @@ def predict_runs(runs: list[str | Path], *, data: str | None = None, out: str | 
         labels = oof["label"].to_numpy()
         if weights == "oof":
             w = fit_run_weights(oof_probs, labels, k)
-        elif weights != "equal":
-            raise DataError(f"--ensemble-weights {weights!r}: use equal or oof")
         mixed = sum(wi * p for wi, p in zip(w, oof_probs))
         report["oof_rows"] = int(len(oof))
         report["oof_f1_runs"] = [macro_f1(confusion(labels, p.argmax(1), k)) for p in oof_probs]

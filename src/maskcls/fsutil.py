@@ -1,4 +1,4 @@
-"""Files and processes: atomic writes, new directories, free names, the default worker count.
+"""Files and processes: atomic writes, new directories, free names, the default worker count, a TCP probe.
 
 Every file maskcls writes goes through :func:`atomic_path`: a uniquely named temporary file
 beside the target, flushed to disk, then ``os.replace``d onto it. A crash or Ctrl-C at any
@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
+
+from .errors import DataError
 
 
 @contextlib.contextmanager
@@ -35,9 +38,25 @@ def atomic_path(path: str | Path, *, before_replace: Callable[[], None] | None =
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself survives a power cut only once the directory is on disk
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries (renames, new files) to disk; a no-op where directories cannot be
+    opened (Windows) or synced (some network file systems)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -60,11 +79,33 @@ def atomic_write_json(path: str | Path, obj, *, indent: int = 2) -> None:
 
 
 def read_json(path: str | Path) -> dict | None:
-    """The JSON object in ``path``, or None when it is missing or unreadable."""
+    """The JSON object in ``path``, or None when it is missing or unreadable (caches, optional hints: for a
+    file whose damage must not go unnoticed use :func:`load_json`)."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def load_json(path: str | Path, *, fix: str, missing_ok: bool = False) -> dict | None:
+    """The JSON object in ``path``, read strictly: a damaged or non-object file is a :class:`DataError`
+    naming it and saying ``fix``; a missing one is None with ``missing_ok``, else FileNotFoundError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{path} not found; {fix}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} cannot be read ({e.__class__.__name__}); {fix}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} holds a JSON {type(obj).__name__}, not an object; {fix}")
+    return obj
 
 
 def ensure_new_dir(path: str | Path) -> Path:
@@ -86,6 +127,16 @@ def free_name(path: str | Path) -> Path:
     while (alt := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
         n += 1
     return alt
+
+
+def can_connect(host: str, port: int, timeout: float) -> bool:
+    """True when ``host:port`` accepts a TCP connection within ``timeout`` seconds (the one network probe:
+    tracker servers and the model hub are checked with it before anything waits on them)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def cpu_count() -> int:

@@ -22,6 +22,7 @@ from .errors import CheckpointError, ConfigError, did_you_mean
 from .labels import Task
 from .models.factory import MaskClsNet, build_model
 from .models.heads import probabilities
+from .prep.folds import parse_fold_list
 from .progress import track
 
 Tta = Literal["none", "hflip"]
@@ -76,10 +77,7 @@ def select_folds(run: str | Path, spec: str = "all") -> dict[int, Path]:
         scores = {int(f): r.get("best_f1") or -1 for f, r in summary.get("folds", {}).items() if int(f) in found}
         best = max(scores, key=scores.get) if scores else min(found)
         return {best: found[best]}
-    try:
-        wanted = sorted({int(s) for s in spec.split(",")})
-    except ValueError:
-        raise CheckpointError(f"--folds {spec!r}: use all, best, or a list like 0,2") from None
+    wanted = parse_fold_list(spec, words=("all", "best"))
     missing = [f for f in wanted if f not in found]
     if missing:
         raise CheckpointError(f"--folds {spec!r}: no best.pt for fold(s) {missing} in {run}; "

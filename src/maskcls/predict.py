@@ -10,7 +10,7 @@ import pandas as pd
 
 from .data.imageio import is_image_name, probe
 from .data.loader import build_loader
-from .engine.decision import apply_offsets, read_offsets
+from .engine.decision import TuneBias, apply_offsets, check_tune_bias, read_offsets
 from .engine.fold_data import make_dataset, paths_dataset, resolve_loader
 from .errors import DataError
 from .fsutil import atomic_write_text, free_name
@@ -57,7 +57,7 @@ def eval_probabilities(loaded: list, prep: Prepared, rows: pd.DataFrame, *, tta:
 
 def predict_submission(run: str | Path, *, data: str | Path | None = None, out: str | Path | None = None,
                        folds: str = "all", tta: str = "none", batch_size: int | None = None,
-                       num_workers: int | None = None, tune_bias: str = "auto") -> dict:
+                       num_workers: int | None = None, tune_bias: TuneBias = "auto") -> dict:
     """Predict the evaluation images of ``data``; write the submission and the probabilities beside it.
 
     A competition source gives eval/info.csv's rows in its order (``ImageID,ans``); a CSV source its
@@ -76,9 +76,10 @@ def predict_submission(run: str | Path, *, data: str | Path | None = None, out: 
             cross-fitted out-of-fold macro F1, 'on' always, 'off' never (plain argmax).
     """
     run = Path(run)
+    check_tune_bias(tune_bias)
     loaded, prep, made = run_and_data(run, folds=folds, data=data)
     rows, sub = _submission_rows(prep)
-    offsets = read_offsets(run, tune_bias)
+    offsets = read_offsets(run, tune_bias, k=loaded[0].task.num_classes)
     probs = eval_probabilities(loaded, prep, rows, tta=tta, batch_size=batch_size, num_workers=num_workers)
     sub["ans"] = apply_offsets(probs, offsets)
     if prep.meta.get("kind") == "csv":

@@ -144,17 +144,23 @@ class Progress:
 
 
 class _Bar(Progress):
+    """A tqdm bar; thread-safe (tqdm's own lock guards its output, not its counter: ``faces`` and
+    ``stats`` update from thread pools)."""
+
     def __init__(self, *, total, desc, unit, initial):
         from tqdm.auto import tqdm
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+        self._lock = threading.Lock()
 
     def update(self, n: int = 1, **metrics) -> None:
-        if metrics:
-            self.bar.set_postfix({k: _fmt(v) for k, v in metrics.items()}, refresh=False)
-        self.bar.update(n)
+        with self._lock:
+            if metrics:
+                self.bar.set_postfix({k: _fmt(v) for k, v in metrics.items()}, refresh=False)
+            self.bar.update(n)
 
     def close(self) -> None:
-        self.bar.close()
+        with self._lock:
+            self.bar.close()
 
 
 class PlainProgress(Progress):

@@ -11,11 +11,11 @@ from typing import Callable, NoReturn
 def sub(subs, name: str, help: str, examples: str) -> argparse.ArgumentParser:
     p = subs.add_parser(name, help=help, description=help, epilog="examples:\n" + textwrap.indent(examples, "  "),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.error = functools.partial(_one_line_error, p)  # a usage mistake: one line, like every other error
+    p.error = functools.partial(one_line_error, p)  # a usage mistake: one line, like every other error
     return p
 
 
-def _one_line_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+def one_line_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
     """``maskcls predict: error: argument --batch-size: 0 is out of range; …`` and exit status 2 (argparse
     would print the whole usage block first; ``--help`` shows it)."""
     parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..prep.folds import parse_fold_list
 from .common import add_config_args, sub
 
 
@@ -41,10 +42,7 @@ def parse_folds(spec: str | None, k: int) -> list[int]:
     """'all' → every fold; '0' → [0]; '0,2' → [0, 2]; checked against the k folds."""
     if spec in ("all", "", None):
         return list(range(k))
-    try:
-        folds = sorted({int(s) for s in str(spec).split(",")})
-    except ValueError:
-        raise ConfigError(f"--folds {spec!r}: use 'all', one fold like 0, or a list like 0,2") from None
+    folds = parse_fold_list(spec)
     bad = [f for f in folds if not 0 <= f < k]
     if bad:
         raise ConfigError(f"--folds {spec!r}: fold(s) {bad} do not exist; the prepared dir has folds 0..{k - 1}")

@@ -119,6 +119,9 @@ def build_loader(dataset: Dataset, *, batch_size: int, sampler: Sampler | Sequen
     if kind == "auto":
         kind = "threads" if torch.cuda.is_available() and thread_safe(dataset) else "processes"
     if workers > 0 and kind == "threads":
+        if not thread_safe(dataset):
+            raise ValueError(f"loader kind 'threads' cannot run {dataset.transform!r}: it is not thread-safe (it "
+                             "draws from process-wide RNGs); use kind 'processes' or 'auto'")
         return ThreadLoader(dataset, batch_size=batch_size, sampler=sampler, threads=workers,
                             drop_last=drop_last, pin_memory=pin)
     kwargs = {"prefetch_factor": 2} if workers > 0 else {}

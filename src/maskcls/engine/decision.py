@@ -15,13 +15,17 @@ cross-fitted F1 beats the plain argmax.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 
-from ..fsutil import atomic_write_json, read_json
+from ..errors import CheckpointError, ConfigError, DataError, did_you_mean
+from ..fsutil import atomic_write_json, load_json
 from ..labels import Task
 from .metrics import confusion, macro_f1
+
+TuneBias = Literal["auto", "on", "off"]  # predict --tune-bias
 
 GRID = np.round(np.linspace(-2.0, 2.0, 41), 3)  # offsets in log-probability units
 ROUNDS = 3
@@ -96,18 +100,35 @@ def tune_run(run: Path, oof: pd.DataFrame, task: Task) -> dict:
     return result
 
 
-def read_offsets(run: Path, mode: str = "auto") -> np.ndarray | None:
+def check_tune_bias(mode: str) -> TuneBias:
+    """``mode`` when it is one of :data:`TuneBias`, else a clear error (a typo must not act as 'on')."""
+    choices = get_args(TuneBias)
+    if mode not in choices:
+        raise ConfigError(f"--tune-bias {mode!r} is not one of {', '.join(choices)}{did_you_mean(str(mode), choices)}")
+    return mode
+
+
+def read_offsets(run: Path, mode: TuneBias = "auto", *, k: int | None = None) -> np.ndarray | None:
     """The offsets ``predict`` applies: ``on`` = the run's, ``auto`` = the run's when they helped
-    cross-fitted, ``off`` = none. Runs without decision.json (older ones) predict with argmax."""
-    if mode == "off":
+    cross-fitted, ``off`` = none. Runs without decision.json (older ones) predict with argmax; a damaged
+    decision.json (or one with other than ``k`` offsets) is an error naming it."""
+    if check_tune_bias(mode) == "off":
         return None
-    info = read_json(Path(run) / DECISION_FILE)
+    path = Path(run) / DECISION_FILE
+    fix = "delete it to predict with plain argmax (or --tune-bias off), or re-run training to fit it again"
+    info = load_json(path, fix=fix, missing_ok=True)
     if info is None:
         if mode == "on":
-            from ..errors import CheckpointError
             raise CheckpointError(f"{run} has no {DECISION_FILE} (fitted when training ends with out-of-fold "
                                   "rows); predict with --tune-bias auto or off")
         return None
+    try:
+        offsets = np.asarray(info["offsets"], np.float64)
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{path} has no list of numbers under 'offsets'; {fix}") from None
+    if offsets.ndim != 1 or (k is not None and len(offsets) != k) or not np.isfinite(offsets).all():
+        raise DataError(f"{path} holds {offsets.size} offsets{f', not {k} finite ones (one per class)' if k else ''}; "
+                        f"{fix}")
     if mode == "auto" and not info.get("apply_by_default"):
         return None
-    return np.asarray(info["offsets"], np.float64)
+    return offsets

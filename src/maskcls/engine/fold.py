@@ -6,6 +6,7 @@ the best validation macro F1. Every rank trains its shard; rank 0 alone writes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -112,9 +113,11 @@ class FoldTrainer:
         model, info = build_model(cfg.model.name, num_outputs=task.outputs(cfg.model.heads),
                                   pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate,
                                   mean=ctx.pp.mean, std=ctx.pp.std, image_size=ctx.pp.image_size)
-        self.data = fold_data(ctx.prep, fold, cfg.data, ctx.pp, batch_size=cfg.train.batch_size,
-                              valid_batch_size=cfg.train.valid_batch_size, seed=seed, rank=acc.process_index,
-                              world=acc.num_processes, old_age=cfg.train.old_age)
+        # the crop cache is built by rank 0 alone; the other ranks wait, then find it up to date
+        with acc.main_process_first() if cfg.data.cache else contextlib.nullcontext():
+            self.data = fold_data(ctx.prep, fold, cfg.data, ctx.pp, batch_size=cfg.train.batch_size,
+                                  valid_batch_size=cfg.train.valid_batch_size, seed=seed, rank=acc.process_index,
+                                  world=acc.num_processes, old_age=cfg.train.old_age)
         counts = np.bincount(self.data.train_labels, minlength=task.num_classes)
         criterion = build_loss(cfg.loss, task=task, heads=cfg.model.heads, class_counts=counts).to(acc.device)
         if cfg.train.channels_last:

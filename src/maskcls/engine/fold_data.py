@@ -62,6 +62,11 @@ def resolve_loader(cfg: DataConfig) -> tuple[int, str]:
     auto → threads when CUDA is present and the preset is thread-safe, else processes."""
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
     kind = cfg.loader
+    if kind == "threads" and cfg.preset == "reference" and workers > 0:
+        raise ConfigError("data.loader=threads cannot run data.preset=reference: its torchvision transforms draw from "
+                          "the process-wide RNGs, so threads would make every epoch's augmentation depend on timing; "
+                          "use data.loader=processes (or auto), or data.preset=reference_fast (the same recipe, "
+                          "thread-safe)")
     if kind == "auto":
         # the 'reference' preset draws from torch's and Python's global RNGs: not thread-safe
         kind = "threads" if torch.cuda.is_available() and cfg.preset != "reference" else "processes"

@@ -6,7 +6,6 @@ folds, what was resolved at start), ``RUN/summary.json``, and per fold ``metrics
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 from ..config import Config
 from ..config_io import dump_yaml, read_config
 from ..errors import CheckpointError
-from ..fsutil import atomic_write_json, atomic_write_text
+from ..fsutil import atomic_write_json, atomic_write_text, load_json
 from ..labels import Task
 from .metrics import oof_scores
 
@@ -49,7 +48,7 @@ def read_run_info(run: str | Path) -> dict:
     if not p.is_file():
         raise CheckpointError(f"{run} is not a maskcls run directory (no run.json); pass the folder that "
                               "`maskcls train` created")
-    return json.loads(p.read_text())
+    return load_json(p, fix="restore it from a backup: it records the run's data and folds")
 
 
 def read_run_config(run: str | Path) -> Config:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib
 import netrc
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..fsutil import can_connect
 
 WANDB_URL = "https://api.wandb.ai"
 # what each tracker imports, and the pip extra that installs it
@@ -62,11 +62,7 @@ def reachable(url: str, timeout: float) -> bool:
     u = urlparse(url)
     if not u.hostname:
         return False
-    try:
-        with socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return can_connect(u.hostname, u.port or (443 if u.scheme == "https" else 80), timeout)
 
 
 def _wandb_logged_in(base_url: str) -> bool:

@@ -74,6 +74,7 @@ class RunTrackers:
         self.off: set[str] = set()  # trackers switched off after a failure
         self._wandb_folds: set[int] = set()
         self.config_text = ""
+        self._env_set: list[str] = []  # environment variables set for a tracker, unset by finish()
 
     # ------------------------------------------------------------------ run level
     def start(self, *, config: dict, resolved: dict) -> dict:
@@ -112,8 +113,10 @@ class RunTrackers:
         import mlflow
         from accelerate.tracking import MLflowTracker
         uri, artifacts = self.plan.mlflow_store(self.run)
-        if uri.startswith("file:"):  # MLflow 3 refuses file stores unless asked; the user asked
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        if uri.startswith("file:") and "MLFLOW_ALLOW_FILE_STORE" not in os.environ:
+            # MLflow 3 refuses file stores unless asked; the user asked. Set while the tracker runs only.
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+            self._env_set.append("MLFLOW_ALLOW_FILE_STORE")
         mlflow.set_tracking_uri(uri)
         previous = self.plan.ids.get("mlflow", {}).get("run_id")
         tracker = MLflowTracker(experiment_name=self.plan.project, logging_dir=artifacts, run_id=previous,
@@ -125,6 +128,7 @@ class RunTrackers:
         except Exception as e:  # noqa: BLE001 - store, schema and server errors of many kinds
             if mlflow.active_run() is not None:
                 mlflow.end_run(status="FAILED")
+            self._restore_env()
             raise MaskclsError(f"MLflow could not start at {uri} ({type(e).__name__}: {e}); check "
                                "run.mlflow_uri, or leave mlflow out of run.trackers") from None
         self.mlflow = tracker
@@ -190,6 +194,12 @@ class RunTrackers:
         if self.mlflow is not None:
             self._safe("mlflow", lambda: self._finish_mlflow(metrics, files, status))
             self.mlflow = None
+        self._restore_env()
+
+    def _restore_env(self) -> None:
+        """Unset the environment variables this run set: the process is left as it was found."""
+        while self._env_set:
+            os.environ.pop(self._env_set.pop(), None)
 
     def _finish_wandb(self, metrics: dict, files: list[Path], status: str) -> None:
         import wandb

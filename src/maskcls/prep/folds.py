@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 
 def assign_folds(groups: np.ndarray, labels: np.ndarray, *, k: int = 5,
@@ -39,3 +39,13 @@ def assign_folds(groups: np.ndarray, labels: np.ndarray, *, k: int = 5,
             fold[val] = f
     notes = [str(w.message) for w in caught]
     return fold, notes
+
+
+def parse_fold_list(spec: str, *, words: tuple[str, ...] = ("all",)) -> list[int]:
+    """A ``--folds`` list: '0' → [0]; '0,2' → [0, 2] (sorted, each once). ``words`` are the keywords the
+    caller handles itself ('all', 'best'), named in the error for anything else."""
+    try:
+        folds = sorted({int(s) for s in str(spec).split(",")})
+    except ValueError:
+        raise ConfigError(f"--folds {spec!r}: use {', '.join(words)}, one fold like 0, or a list like 0,2") from None
+    return folds

@@ -6,7 +6,6 @@ only when prepare was told ``--allow-absolute``), so a moved dataset needs only 
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ..fsutil import load_json
 from ..labels import Task
 from .sources import csv_lines
 
@@ -85,8 +85,8 @@ class Prepared:
         return self.manifest[self.manifest["split"] == "eval"]
 
     def stats(self) -> dict | None:
-        p = self.dir / "stats.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        return load_json(self.dir / "stats.json", missing_ok=True,
+                         fix=f"run `maskcls stats {self.dir}` again (it rewrites the file)")
 
 
 def load_prepared(directory: str | Path) -> Prepared:
@@ -96,10 +96,7 @@ def load_prepared(directory: str | Path) -> Prepared:
     if not meta_path.is_file() or not man_path.is_file():
         raise FileNotFoundError(f"{d} is not a prepared directory (no prepare.json/manifest.csv); "
                                 f"create one with `maskcls prepare SOURCE --out {d}`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{meta_path}: not valid JSON ({e}); re-run `maskcls prepare`") from None
+    meta = load_json(meta_path, fix="re-run `maskcls prepare`")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise DataError(f"{d} was prepared by an incompatible maskcls (format {version}, this version reads "
