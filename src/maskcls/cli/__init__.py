@@ -6,6 +6,8 @@ for the traceback). Printing happens here only; library modules log.
 from __future__ import annotations
 
 import argparse
+import difflib
+import functools
 import logging
 import os
 import sys
@@ -13,6 +15,7 @@ import sys
 from .. import progress
 from ..errors import MaskclsError
 from . import audit_cmds, predict_cmds, prep_cmds, serve_cmds, tools_cmds, train_cmds, tune_cmds
+from .common import one_line_error
 
 # Each module registers its subcommands (parsers and handlers); the order is the help's order.
 COMMAND_MODULES = (prep_cmds, train_cmds, tune_cmds, predict_cmds, audit_cmds, serve_cmds, tools_cmds)
@@ -42,7 +45,9 @@ INFO_LOGGERS = ("maskcls.engine", "maskcls.demo", "maskcls.progress")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maskcls", description="Face-attribute classification: mask state x gender x "
                                 "age (18 classes, macro F1), or any CSV-described task.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                exit_on_error=False)  # parse_args turns the errors into one line
+    p.error = functools.partial(one_line_error, p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--log-every", type=_log_every, metavar="N", help=LOG_EVERY_HELP)
     subs = p.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -76,9 +81,39 @@ def setup_logging(verbose: bool, log_every: tuple[int, float | None] | None) -> 
         progress.configure(every=every, seconds=seconds)
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with a mistyped command answered in one line: ``maskcls: error: unknown command
+    'trian'; did you mean 'train'?`` and exit status 2 (argparse would list every command)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return parser.parse_args(argv)
+    except argparse.ArgumentError as e:
+        if e.argument_name == "COMMAND":
+            word = _command_word(argv)
+            close = difflib.get_close_matches(word, list(_subparsers(parser).choices), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else "see maskcls --help for the commands"
+            parser.exit(2, f"maskcls: error: unknown command {word!r}; {hint}\n")
+        parser.error(str(e))
+
+
+def _command_word(argv: list[str]) -> str:
+    """The first word of ``argv`` that is neither a top-level option nor its value."""
+    it = iter(argv)
+    for a in it:
+        if a == "--log-every":
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return ""
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     setup_logging(args.verbose, args.log_every)
     if args.cmd is None:
         parser.print_help()
