@@ -11,8 +11,11 @@ def register(subs) -> None:
              "maskcls bench workers                                # training epochs, 1 loader worker vs 2\n"
              "maskcls bench quality --seeds 2                      # real dev sets, fixed budget\n"
              "maskcls bench quality --set data.sampler=balanced    # a variant against the defaults\n"
-             "maskcls bench serve --run runs/mobilenetv2_100-1 --requests 2000")
-    s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "workers", "quality", "serve"])
+             "maskcls bench serve --run runs/mobilenetv2_100-1 --requests 2000\n"
+             "maskcls bench time-to-f1 .cache/quality/prepared/mask3dev --timm-repo GITDIR   # vs timm's train.py")
+    s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "workers", "quality", "serve",
+                                    "time-to-f1"])
+    s.add_argument("prepared", nargs="?", help="time-to-f1: the prepared directory to train on")
     s.add_argument("--images", type=int_range(1), default=None)
     s.add_argument("--workers", type=int_range(0), default=2)
     q = s.add_argument_group("quality")
@@ -27,6 +30,14 @@ def register(subs) -> None:
                    help="the run to serve (default: train a small run of the default backbone at 128 px first)")
     v.add_argument("--requests", type=int_range(1), default=2000, help="requests per mode and concurrency")
     v.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="the server's backend")
+    t = s.add_argument_group("time-to-f1 (maskcls' config: -c/--set, then these)")
+    t.add_argument("--timm-repo", help="git directory of a copy of huggingface/pytorch-image-models")
+    t.add_argument("--fold", type=int_range(0), default=0)
+    t.add_argument("--image-size", type=int_range(8), default=128)
+    t.add_argument("--epochs", type=int_range(1), default=3)
+    t.add_argument("--seed", type=int, default=719)
+    t.add_argument("--precision", choices=["auto", "no", "bf16"], default="auto", help="both sides' precision")
+    t.add_argument("--out", default=None, help="new scratch folder (default .cache/time-to-f1/<set>-<UTC time>)")
     s.set_defaults(handler=cmd_bench)
 
     s = sub(subs, "demo", "the whole job on a synthetic dataset, in minutes",
@@ -41,6 +52,8 @@ def cmd_bench(args) -> int:
     kw = {"images": args.images} if args.images else {}
     if args.what == "quality":
         return _bench_quality(args)
+    if args.what == "time-to-f1":
+        return _bench_time_to_f1(args)
     if args.what == "stats":
         from ..bench.stats import bench_stats
         r = bench_stats(workers=args.workers, **kw)
@@ -74,6 +87,21 @@ def _bench_quality(args) -> int:
     label = " ".join(args.overrides) or str(args.config)
     r = bench_quality(data_dir=args.data, seeds=args.seeds, variant=variant, variant_label=label,
                       sets=tuple(s for s in args.sets.split(",") if s), work=args.work, fresh=args.fresh)
+    print(r["text"])
+    return 0
+
+
+def _bench_time_to_f1(args) -> int:
+    from ..bench.time_to_f1 import Budget, bench_time_to_f1
+    from ..config_io import load_config
+    from ..errors import ConfigError
+    if not args.prepared or not args.timm_repo:
+        raise ConfigError("bench time-to-f1 needs a prepared directory and --timm-repo GITDIR (a copy of "
+                          "huggingface/pytorch-image-models)")
+    budget = Budget(fold=args.fold, image_size=args.image_size, epochs=args.epochs, seed=args.seed,
+                    precision=args.precision)
+    r = bench_time_to_f1(args.prepared, args.timm_repo, budget=budget, base=load_config(args.config, args.overrides),
+                         out=args.out)
     print(r["text"])
     return 0
 
