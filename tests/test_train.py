@@ -301,3 +301,16 @@ def test_banner_and_run_files_say_the_precision_used(prepared_dir, tmp_path, cap
     assert json.loads((tmp_path / "r" / "run.json").read_text())["mixed_precision"] == recorded
     assert f"mixed_precision: '{recorded}'" in (tmp_path / "r" / "config.yaml").read_text().replace('"', "'") \
         or f"mixed_precision: {recorded}" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_training_leaves_the_process_as_it_found_it(prepared_dir, tmp_path, monkeypatch):
+    import logging
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = False
+    logging.getLogger("maskcls").setLevel(logging.INFO)
+    train(prepared_dir, tmp_path, train={"epochs": 1, "deterministic": True})
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark is False
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert logging.getLogger("maskcls").level == logging.INFO

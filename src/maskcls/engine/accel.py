@@ -1,6 +1,7 @@
 """Where training runs: the precision actually used, the Accelerator, determinism and seeds."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -67,6 +68,28 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
     if not acc.is_main_process:  # one rank speaks
         logging.getLogger("maskcls").setLevel(logging.WARNING)
     return acc
+
+
+@contextlib.contextmanager
+def process_state_restored():
+    """What :func:`make_accelerator` changes process-wide (deterministic algorithms, cuDNN's autotuner,
+    ``CUBLAS_WORKSPACE_CONFIG``, the quiet ``maskcls`` logger of non-main ranks), put back as it was on
+    exit: a training called from a notebook or from ``maskcls tune`` leaves the process as it found it.
+    Used as a decorator of :func:`maskcls.engine.run.run_training`."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+             logging.getLogger("maskcls").level)
+    try:
+        yield
+    finally:
+        deterministic, warn_only, benchmark, cublas, level = saved
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+        logging.getLogger("maskcls").setLevel(level)
 
 
 def seed_everything(seed: int) -> None:

@@ -26,7 +26,7 @@ from ..fsutil import atomic_write_json
 from ..models.factory import pretrained_info, size_kwargs
 from ..models.weights import check_package_weights
 from ..prep.prepared import Prepared, load_prepared
-from .accel import make_accelerator
+from .accel import make_accelerator, process_state_restored
 from .banner import ResolvedFacts, RuntimeFacts, banner_lines, fold_facts, fold_line, resolved_facts
 from .decision import tune_run
 from .fold import FoldTrainer, RunContext
@@ -117,6 +117,7 @@ def _start_run(cfg: Config, prep: Prepared, folds: list[int], run_dir: Path | No
     return Path(path[0])
 
 
+@process_state_restored()
 def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None, run_dir: str | Path | None = None,
                  resume: bool = False, on_summary: Callable[[Path], None] | None = None,
                  on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
