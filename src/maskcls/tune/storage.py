@@ -18,7 +18,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import random
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -81,10 +83,7 @@ def open_storage(url: str, *, heartbeat: int) -> BaseStorage:
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers wait for SQLite's file lock
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # the heartbeat has been in Optuna since 2.9
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                              grace_period=2 * heartbeat)
+        return _rdb_storage(url, engine_kwargs, heartbeat)
     except ImportError as e:  # Optuna rewraps SQLAlchemy's missing-driver error
         scheme = url.split(":", 1)[0].split("+", 1)[0]
         raise ConfigError(f"--storage {redact(url)}: the database driver is missing ({e}); install "
@@ -93,6 +92,25 @@ def open_storage(url: str, *, heartbeat: int) -> BaseStorage:
         raise ConfigError(f"--storage {redact(url)}: cannot open the study storage ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); is the server running and the URL right?"
                           ) from None
+
+
+def _rdb_storage(url: str, engine_kwargs: dict, heartbeat: int, attempts: int = 5) -> RDBStorage:
+    """RDBStorage; retried when workers starting together on an empty database race to create its tables
+    (PostgreSQL: a duplicate key in pg_type): the loser finds them made on its next try."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)  # the heartbeat has been in Optuna since 2.9
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                  grace_period=2 * heartbeat)
+        except (IntegrityError, ProgrammingError, OperationalError) as e:
+            racing = isinstance(e, IntegrityError) or "already exists" in str(e)
+            if not racing or attempt == attempts - 1:
+                raise
+            log.info("another worker is creating the study tables; retrying (%s)", type(e).__name__)
+            time.sleep(random.uniform(0.5, 2.0))
+    raise AssertionError("unreachable")
 
 
 def worker_identity() -> dict:

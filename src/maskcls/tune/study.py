@@ -87,8 +87,14 @@ def _check_same_search(study: optuna.Study, params: list[Param], folds: list[int
     attrs = study.user_attrs
     for k, v in mine.items():
         if k not in attrs:
-            study.set_user_attr(k, v)
-        elif attrs[k] != v:
+            try:
+                study.set_user_attr(k, v)
+                continue
+            except Exception:  # noqa: BLE001 - another worker set it at the same moment: compare with theirs
+                attrs = study.user_attrs
+                if k not in attrs:
+                    raise
+        if attrs[k] != v:
             what = "search space" if k == "maskcls_space" else "folds"
             raise ConfigError(f"study {study.study_name!r} in {where} was started with another {what} "
                               f"({attrs[k]}); use the same one, or a new --study name")
