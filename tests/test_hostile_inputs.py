@@ -349,3 +349,26 @@ def test_synth_interrupted_leaves_no_partial_directory(sig, tmp_path):
     (stale / "train").mkdir(parents=True)
     synthesize(out, people=2, image_size=(64, 64), workers=1)
     assert not stale.exists() and out.is_dir()
+
+
+# --------------------------------------------------------------------------- third round (issue 26)
+def test_plain_predict_output_escapes_control_characters_in_names(tmp_path, capsys, monkeypatch):
+    """One line per image, four tab-separated fields, whatever the file names hold; --json keeps them exact."""
+    import json
+
+    import maskcls.predict
+    names = ["a\nb.jpg", "c\td.jpg", "e\\f.jpg", "g\x1bh.jpg"]
+    paths = [str(tmp_path / n) for n in names]
+
+    def fake(run, images, **kw):
+        out = [{"path": p, "label": "wear / male / <30", "class_id": 0, "confidence": 0.5} for p in images[:-1]]
+        return out + [{"path": images[-1], "error": f"cannot decode {images[-1]}"}]
+    monkeypatch.setattr(maskcls.predict, "predict_images", fake)
+    assert main(["predict", str(tmp_path / "run"), *paths]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(len(line.split("\t")) == (4 if i < 3 else 2) for i, line in enumerate(lines))
+    assert [line.split("\t")[0] for line in lines] == [str(tmp_path) + e for e in
+                                                       ("/a\\nb.jpg", "/c\\td.jpg", "/e\\\\f.jpg", "/g\\x1bh.jpg")]
+    assert lines[3].endswith("error: cannot decode " + str(tmp_path) + "/g\\x1bh.jpg")
+    assert main(["predict", str(tmp_path / "run"), *paths, "--json"]) == 1
+    assert [json.loads(line)["path"] for line in capsys.readouterr().out.splitlines()] == paths

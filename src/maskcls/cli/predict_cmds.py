@@ -24,7 +24,8 @@ def register(subs) -> None:
                    "never overwritten)")
     s.add_argument("--folds", default="all", help="'all', 'best', or a list '0,1'")
     s.add_argument("--tta", default="none", choices=["none", "hflip"])
-    s.add_argument("--json", action="store_true", help="JSON lines output for images")
+    s.add_argument("--json", action="store_true", help="JSON lines output for images (the plain output escapes "
+                   "backslashes, tabs, newlines and control characters in file names: \\t, \\n, \\x1b)")
     s.add_argument("--batch-size", type=int_range(1), default=None,
                    help="images per batch (default: the run's validation batch)")
     s.add_argument("--tune-bias", choices=["auto", "on", "off"], default="auto",
@@ -63,6 +64,14 @@ def register(subs) -> None:
     s.set_defaults(handler=cmd_export)
 
 
+def plain(text: str) -> str:
+    """``text`` on one tab-separated field: backslash, tab, newline and other control characters escaped
+    (``\\t``, ``\\n``, ``\\x1b`` …) so that a file name cannot break the one-line-per-image output."""
+    special = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    return "".join(special.get(ch) or (ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 256 else
+                                       f"\\u{ord(ch):04x}") for ch in text)
+
+
 def _is_run(item: str) -> bool:
     return (Path(item) / "run.json").is_file()
 
@@ -81,9 +90,9 @@ def cmd_predict(args) -> int:
             if args.json:
                 print(json.dumps(r))
             elif "error" in r:
-                print(f"{r['path']}\terror: {r['error']}")
+                print(f"{plain(r['path'])}\terror: {plain(r['error'])}")
             else:
-                print(f"{r['path']}\t{r['label']}\tclass {r['class_id']}\tconfidence {r['confidence']:.3f}")
+                print(f"{plain(r['path'])}\t{r['label']}\tclass {r['class_id']}\tconfidence {r['confidence']:.3f}")
         return 1 if any("error" in r for r in res) else 0
     s = predict_submission(args.run_dir, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
                            batch_size=args.batch_size, tune_bias=args.tune_bias)
