@@ -1,0 +1,190 @@
+"""Where a training step's time goes: torch.profiler on maskcls' own training loop, fp32 and bf16.
+
+It trains fold 0 of a prepared set for one short epoch (``train.max_train_batches``) with the default
+config at the given size and batch, and profiles steps ``--skip`` + ``--warmup`` + 1 … (the first ones
+pay the loader's start and the allocator's first growth). A profiled step runs from one forward pass to
+the next (global module and optimizer hooks mark it; nothing in maskcls is changed): forward, loss,
+backward, the optimizer, the host-side per-batch work (metrics, progress, casts) and the loader wait.
+
+Per step it reports, as the mean over the profiled steps (milliseconds):
+  loader wait   DataLoader.__next__ (the main process waits for the worker processes)
+  forward       the model's forward (autocast included) / loss: the criterion's forward
+  backward      autograd's evaluate_function events (the backward kernels)
+  optimizer     Optimizer.step (+ zero_grad)
+  other ops     every other operator called from Python between them (to(), isfinite, item, argmax, …)
+  untraced      the rest of the step: Python work in no operator (tqdm, numpy confusion, bookkeeping)
+and the top operators by self CPU time. Validation runs after the profile and is not recorded.
+
+usage: flock /tmp/maskcls-cpu.lock python scripts/profile_step.py --prepared .cache/quality/prepared/mask3dev \\
+           --precision no --precision bf16 --out /tmp/profile-step
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.autograd.profiler import record_function
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.profiler import ProfilerActivity, profile, schedule
+
+from maskcls.config import Config
+from maskcls.engine.run import run_training
+from maskcls.prep.prepared import load_prepared
+
+PHASES = ("loader wait", "forward", "loss", "backward", "optimizer", "other ops", "untraced")
+
+
+class StepMarks:
+    """Global hooks: a ``forward:<Class>`` range around each outermost module call, and ``on_step`` called
+    at the first outermost forward after an optimizer step (outside every range, so that one profiler step
+    holds a whole cycle: forward, loss, backward, optimizer, metrics, the next batch's loader wait)."""
+
+    def __init__(self, on_step):
+        self.depth, self.open, self.stepped, self.on_step = 0, None, False, on_step
+        self.handles = [register_module_forward_pre_hook(self.pre), register_module_forward_hook(self.post),
+                        register_optimizer_step_post_hook(self.optimizer_stepped)]
+
+    def optimizer_stepped(self, *_):
+        self.stepped = True
+
+    def pre(self, module, args):
+        if self.depth == 0:
+            if self.stepped:
+                self.stepped = False
+                self.on_step()
+            self.open = record_function(f"forward:{type(module).__name__}")
+            self.open.__enter__()
+        self.depth += 1
+
+    def post(self, module, args, output):
+        self.depth -= 1
+        if self.depth == 0 and self.open is not None:
+            self.open.__exit__(None, None, None)
+            self.open = None
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def phase(name: str, criterion_name: str) -> str:
+    if "DataLoader" in name:
+        return "loader wait"
+    if name.startswith("forward:"):
+        return "loss" if name == f"forward:{criterion_name}" else "forward"
+    if name.startswith("autograd::engine::evaluate_function"):
+        return "backward"
+    if name.startswith("Optimizer."):
+        return "optimizer"
+    return "other ops"
+
+
+def breakdown(events, criterion_name: str) -> tuple[dict[str, float], int, dict[str, float]]:
+    """Mean milliseconds per step of each phase, the number of steps, and the 'other ops' by name."""
+    steps = [e for e in events if e.name.startswith("ProfilerStep")]
+    total: dict[str, float] = defaultdict(float)
+    others: dict[str, float] = defaultdict(float)
+    for s in steps:
+        covered = 0.0
+        for c in s.cpu_children:
+            ms = c.time_range.elapsed_us() / 1e3
+            p = phase(c.name, criterion_name)
+            total[p] += ms
+            covered += ms
+            if p == "other ops":
+                others[c.name] += ms
+        total["untraced"] += s.time_range.elapsed_us() / 1e3 - covered
+        total["step"] += s.time_range.elapsed_us() / 1e3
+    n = max(len(steps), 1)
+    return {k: v / n for k, v in total.items()}, len(steps), {k: v / n for k, v in others.items()}
+
+
+def profile_precision(prep, precision: str, *, image_size: int, batch: int, skip: int, warmup: int, active: int,
+                      work: Path) -> str:
+    cfg = Config()
+    cfg = replace(cfg, data=replace(cfg.data, image_size=image_size),
+                  train=replace(cfg.train, epochs=1, batch_size=batch, mixed_precision=precision,
+                                max_train_batches=skip + warmup + active + 2),
+                  run=replace(cfg.run, trackers=[], report=False))
+    result: dict = {}
+
+    def ready(prof):
+        result["events"] = prof.events()
+        result["table"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+
+    prof = profile(activities=[ProfilerActivity.CPU], on_trace_ready=ready,
+                   schedule=schedule(wait=skip, warmup=warmup, active=active, repeat=1))
+    marks = StepMarks(prof.step)
+    try:
+        with prof:
+            run_training(cfg, prep, folds=[0], run_dir=work / f"run-{precision}")
+    finally:
+        marks.remove()
+    crit = _criterion_name(result["events"])
+    phases, n, others = breakdown(result["events"], crit)
+    img_s = batch / (phases["step"] / 1e3)
+    lines = [f"## precision {precision}: {n} steps profiled, batch {batch}, {image_size} px, "
+             f"{phases['step']:.0f} ms/step ({img_s:.1f} img/s under the profiler)"]
+    lines += [f"  {p:<12} {phases.get(p, 0.0):8.1f} ms  {100 * phases.get(p, 0.0) / phases['step']:5.1f} %"
+              for p in PHASES]
+    top_other = sorted(others.items(), key=lambda kv: -kv[1])[:8]
+    lines.append("  other ops, largest: " + ", ".join(f"{k} {v:.2f} ms" for k, v in top_other))
+    lines += ["", "top operators by self CPU time (all profiled steps):", result["table"]]
+    return "\n".join(lines)
+
+
+def _criterion_name(events) -> str:
+    """The loss module's class: the second outermost forward of a step (the model's comes first)."""
+    names = [e.name for e in events if e.name.startswith("forward:")]
+    distinct = list(dict.fromkeys(names))
+    return distinct[1].split(":", 1)[1] if len(distinct) > 1 else ""
+
+
+def cpu_summary() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        lscpu = ""
+    keep = [ln for ln in lscpu.splitlines() if ln.split(":")[0].strip() in ("Model name", "CPU(s)", "Flags")]
+    flags = [ln for ln in keep if ln.startswith("Flags")]
+    isa = " ".join(f for f in (flags[0].split()[1:] if flags else [])
+                   if f.startswith(("avx512", "amx", "avx2", "fma")))
+    head = [ln for ln in keep if not ln.startswith("Flags")]
+    return (" | ".join(" ".join(ln.split()) for ln in head) + f" | SIMD flags: {isa or 'n/a'} | "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prepared", default=".cache/quality/prepared/mask3dev")
+    ap.add_argument("--precision", action="append", choices=["no", "bf16"], help="repeatable (default: both)")
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=30)
+    ap.add_argument("--skip", type=int, default=2, help="optimizer steps not profiled (start-up)")
+    ap.add_argument("--warmup", type=int, default=2, help="profiler warm-up steps (traced, discarded)")
+    ap.add_argument("--steps", type=int, default=10, help="steps profiled")
+    ap.add_argument("--out", default=None, help="file to write the report to (also printed)")
+    a = ap.parse_args()
+    prep = load_prepared(a.prepared)
+    parts = [f"# profile of one training step: {Path(a.prepared).name}, fold 0, defaults", cpu_summary()]
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in a.precision or ["no", "bf16"]:
+            parts.append(profile_precision(prep, p, image_size=a.image_size, batch=a.batch, skip=a.skip,
+                                           warmup=a.warmup, active=a.steps, work=Path(tmp)))
+    text = "\n\n".join(parts)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
