@@ -36,6 +36,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from maskcls.config import Config
+from maskcls.config_io import load_config
 from maskcls.engine.run import run_training
 from maskcls.prep.prepared import load_prepared
 
@@ -107,9 +108,9 @@ def breakdown(events, criterion_name: str) -> tuple[dict[str, float], int, dict[
     return {k: v / n for k, v in total.items()}, len(steps), {k: v / n for k, v in others.items()}
 
 
-def profile_precision(prep, precision: str, *, image_size: int, batch: int, skip: int, warmup: int, active: int,
+def profile_precision(prep, cfg: Config, precision: str, *, batch: int, skip: int, warmup: int, active: int,
                       work: Path) -> str:
-    cfg = Config()
+    image_size = cfg.data.image_size
     cfg = replace(cfg, data=replace(cfg.data, image_size=image_size),
                   train=replace(cfg.train, epochs=1, batch_size=batch, mixed_precision=precision,
                                 max_train_batches=skip + warmup + active + 2),
@@ -172,13 +173,22 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2, help="profiler warm-up steps (traced, discarded)")
     ap.add_argument("--steps", type=int, default=10, help="steps profiled")
     ap.add_argument("--out", default=None, help="file to write the report to (also printed)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override on top of the defaults (repeatable), e.g. train.channels_last=false")
+    ap.add_argument("--fill-uninitialized", choices=["on", "off"], default="on",
+                    help="torch.utils.deterministic.fill_uninitialized_memory under train.deterministic "
+                         "(on: torch's default, what maskcls runs with)")
     a = ap.parse_args()
+    torch.utils.deterministic.fill_uninitialized_memory = a.fill_uninitialized == "on"
     prep = load_prepared(a.prepared)
-    parts = [f"# profile of one training step: {Path(a.prepared).name}, fold 0, defaults", cpu_summary()]
+    cfg = load_config(None, [f"data.image_size={a.image_size}", *a.overrides])
+    settings = " ".join(a.overrides) or "defaults"
+    parts = [f"# profile of one training step: {Path(a.prepared).name}, fold 0, {settings}, "
+             f"fill_uninitialized_memory {a.fill_uninitialized}", cpu_summary()]
     with tempfile.TemporaryDirectory() as tmp:
         for p in a.precision or ["no", "bf16"]:
-            parts.append(profile_precision(prep, p, image_size=a.image_size, batch=a.batch, skip=a.skip,
-                                           warmup=a.warmup, active=a.steps, work=Path(tmp)))
+            parts.append(profile_precision(prep, cfg, p, batch=a.batch, skip=a.skip, warmup=a.warmup,
+                                           active=a.steps, work=Path(tmp)))
     text = "\n\n".join(parts)
     if a.out:
         Path(a.out).write_text(text + "\n")
