@@ -257,7 +257,10 @@ def test_csv_without_group_warns(tmp_path, synth_root):
     csv = tmp_path / "m.csv"
     man[["path", "label"]].to_csv(csv, index=False)
     meta = prepare(csv, tmp_path / "p", allow_absolute=True, folds=3)
-    assert any("group" in w for w in meta["warnings"])
+    (warning,) = [w for w in meta["warnings"] if w.startswith("no 'group' column")]
+    assert "every image is its own group" in warning and "may land" in warning
+    rows = load_prepared(tmp_path / "p").train_rows()
+    assert rows["group"].is_unique and len(rows) == len(man)  # what the warning says: one group per image
 
 
 def test_stats_exact_pooled(prepared_dir):

@@ -127,9 +127,9 @@ def prepare(source: str | Path, out: str | Path, *, folds: int = 5, seed: int = 
     fold, fold_notes = assign_folds(rows.loc[train, "group"].to_numpy(), rows.loc[train, "label"].to_numpy(),
                                     k=folds, seed=seed)
     rows.loc[train, "fold"] = fold
-    meta = _write(out, rows, lambda r: _meta(source, table, r, folds=folds, seed=seed, old_age=table.task.old_age,
-                                            fixes=fixes, skip_bad=skip_bad, problems=problems,
-                                            fold_notes=fold_notes, seconds=time.time() - t0))
+    split = {"folds": folds, "seed": seed, "fixes_file": fixes, "skip_bad": skip_bad}
+    meta = _write(out, rows, lambda r: _meta(source, table, r, split, excluded=problems if skip_bad else [],
+                                            notes=fold_notes, seconds=time.time() - t0))
     log.info("prepared %d images (%d train, %d eval) into %s", len(rows), int(train.sum()),
              int((~train).sum()), out)
     return meta
@@ -203,22 +203,24 @@ def prepare_for_prediction(source: str | Path, out: str | Path, *, task: Task, a
         table = read_csv_images(source, task=task, allow_absolute=allow_absolute)
     rows, _ = _probe_rows(table, workers, False, source)
     rows["fold"] = -1
-    meta = _write(out, rows, lambda r: {**_meta(source, table, r, folds=0, seed=None, old_age=task.old_age,
-                                                fixes=None, skip_bad=False, problems=[], fold_notes=[],
+    split = {"folds": 0, "seed": None, "fixes_file": None, "skip_bad": False}
+    meta = _write(out, rows, lambda r: {**_meta(source, table, r, split, excluded=[], notes=[],
                                                 seconds=time.time() - t0), "purpose": "predict"})
     log.info("indexed %d images to predict from %s into %s", len(rows), source, out)
     return meta
 
 
-def _meta(source: Path, table: SourceTable, rows: pd.DataFrame, *, folds, seed, old_age, fixes, skip_bad,
-          problems, fold_notes, seconds) -> dict:
+def _meta(source: Path, table: SourceTable, rows: pd.DataFrame, split: dict, *, excluded: list, notes: list,
+          seconds: float) -> dict:
+    """prepare.json. ``split``: folds, seed, fixes_file, skip_bad as asked; ``excluded``: the rows skip_bad
+    left out; ``notes``: the fold assignment's warnings."""
     tr = rows[rows["split"] == "train"]
-    k = table.task.num_classes
+    k, folds = table.task.num_classes, split["folds"]
     return {
         "format_version": FORMAT_VERSION, "maskcls_version": __version__,
         "source": str(source), "root": str(table.root), "kind": table.kind, **table.task.to_meta(),
-        "eval_csv": table.eval_csv, "folds": folds, "seed": seed, "old_age": old_age, "fixes_file": fixes,
-        "fixes": table.fixes, **table.meta,
+        "eval_csv": table.eval_csv, "folds": folds, "seed": split["seed"], "old_age": table.task.old_age,
+        "fixes_file": split["fixes_file"], "fixes": table.fixes, **table.meta,
         "counts": {
             "images": int(len(rows)), "train_images": int(len(tr)), "eval_images": int(len(rows) - len(tr)),
             "groups": int(tr["group"].nunique()),
@@ -226,8 +228,8 @@ def _meta(source: Path, table: SourceTable, rows: pd.DataFrame, *, folds, seed, 
             "per_fold": np.bincount(tr["fold"].to_numpy(), minlength=folds).tolist(),
             "slow_decode_path": int((~rows["fast"]).sum()),
         },
-        "skip_bad": skip_bad, "excluded": problems if skip_bad else [],
-        "warnings": table.warnings + fold_notes,
+        "skip_bad": split["skip_bad"], "excluded": excluded,
+        "warnings": table.warnings + notes,
         "manifest_sha1": hashlib.sha1((rows["path"] + "|" + rows["label"].astype(str)).str.cat(sep="\n")
                                       .encode()).hexdigest(),
         "seconds": round(seconds, 2),
