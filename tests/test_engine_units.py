@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from helpers import config
+from maskcls.config import SchedConfig
 from maskcls.data.sampler import EpochSampler, balanced_weights
 from maskcls.engine.fold import FoldState
 from maskcls.engine.fold_data import resolve_loader
@@ -23,7 +24,8 @@ from maskcls.models.factory import MaskClsNet, build_model
 def _lrs(name: str, steps_per_epoch: int = 10, epochs: int = 3, **kw) -> list[float]:
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1e-3)
-    sched = build_scheduler(opt, name=name, steps_per_epoch=steps_per_epoch, epochs=epochs, base_lr=1e-3, **kw)
+    sched = build_scheduler(opt, SchedConfig(name=name, **kw), steps_per_epoch=steps_per_epoch, epochs=epochs,
+                            base_lr=1e-3)
     out = []
     for _ in range(steps_per_epoch * epochs):
         opt.step()

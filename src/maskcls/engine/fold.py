@@ -224,11 +224,10 @@ class FoldTrainer:
 
 def _scheduler(optimizer, cfg: Config, train_batches: int):
     """The lr schedule over the whole fold, in optimizer steps (batches / accumulation per epoch)."""
-    s, t = cfg.sched, cfg.train
-    return build_scheduler(optimizer, name=s.name, steps_per_epoch=steps_per_epoch(train_batches, t.accum_steps,
-                                                                                   t.max_train_batches),
-                           epochs=t.epochs, base_lr=cfg.optim.lr, warmup_epochs=s.warmup_epochs, T_0=s.T_0,
-                           T_mult=s.T_mult, max_lr=s.max_lr, min_lr=s.min_lr)
+    t = cfg.train
+    return build_scheduler(optimizer, cfg.sched, steps_per_epoch=steps_per_epoch(train_batches, t.accum_steps,
+                                                                                 t.max_train_batches),
+                           epochs=t.epochs, base_lr=cfg.optim.lr)
 
 
 def make_ema(model, train: TrainConfig):

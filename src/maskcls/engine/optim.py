@@ -6,6 +6,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
+from ..config import SchedConfig
 from ..errors import ConfigError
 
 
@@ -40,18 +41,18 @@ def build_optimizer(params, *, name: str = "adamw", lr: float = 3e-4, weight_dec
     raise ConfigError(f"optim.name={name!r}; choose one of adamw, adam, sgd")
 
 
-def build_scheduler(optimizer, *, name: str, steps_per_epoch: int, epochs: int, base_lr: float,
-                    warmup_epochs: float = 1.0, T_0: int = 10, T_mult: int = 1, max_lr: float = 1e-3,
-                    min_lr: float = 1e-6):
+def build_scheduler(optimizer, sched: SchedConfig, *, steps_per_epoch: int, epochs: int, base_lr: float):
     """A scheduler whose ``step()`` is called after every optimizer step.
 
     Args:
-        name: cosine_warmup | cosine_restarts | onecycle | none.
+        sched: the schedule: name (cosine_warmup | cosine_restarts | onecycle | none), warmup_epochs, T_0,
+            T_mult, max_lr, min_lr (see the config reference).
         steps_per_epoch: optimizer steps per epoch (batches / accumulation, rounded up).
         epochs: epochs of the fold.
         base_lr: the optimizer's lr (cosine schedules decay from it to min_lr).
-        warmup_epochs, T_0, T_mult, max_lr, min_lr: see the config reference.
     """
+    name, warmup_epochs, T_0, T_mult = sched.name, sched.warmup_epochs, sched.T_0, sched.T_mult
+    max_lr, min_lr = sched.max_lr, sched.min_lr
     total = max(1, steps_per_epoch * epochs)
     floor = min_lr / base_lr if base_lr > 0 else 0.0
     if name == "none":
