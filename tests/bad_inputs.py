@@ -500,6 +500,93 @@ def gender_age_csv(data: Path, out: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- the table
+# --------------------------------------------------------------------------- broken run files (issue 26)
+# Each takes a run directory (run.json, fold<k>/oof.csv) and damages one file; returns its path in the run.
+def _oof(run: Path, fold: int = 0) -> Path:
+    return run / f"fold{fold}" / "oof.csv"
+
+
+def _edit_oof(run: Path, edit: Callable[[pd.DataFrame], pd.DataFrame], **csv) -> str:
+    p = _oof(run)
+    df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    edit(df).to_csv(p, index=False, **csv)
+    return "fold0/oof.csv"
+
+
+def oof_random_bytes(run: Path) -> str:
+    _oof(run).write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes() + b"\n")
+    return "fold0/oof.csv"
+
+
+def oof_zero_bytes(run: Path) -> str:
+    _oof(run).write_bytes(b"")
+    return "fold0/oof.csv"
+
+
+def oof_prob_not_a_number(run: Path) -> str:
+    return _edit_oof(run, lambda df: df.assign(prob_3=["abc" if i == 3 else v for i, v in enumerate(df["prob_3"])]))
+
+
+def oof_cut_short(run: Path) -> str:
+    lines = _oof(run).read_text().splitlines(keepends=True)
+    _oof(run).write_text("".join(lines[:-5]))
+    return "fold0/oof.csv"
+
+
+def oof_cut_mid_line(run: Path) -> str:
+    text = _oof(run).read_text()
+    _oof(run).write_text(text[: len(text) // 2])
+    return "fold0/oof.csv"
+
+
+def oof_no_image_id(run: Path) -> str:
+    return _edit_oof(run, lambda df: df.drop(columns=["image_id"]))
+
+
+def oof_semicolons(run: Path) -> str:
+    return _edit_oof(run, lambda df: df, sep=";")
+
+
+def oof_no_label(run: Path) -> str:
+    return _edit_oof(run, lambda df: df.drop(columns=["label"]))
+
+
+def oof_no_prob_column(run: Path) -> str:
+    return _edit_oof(run, lambda df: df.drop(columns=[df.columns[-1]]))
+
+
+def oof_duplicated_row(run: Path) -> str:
+    return _edit_oof(run, lambda df: pd.concat([df, df.iloc[[2]]], ignore_index=True))
+
+
+def oof_all_zero_row(run: Path) -> str:
+    def zero(df):
+        df.loc[4, [c for c in df.columns if c.startswith("prob_")]] = "0.000000"
+        return df
+    return _edit_oof(run, zero)
+
+
+def run_json_not_json(run: Path) -> str:
+    (run / "run.json").write_text("{ not json")
+    return "run.json"
+
+
+def run_json_list(run: Path) -> str:
+    (run / "run.json").write_text("[1, 2, 3]")
+    return "run.json"
+
+
+def run_json_prepared_null(run: Path) -> str:
+    import json
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "prepared": None}))
+    return "run.json"
+
+
+def no_file(*_):
+    """Cases made inside their test (a server, a command line): nothing to write beforehand."""
+
+
 T_DECODE = "test_handled_image_decodes_to_expected_pixels"
 T_CORPUS = "test_handled_corpus_prepares_trains_and_predicts"
 T_PRED = "test_predict_images_over_the_corpus"
@@ -518,6 +605,24 @@ T_RAW = "test_predict_data_accepts_a_raw_source"
 T_OUT_DIR = "test_predict_out_existing_directory"
 T_SYNTH = "test_synth_size_is_bounded"
 T_SYNTH_INT = "test_synth_interrupted_leaves_no_partial_directory"
+T_RUNFILE = "test_broken_run_file_is_one_line_naming_it"
+T_AUDIT_CSV = "test_csv_source_that_lost_rows_is_refused_before_writing"
+T_ZERO_ROW = "test_all_zero_probability_row_is_refused_everywhere"
+T_SLOW = "test_stalled_connections_are_closed_and_everyone_else_is_served"
+T_PER_CLIENT = "test_many_connections_from_one_address_cannot_fill_the_server"
+T_PIXELS = "test_a_request_of_pixel_bombs_under_the_size_limits_is_413_before_decoding"
+T_BUDGET = "test_decoding_in_flight_stays_within_the_pixel_budget"
+T_HOST = "test_foreign_host_is_421_unless_allowed"
+T_ORIGIN = "test_cross_origin_posts_are_refused_before_any_work"
+T_FILES = "test_too_many_files_is_413_naming_the_limit"
+T_405 = "test_405_says_allow_and_head_is_answered"
+T_TOKEN = "test_token_a_client_could_never_send_is_refused_at_start"
+T_LEAVE = "test_client_leaving_mid_body_is_one_log_line"
+T_EXPORT_RUN = "test_export_never_writes_into_the_runs_own_files"
+T_EXPORT_OWN = "test_export_never_overwrites_files_it_did_not_write"
+T_EXPORT_DEV = "test_export_refuses_devices_pipes_and_links"
+T_EXPORT_TOL = "test_export_that_disagrees_with_pytorch_fails_and_leaves_no_file"
+T_PRED_NAMES = "test_plain_predict_output_escapes_control_characters_in_names"
 
 CASES: list[Case] = [
     Case("RGBA PNG", "96x128 pattern, bottom half alpha 0", "handled",
@@ -707,6 +812,84 @@ CASES: list[Case] = [
     Case("synth interrupted", "SIGINT / SIGTERM to `maskcls synth` while drawing 1024x1024 photos", "handled",
          "exit 130, the hidden .partial folder removed; one left by a `kill -9` is removed by the next synth",
          "synth", cli_args("synth", "TMP/s", "--size", "1024", "1024"), tests=(T_SYNTH_INT,)),
+    # ---- third round (issue 26): serve's hostile clients, broken run files, export targets
+    Case("oof.csv of random bytes", "fold0/oof.csv replaced by 3000 random bytes", "refused",
+         "audit (and every reader) exits 2 with one line naming the file: not a readable CSV / its columns",
+         "runfile", oof_random_bytes, reason=r"fold0/oof\.csv: (not a readable CSV|no column)", tests=(T_RUNFILE,)),
+    Case("oof.csv of 0 bytes", "fold0/oof.csv emptied", "refused", "one line: empty", "runfile", oof_zero_bytes,
+         reason=r"fold0/oof\.csv: empty", tests=(T_RUNFILE,)),
+    Case("oof.csv: a probability 'abc'", "prob_3 of line 5 set to abc", "refused",
+         "one line naming the column, the value and the line", "runfile", oof_prob_not_a_number,
+         reason=r"fold0/oof\.csv: prob_3 must be a number >= 0, not 'abc' \(line\(s\) 5", tests=(T_RUNFILE,)),
+    Case("oof.csv cut short", "its last 5 lines removed", "refused",
+         "one line: the file lacks 5 of its fold's images (not 'the prepared directory changed')", "runfile",
+         oof_cut_short, reason=r"fold0/oof\.csv lacks 5 of the \d+ training images of fold 0", tests=(T_RUNFILE,)),
+    Case("oof.csv cut mid-line", "truncated at half its bytes", "refused", "one line: the last line ends mid-row",
+         "runfile", oof_cut_mid_line, reason=r"fold0/oof\.csv: its last line ends mid-row", tests=(T_RUNFILE,)),
+    Case("oof.csv without image_id", "the image_id column dropped", "refused",
+         "one line: no column image_id (not 'folds overlap')", "runfile", oof_no_image_id,
+         reason=r"fold0/oof\.csv: no column\(s\) image_id", tests=(T_RUNFILE,)),
+    Case("oof.csv written with ';'", "the same rows with sep=';'", "refused", "one line: separated by ';'",
+         "runfile", oof_semicolons, reason=r"fold0/oof\.csv: its columns are separated by ';'", tests=(T_RUNFILE,)),
+    Case("oof.csv without label", "the label column dropped", "refused",
+         "one line: no column label (not '168 labels differ')", "runfile", oof_no_label,
+         reason=r"fold0/oof\.csv: no column\(s\) label", tests=(T_RUNFILE,)),
+    Case("oof.csv without a probability column", "its last column (prob_17) dropped", "refused",
+         "one line: no column prob_17 (not 'not finite')", "runfile", oof_no_prob_column,
+         reason=r"fold0/oof\.csv: no column\(s\) prob_17", tests=(T_RUNFILE,)),
+    Case("oof.csv with a duplicated row", "line 4 repeated at the end", "refused",
+         "one line: the image has several rows, with their lines (not 'two folds')", "runfile", oof_duplicated_row,
+         reason=r"fold0/oof\.csv: image .* has several rows \(line\(s\) 4, ", tests=(T_RUNFILE,)),
+    Case("oof.csv row of zero probabilities", "every prob_ of line 6 set to 0", "refused",
+         "one line: a row's probabilities must sum to 1 (it was used as is: pooled probabilities summed to 0.86)",
+         "runfile", oof_all_zero_row, reason=r"fold0/oof\.csv: the probabilities of a row must sum to 1, not 0 "
+         r"\(line\(s\) 6\)", tests=(T_RUNFILE, T_ZERO_ROW)),
+    Case("run.json not JSON", "run.json holds '{ not json'", "refused", "one line naming run.json", "runfile",
+         run_json_not_json, reason=r"run\.json is not valid JSON", tests=(T_RUNFILE,)),
+    Case("run.json a JSON list", "run.json holds [1, 2, 3]", "refused", "one line: a list, not an object",
+         "runfile", run_json_list, reason=r"run\.json holds a JSON list", tests=(T_RUNFILE,)),
+    Case("run.json with \"prepared\": null", "its prepared key set to null", "refused",
+         "one line: 'prepared' is null, not the prepared directory's path", "runfile", run_json_prepared_null,
+         reason=r"run\.json: 'prepared' is null", tests=(T_RUNFILE,)),
+    Case("CSV source lost rows after prepare", "3 rows removed from a CSV manifest after prepare and training",
+         "refused", "audit exits 2 naming the CSV and a lost image before writing anything (corrected.csv would "
+         "have silently dropped them)", "runfile", no_file, reason=r"lost 3 of the prepared images",
+         tests=(T_AUDIT_CSV,)),
+    Case("serve: stalled and trickling connections", "idle, half-header and 1-byte-body connections",
+         "refused", "408 after --header-timeout (10 s), closed after --body-timeout (60 s); other clients and "
+         "/healthz answered meanwhile", "serve", no_file, tests=(T_SLOW,)),
+    Case("serve: 200 connections from one address", "200 stalled connections from 127.0.0.2 under a cap of 64",
+         "refused", "that address holds --max-client-connections (32), the rest get 429 at once; others served",
+         "serve", no_file, tests=(T_PER_CLIENT,)),
+    Case("serve: pixel bombs under the size limits", "8 flat 7000x7000 PNGs of a few KB in one request",
+         "refused", "413 too_many_pixels from the headers (392 MP over the 64 MP decode budget), nothing decoded",
+         "serve", no_file, tests=(T_PIXELS, T_BUDGET)),
+    Case("serve: foreign Host header", "Host: evil.example (DNS rebinding)", "refused",
+         "421 wrong_host unless --allow-host names it", "serve", no_file, tests=(T_HOST,)),
+    Case("serve: cross-origin post", "a multipart POST with Origin: https://evil.example", "refused",
+         "403 cross_origin before any work, unless --allow-origin (which also gets CORS headers)", "serve", no_file,
+         tests=(T_ORIGIN,)),
+    Case("serve: 20 files for a limit of 4", "one multipart request", "refused",
+         "413 too_many_images naming the limit (was 400 naming 4x the limit)", "serve", no_file, tests=(T_FILES,)),
+    Case("serve: DELETE, PUT, HEAD", "other methods on the routes", "handled",
+         "405 with Allow; HEAD on /, /healthz and /readyz answered", "serve", no_file, tests=(T_405,)),
+    Case("serve: non-ASCII --token", "--token 'pässwörd-1234'", "refused",
+         "one line at start: printable ASCII (a client could never send it)", "serve", no_file, tests=(T_TOKEN,)),
+    Case("serve: client leaves mid-body", "a multipart upload closed after 100 bytes", "handled",
+         "one log line, no traceback", "serve", no_file, tests=(T_LEAVE,)),
+    Case("export --out RUN/run.onnx", "also RUN/summary, RUN/fold0/best.pt as TorchScript", "refused",
+         "one line: the run's own files; nothing in the run changes", "export", no_file, tests=(T_EXPORT_RUN,)),
+    Case("export over someone else's file", "X.json or X.onnx present, not written by an export", "refused",
+         "one line: not written by maskcls export; an earlier export is replaced", "export", no_file,
+         tests=(T_EXPORT_OWN,)),
+    Case("export --out /dev/null", "also a FIFO, a symlink, an existing plain file without suffix", "refused",
+         "one line: not a regular file / a link; nothing written beside it", "export", no_file,
+         tests=(T_EXPORT_DEV,)),
+    Case("export that disagrees with PyTorch", "the exported model's output shifted by 3e-4", "refused",
+         "exit 2 over 1e-4 (measured: under 1e-6); no file left, an earlier export kept", "export", no_file,
+         tests=(T_EXPORT_TOL,)),
+    Case("predict: newline and tab in file names", "photos named 'a\\nb.jpg' and 'c\\td.jpg'", "handled",
+         "plain output escapes them (\\n, \\t): one line per image", "predict", no_file, tests=(T_PRED_NAMES,)),
 ]
 
 

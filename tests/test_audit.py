@@ -337,3 +337,51 @@ def test_flat_csv_task_audits_single_images(data, tmp_path):
     corrected = pd.read_csv(Path(s["out_dir"]) / "corrected.csv")
     assert (corrected["label"].to_numpy() == np.array([truth[p] for p in corrected["path"]])).all()
     assert csv.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- broken run files (issue 26)
+
+def _runfile_cases():
+    from bad_inputs import cases, no_file
+    return [c for c in cases(roles=("runfile",)) if c.make is not no_file]
+
+
+@pytest.mark.parametrize("case", _runfile_cases(), ids=lambda c: c.name)
+def test_broken_run_file_is_one_line_naming_it(case, data, tmp_path, capsys):
+    """Each file is checked for its own shape before it is compared with anything: one line naming the file
+    and what is wrong with it, exit 2, nothing written."""
+    run = fake_run(tmp_path / "run", data["prep"], data["truth"])
+    damaged = run / case.make(run)
+    before = _snapshot(run)
+    assert main(["audit", str(run), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("maskcls: error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(damaged) in err and re.search(case.reason, err), err
+    assert _snapshot(run) == before and not (run / "audit").exists()
+
+
+def test_all_zero_probability_row_is_refused_everywhere(data, tmp_path):
+    """Every reader of out-of-fold rows (audit, summaries, the ensemble's weights) reads them through read_oof."""
+    from bad_inputs import oof_all_zero_row
+    from maskcls.engine.rundir import read_oof
+    run = fake_run(tmp_path / "run", data["prep"], data["truth"])
+    assert read_oof(run, range(FOLDS), num_classes=18)["fold"].nunique() == FOLDS  # intact: read
+    oof_all_zero_row(run)
+    for call in (lambda: read_oof(run, range(FOLDS)), lambda: audit_run(run, workers=1)):
+        with pytest.raises(CheckpointError, match=r"fold0/oof\.csv: the probabilities of a row must sum to 1, not 0"):
+            call()
+
+
+def test_csv_source_that_lost_rows_is_refused_before_writing(data, tmp_path, capsys):
+    csv = _csv_from_synth(data["noisy"], data["prep"], tmp_path / "csv", attributes=True)
+    prepare(csv, tmp_path / "prep", folds=FOLDS, seed=1, allow_absolute=True)
+    man = load_prepared(tmp_path / "prep").train_rows()
+    noisy_m = load_prepared(data["prep"]).train_rows()
+    truth = {str(data["noisy"] / p): data["truth"][i] for p, i in zip(noisy_m["path"], noisy_m["image_id"])}
+    run = fake_run(tmp_path / "run", tmp_path / "prep", {i: truth[i] for i in man["image_id"]})
+    src = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    src.drop(index=[0, 5, 9]).to_csv(csv, index=False)  # the user's CSV lost three rows after prepare
+    assert main(["audit", str(run), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"the source CSV {csv} lost 3 of the prepared images" in err and src["path"][0] in err
+    assert len(err.strip().splitlines()) == 1 and not (run / "audit").exists()

@@ -10,6 +10,7 @@ Nothing here writes.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +44,23 @@ class AuditInput:
         return bool(self.missing_folds)
 
 
+def manifest_checksum(manifest: pd.DataFrame) -> str:
+    """The manifest's content checksum, computed as ``prepare`` records it in prepare.json (path|label per row):
+    equal to run.json's, the manifest on disk is the one the run trained on, even if prepare.json was kept."""
+    text = (manifest["path"].astype(str) + "|" + manifest["label"].astype(str)).str.cat(sep="\n")
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
 def _changed(prep: Prepared, run: Path, what: str) -> CheckpointError:
     return CheckpointError(f"{prep.dir} changed since {run} was trained ({what}); an audit needs the manifest the "
                            "run trained on: pass that prepared directory with --data, or train again on this one")
 
 
 def _locate_prepared(run: Path, info: dict, prepared: str | Path | None) -> Prepared:
-    path = Path(prepared) if prepared is not None else Path(info.get("prepared", ""))
+    if prepared is None and not info.get("prepared"):
+        raise CheckpointError(f"{run / 'run.json'} records no prepared directory; pass the one the run trained on "
+                              "with --data DIR")
+    path = Path(prepared) if prepared is not None else Path(info["prepared"])
     if prepared is None and not (path / "prepare.json").is_file():
         raise CheckpointError(f"{run / 'run.json'} names the prepared directory {path}, which is gone (moved or "
                               "deleted); pass its new location with --data DIR")
@@ -80,11 +91,39 @@ def _fold_coverage(run: Path, prep: Prepared, oof: pd.DataFrame | None, partial:
     return present, missing
 
 
-def _join(run: Path, prep: Prepared, oof: pd.DataFrame, folds: list[int]) -> pd.DataFrame:
-    """The manifest rows of ``folds``, each with its out-of-fold row; any disagreement is an error."""
+def _check_fold_rows(run: Path, prep: Prepared, oof: pd.DataFrame, folds: list[int]) -> None:
+    """Each fold's oof.csv names exactly the training images of that fold of the manifest it was checked to
+    have trained on (same checksum): a difference is the file's fault, and said so."""
+    train = prep.train_rows()
+    for f in folds:
+        have = set(oof.loc[oof["fold"] == f, "image_id"])
+        want = set(train.loc[train["fold"] == f, "image_id"].astype(str))
+        if have == want:
+            continue
+        path = run / f"fold{f}" / "oof.csv"
+        lacking, extra = sorted(want - have), sorted(have - want)
+        what = (f"lacks {len(lacking)} of the {len(want)} training images of fold {f} (e.g. {lacking[0]!r}): it was "
+                "cut short or edited" if lacking else
+                f"holds {len(extra)} image(s) that are not training images of fold {f} (e.g. {extra[0]!r})")
+        raise CheckpointError(f"{path} {what}, while the manifest is the one the run trained on (same checksum); "
+                              "restore the file from a copy or train that fold again (or audit the other folds: "
+                              "move it away and pass --partial)")
+
+
+def _join(run: Path, prep: Prepared, oof: pd.DataFrame, folds: list[int], *, same_manifest: bool) -> pd.DataFrame:
+    """The manifest rows of ``folds``, each with its out-of-fold row; any disagreement is an error.
+
+    ``same_manifest``: run.json's checksum equals the manifest's, so a disagreement is the oof files' fault.
+    """
     if oof["image_id"].duplicated().any():
-        dup = oof.loc[oof["image_id"].duplicated(), "image_id"].iloc[0]
-        raise CheckpointError(f"{run}: image {dup!r} has out-of-fold rows in two folds; the run's folds overlap")
+        dup = oof.loc[oof["image_id"].duplicated(), "fold"]
+        image = oof.loc[oof["image_id"].duplicated(), "image_id"].iloc[0]
+        both = sorted(oof.loc[oof["image_id"] == image, "fold"])
+        raise CheckpointError(f"{run}: image {image!r} has out-of-fold rows in folds {both} (fold{both[0]}/oof.csv "
+                              f"and fold{both[-1]}/oof.csv); the run's folds overlap, or a file was copied "
+                              f"over another ({len(dup)} image(s) in all)")
+    if same_manifest:
+        _check_fold_rows(run, prep, oof, folds)
     train = prep.train_rows()
     man = train[train["fold"].isin(folds)].reset_index(drop=True)
     man = man.assign(abs_path=prep.abs_paths(man))
@@ -99,24 +138,27 @@ def _join(run: Path, prep: Prepared, oof: pd.DataFrame, folds: list[int]) -> pd.
         raise _changed(prep, run, f"{len(lacking)} training image(s) of fold(s) {folds} have no out-of-fold row, "
                        f"e.g. {lacking['image_id'].iloc[0]!r}")
     for col, what in (("label", "label"), ("group", "person/group"), ("fold", "fold")):
-        diff = merged[merged[col].astype(str) != merged[f"{col}_oof"].astype(str)]
+        given, recorded = merged[col], merged[f"{col}_oof"]
+        same = (given.astype(np.int64) == recorded.astype(np.int64)) if col != "group" else \
+            (given.astype(str) == recorded.astype(str))
+        diff = merged[~same.to_numpy()]
         if len(diff):
             r = diff.iloc[0]
+            where = f"fold{r['fold_oof']}/oof.csv"
+            if same_manifest:
+                raise CheckpointError(f"{run / where}: the {what} of {len(diff)} image(s) differs from the manifest "
+                                      f"the run trained on (same checksum), e.g. {r['image_id']!r}: {r[f'{col}_oof']} "
+                                      f"in the file, {r[col]} in the manifest; the file was edited: restore it or "
+                                      "train that fold again")
             raise _changed(prep, run, f"the {what} of {len(diff)} image(s) differs, e.g. {r['image_id']!r}: "
                            f"{r[f'{col}_oof']} at training, {r[col]} now")
     return merged
 
 
 def _probabilities(run: Path, merged: pd.DataFrame, k: int) -> np.ndarray:
-    cols = [c for c in merged.columns if c.startswith("prob_") and c[5:].isdigit()]
-    if sorted(int(c[5:]) for c in cols) != list(range(k)):
-        raise CheckpointError(f"{run}: oof.csv has {len(cols)} probability columns for a task of {k} classes; "
-                              "it was not written by this task's training")
+    # read_oof checked the columns, values >= 0 and sums within 1e-3 of 1 (no all-zero rows)
     probs = merged[[f"prob_{i}" for i in range(k)]].to_numpy(np.float64)
-    if not np.isfinite(probs).all() or (probs < 0).any():
-        raise CheckpointError(f"{run}: oof.csv holds probabilities that are not finite and >= 0 (a diverged "
-                              "fold?); retrain it before auditing")
-    return probs / np.clip(probs.sum(1, keepdims=True), 1e-12, None)  # the CSV keeps 6 decimals
+    return probs / probs.sum(1, keepdims=True)  # the CSV keeps 6 decimals
 
 
 def load_audit_input(run_dir: str | Path, *, prepared: str | Path | None = None, partial: bool = False) -> AuditInput:
@@ -136,9 +178,10 @@ def load_audit_input(run_dir: str | Path, *, prepared: str | Path | None = None,
     info = read_run_info(run)
     prep = _locate_prepared(run, info, prepared)
     task = prep.task
-    oof = read_oof(run, range(prep.num_folds))
+    oof = read_oof(run, range(prep.num_folds), num_classes=task.num_classes)  # each file's shape checked
     folds, missing = _fold_coverage(run, prep, oof, partial)
-    merged = _join(run, prep, oof, folds)
+    same_manifest = bool(info.get("manifest_sha1")) and info["manifest_sha1"] == manifest_checksum(prep.manifest)
+    merged = _join(run, prep, oof, folds, same_manifest=same_manifest)
     probs = _probabilities(run, merged, task.num_classes)
     notes = []
     if missing:
@@ -147,8 +190,8 @@ def load_audit_input(run_dir: str | Path, *, prepared: str | Path | None = None,
     if not info.get("manifest_sha1"):
         notes.append("run.json records no manifest checksum (trained by an older maskcls): the prepared directory "
                      "was checked against the out-of-fold rows only")
-    summary = read_json(run / "summary.json") or {}
-    if summary.get("finished") is False:
+    summary = read_json(run / "summary.json")
+    if isinstance(summary, dict) and summary.get("finished") is False:
         notes.append("the run is unfinished: some folds' out-of-fold rows come from their best epoch so far")
     keep = ["image_id", "path", "abs_path", "group", "label", "mask", "gender", "age", "age_years", "fold"]
     rows = merged[keep].copy()

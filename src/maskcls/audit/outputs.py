@@ -85,16 +85,36 @@ def _format_like(column: pd.Series, code: int, name: str) -> str:
     return str(code) if column.astype(str).str.strip().str.isdigit().all() else name
 
 
-def corrected_csv(findings: pd.DataFrame, rows: pd.DataFrame, task: Task, source_csv: Path) -> pd.DataFrame:
-    """The source CSV with the findings' suggestions applied, absolute paths (it lives elsewhere now)
-    and an ``audit_fix`` column saying what changed; ``prepare --allow-absolute`` reads it."""
+def read_source_csv(source_csv: Path, manifest_paths) -> tuple[pd.DataFrame, list[str]]:
+    """(the source CSV, its paths as prepare normalised them), refused unless it still lists every image of
+    ``manifest_paths`` (else corrected.csv would silently drop them, and so would a prepare of it)."""
     if not source_csv.is_file():
         raise DataError(f"the source CSV {source_csv} recorded in prepare.json is gone; corrected.csv cannot be "
-                        "written (audit.csv lists the findings)")
-    src = pd.read_csv(source_csv, dtype=str, keep_default_na=False)
+                        "written: restore it (or pass the prepared directory of a copy with --data)")
+    try:
+        src = pd.read_csv(source_csv, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"the source CSV {source_csv} cannot be read ({str(e).splitlines()[0][:100]}); restore the "
+                        "file prepare read") from None
+    if "path" not in src.columns:
+        raise DataError(f"the source CSV {source_csv} has no 'path' column any more; restore the file prepare read")
+    keys = [str(Path(p)) for p in src["path"]]
+    lost = sorted(set(map(str, manifest_paths)) - set(keys))
+    if lost:
+        raise DataError(f"the source CSV {source_csv} lost {len(lost)} of the prepared images since prepare (e.g. "
+                        f"{lost[0]!r}): a corrected.csv made from it would drop them. Restore the file prepare "
+                        "read, or prepare it again and train on that before auditing")
+    return src, keys
+
+
+def corrected_csv(findings: pd.DataFrame, rows: pd.DataFrame, task: Task, source: tuple[pd.DataFrame, list[str]],
+                  source_csv: Path) -> pd.DataFrame:
+    """The source CSV (``source``: :func:`read_source_csv`) with the findings' suggestions applied, absolute
+    paths (it lives elsewhere now) and an ``audit_fix`` column saying what changed; ``prepare --allow-absolute``
+    reads it."""
+    src, keys = source[0].copy(), source[1]
     changes, notes = _corrected_codes(findings, rows, task)
     codes = rows.set_index("path")[["label", "mask", "gender", "age", "age_years"]].to_dict("index")
-    keys = [str(Path(p)) for p in src["path"]]  # the manifest stores paths as prepare normalised them
     for i, p in enumerate(keys):
         if p not in changes:
             continue

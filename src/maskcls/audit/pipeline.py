@@ -15,7 +15,14 @@ from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write_json, atomic_write_text, ensure_new_dir, free_name
 from .findings import find_issues
 from .inputs import load_audit_input
-from .outputs import FIXABLE_KINDS, competition_fixes, corrected_csv, write_audit_csv, write_fixes_csv
+from .outputs import (
+    FIXABLE_KINDS,
+    competition_fixes,
+    corrected_csv,
+    read_source_csv,
+    write_audit_csv,
+    write_fixes_csv,
+)
 from .page import write_page
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,9 @@ def audit_run(run_dir: str | Path, *, top: int = DEFAULT_TOP, out: str | Path | 
     data = load_audit_input(run_dir, prepared=prepared, partial=partial)
     findings = find_issues(data)
     chosen = findings.head(top)
+    source = None
+    if data.prep.meta.get("kind") != "competition":  # checked before anything is written
+        source = read_source_csv(Path(data.prep.meta["source"]), data.prep.manifest["path"])
     dest = _out_dir(data.run, out, {"dataset": data.prep.root, "prepared directory": data.prep.dir})
     files = {"audit_csv": dest / "audit.csv", "page": dest / "audit.html"}
     notes = list(data.notes)
@@ -65,7 +75,7 @@ def audit_run(run_dir: str | Path, *, top: int = DEFAULT_TOP, out: str | Path | 
         fixed_ranks = {int(r) for r in chosen.loc[chosen["kind"].isin(list(FIXABLE_KINDS)), "rank"]}
         n_fixes = len(fixes)
     else:
-        corrected = corrected_csv(chosen, data.rows, data.task, Path(data.prep.meta["source"]))
+        corrected = corrected_csv(chosen, data.rows, data.task, source, Path(data.prep.meta["source"]))
         files["corrected"] = dest / "corrected.csv"
         atomic_write_text(files["corrected"], corrected.to_csv(index=False))
         notes.append("prepare --fixes reads the competition layout only: for this CSV manifest, corrected.csv is the "

@@ -58,4 +58,5 @@ def cmd_audit(args) -> int:
 
 def _source(prepared: str) -> str:
     from ..fsutil import read_json
-    return str((read_json(Path(prepared) / "prepare.json") or {}).get("source", "SOURCE"))
+    meta = read_json(Path(prepared) / "prepare.json")
+    return str(meta.get("source", "SOURCE") if isinstance(meta, dict) else "SOURCE")

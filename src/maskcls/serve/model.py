@@ -120,7 +120,8 @@ def cached_onnx(run: Path, folds: list[int], reference: Predictor, image_size: i
 
 def validation_scores(run: Path, folds: list[int]) -> dict:
     """The run's validation macro F1 of the served folds (summary.json), and its mean / out-of-fold F1."""
-    summary = read_json(run / "summary.json") or {}
+    summary = read_json(run / "summary.json")
+    summary = summary if isinstance(summary, dict) else {}  # missing or damaged: the scores are unknown
     per_fold = {str(f): (summary.get("folds", {}).get(str(f)) or {}).get("best_f1") for f in folds}
     return {"macro_f1_per_fold": per_fold, "mean_f1": summary.get("mean_f1"), "oof_f1": summary.get("oof_f1"),
             "head_f1": summary.get("head_f1")}
