@@ -135,6 +135,13 @@ def test_cli_study_outputs_and_best_yaml_loads_for_train(prepared_dir, tmp_path,
     page = (st / "study.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and f'href="trials/{run.name}"' in page
     assert "src=\"http" not in page  # self-contained
+    # best.yaml trains as it is
+    assert main(["train", str(prepared_dir), "-c", str(st / "best.yaml"), "--folds", "0",
+                 "--run-dir", str(tmp_path / "best-run")]) == 0
+    assert read_config(tmp_path / "best-run" / "config.yaml").optim.lr == pytest.approx(cfg.optim.lr)
+    # the study directory belongs to its study: another study there is refused before anything trains
+    assert main(_tune_args(prepared_dir, _space(tmp_path), st, 3, "--study", "other")) == 2
+    assert "holds the trials of study 'st'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ a killed worker

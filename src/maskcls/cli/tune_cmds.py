@@ -1,6 +1,7 @@
 """``maskcls tune``: hyperparameter search on Optuna; every worker runs the same command."""
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -73,6 +74,9 @@ def cmd_tune(args) -> int:
     from ..tune.space import load_space
     from ..tune.study import FINISHED, TuneSettings, run_study
     from .train_cmds import parse_folds
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("maskcls tune trains each trial in one process: start one worker per GPU "
+                          "(CUDA_VISIBLE_DEVICES=0 maskcls tune …), not accelerate launch / torchrun")
     params = load_space(args.space)  # every check before anything trains
     _check_fixed_keys(args.overrides, params)
     cfg = load_config(args.config, args.overrides)

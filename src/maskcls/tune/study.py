@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import Config
 from ..errors import ConfigError
+from ..fsutil import read_json
 from ..prep.prepared import Prepared
 from .objective import Objective
 from .outputs import write_outputs
@@ -103,17 +104,27 @@ def _check_same_search(study: optuna.Study, params: list[Param], folds: list[int
 def open_study(params: list[Param], settings: TuneSettings, *,
                steps: int) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
     """Create the study, or load it when it exists (another worker, or a rerun); ``steps``: epochs per trial."""
+    sampler = make_sampler(settings.sampler, params, trials=settings.trials, seed=settings.seed)
+    pruner = make_pruner(settings.pruner, steps=steps)  # both checked before anything is created
+    _check_trials_dir(Path(settings.study_dir), settings.name())
     Path(settings.study_dir).mkdir(parents=True, exist_ok=True)
     url = storage_url(settings.storage, Path(settings.study_dir))
     storage = open_storage(url, heartbeat=settings.heartbeat)
-    sampler = make_sampler(settings.sampler, params, trials=settings.trials, seed=settings.seed)
-    study = optuna.create_study(storage=storage, study_name=settings.name(), sampler=sampler,
-                                pruner=make_pruner(settings.pruner, steps=steps), direction="maximize",
-                                load_if_exists=True)
+    study = optuna.create_study(storage=storage, study_name=settings.name(), sampler=sampler, pruner=pruner,
+                                direction="maximize", load_if_exists=True)
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ConfigError(f"study {study.study_name!r} in {redact(url)} minimises; it was not made by maskcls tune")
     _check_same_search(study, params, settings.folds, redact(url))
     return study, storage
+
+
+def _check_trials_dir(study_dir: Path, name: str) -> None:
+    """Trial directories are named by trial number: one study directory holds the trials of one study."""
+    for info in sorted((study_dir / "trials").glob("trial-*/run.json")):
+        other = (read_json(info) or {}).get("tune", {}).get("study")
+        if other is not None and other != name:
+            raise ConfigError(f"{study_dir} holds the trials of study {other!r}, not {name!r}; give another "
+                              f"--study-dir, or --study {other} to continue that one")
 
 
 def finished(study: optuna.Study) -> int:
