@@ -1,5 +1,6 @@
 """predict (submission and images), export round trip, CLI behaviour, face-crop runs."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import f1_score
 
 from helpers import TINY_SETS, tiny, train
 from maskcls.cli import main
@@ -29,8 +31,17 @@ def run2(prepared_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_train_writes_report(run2):
+    """`maskcls train` writes report.html showing this run: its model, each fold's best F1 and the
+    out-of-fold F1 of summary.json, one per-class row per class, the curves; no 'incomplete' banner."""
     html = (run2 / "report.html").read_text()
-    assert "<html" in html.lower() and "data:image/png;base64," in html
+    s = json.loads((run2 / "summary.json").read_text())
+    assert "<b>test_efficientnet</b>" in html and "Run incomplete" not in html
+    for fold in ("0", "1"):
+        row = re.search(rf"<tr><td>fold {fold}</td>(.*?)</tr>", html).group(1)
+        assert f"{s['folds'][fold]['best_f1']:.4f}" in row and "done" in row
+    assert re.search(rf"out-of-fold F1</span><b>{s['oof_f1']:.4f}</b>", html)
+    assert len(re.findall(r"<tr class='[^']*' data-f1=", html)) == 18 + 1  # 18 classes and the macro row
+    assert html.count("data:image/png;base64,") >= 2  # training curves and the lr schedule
 
 
 @pytest.mark.slow
@@ -151,8 +162,13 @@ def test_report_on_run_in_progress(run2, tmp_path):
     shutil.copytree(run2, partial)
     (partial / "summary.json").unlink()
     (partial / "fold1" / "oof.csv").unlink()
-    out = write_report(partial)
-    assert "incomplete" in out.read_text().lower()
+    out = write_report(partial).read_text()
+    assert "<b>Run incomplete</b>" in out
+    assert "<li>summary.json not written yet: training is running or was interrupted</li>" in out
+    assert "<li>fold 1: no oof.csv yet</li>" in out and "<li>fold 0: no oof.csv yet</li>" not in out
+    oof0 = pd.read_csv(partial / "fold0" / "oof.csv")  # the out-of-fold F1 shown is fold 0's alone
+    f1 = f1_score(oof0["label"], oof0["pred"], average="macro", labels=range(18), zero_division=0)
+    assert re.search(rf"out-of-fold F1 \(1/2 folds\)</span><b>{f1:.4f}</b>", out)
 
 
 def test_models_listing(capsys):
