@@ -45,7 +45,7 @@ def register(subs) -> None:
                         "closes)")
     s.add_argument("--body-timeout", type=float_range(0.1, 3600), default=60.0,
                    help="seconds a request's body may take after its headers (then the connection closes)")
-    s.add_argument("--max-client-connections", type=int_range(1, 10_000), default=32,
+    s.add_argument("--max-client-connections", type=int_range(1, 10_000), default=64,
                    help="connections one client address (an IPv6 /64) may hold open; more are answered 429")
     s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host header names NAME (repeatable; *.example.org for a "

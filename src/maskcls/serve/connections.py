@@ -42,11 +42,12 @@ class ConnectionLimits:
         body_timeout_s: longest a request's body may take to arrive after its headers
             (60 s: the default 20 MiB upload limit at 2.8 Mbit/s).
         per_client: connections one client address may hold open at once (a browser opens
-            at most 6 per host; ``maskcls bench serve`` at most 32).
+            at most 6 per host; ``maskcls bench serve`` up to 32, twice that leaves room for
+            connections of a finished client not yet seen closed).
     """
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
-    per_client: int = 32
+    per_client: int = 64
 
     def check(self) -> None:
         for name, value in (("--header-timeout", self.header_timeout_s), ("--body-timeout", self.body_timeout_s)):
