@@ -1,4 +1,5 @@
-"""One training epoch and one evaluation pass (torchvision-references style, explicit arguments)."""
+"""One training epoch and one evaluation pass (torchvision-references style; what every epoch of a fold
+uses travels in one :class:`EpochSetup`, what it measured comes back as :class:`~.metrics.EpochMetrics`)."""
 from __future__ import annotations
 
 import contextlib
