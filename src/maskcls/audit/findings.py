@@ -46,6 +46,15 @@ _MASK_INCORRECT, _MASK_NOT_WORN = 1, 2  # the competition's mask codes (labels.M
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """What the model says of one label: the given and suggested codes, the score, cleanlab's flag."""
+    given: int
+    suggested: int
+    score: float
+    confident: bool
+
+
+@dataclass(frozen=True)
 class Field:
     """One label dimension to audit: an attribute of the task, or the whole label of a plain task."""
     name: str
@@ -103,8 +112,8 @@ def person_findings(field: Field, rows: pd.DataFrame) -> list[dict]:
     for g in np.flatnonzero(suggested != given):
         members = np.flatnonzero(inverse == g)
         photos = {rows["path"].iat[i]: round(float(field.probs[i, suggested[g]]), 4) for i in members}
-        out.append(_finding(f"person_{field.name}", keys[g], field, given[g], suggested[g], 1 - quality[g],
-                            issues[g], pooled[g], rows.iloc[members],
+        verdict = Verdict(given[g], suggested[g], 1 - quality[g], issues[g])
+        out.append(_finding(f"person_{field.name}", keys[g], field, verdict, pooled[g], rows.iloc[members],
                             {"pooled": _evidence(field.classes, pooled[g]),
                              f"photos: P({field.classes[suggested[g]]})": photos}))
     return out
@@ -145,18 +154,18 @@ def image_findings(field: Field, rows: pd.DataFrame, exclude: set[str]) -> list[
     for i in np.flatnonzero(suggested != field.codes):
         if paths[i] in exclude:
             continue
-        out.append(_finding(f"image_{field.name}", rows["group"].iat[i], field, field.codes[i], suggested[i],
-                            1 - quality[i], issues[i], field.probs[i], rows.iloc[[i]],
+        verdict = Verdict(field.codes[i], suggested[i], 1 - quality[i], issues[i])
+        out.append(_finding(f"image_{field.name}", rows["group"].iat[i], field, verdict, field.probs[i], rows.iloc[[i]],
                             {"probabilities": _evidence(field.classes, field.probs[i])}))
     return out
 
 
-def _finding(kind: str, group: str, field: Field, given: int, suggested: int, score: float, confident: bool,
-             p: np.ndarray, members: pd.DataFrame, evidence: dict) -> dict:
-    return {"kind": kind, "group": group, "field": field.name, "given": field.classes[given],
-            "suggested": field.classes[suggested], "score": float(score), "confident": bool(confident),
-            "p_given": float(p[given]),
-            "p_suggested": float(p[suggested]), "images": len(members), "fold": int(members["fold"].iat[0]),
+def _finding(kind: str, group: str, field: Field, v: Verdict, p: np.ndarray, members: pd.DataFrame,
+             evidence: dict) -> dict:
+    return {"kind": kind, "group": group, "field": field.name, "given": field.classes[v.given],
+            "suggested": field.classes[v.suggested], "score": float(v.score), "confident": bool(v.confident),
+            "p_given": float(p[v.given]),
+            "p_suggested": float(p[v.suggested]), "images": len(members), "fold": int(members["fold"].iat[0]),
             "files": ";".join(members["path"]), "evidence": json.dumps(evidence)}
 
 

@@ -3,6 +3,7 @@
 Layout: :mod:`.limits` (what a request may cost and the errors it gets), :mod:`.model`
 (the served model: ONNX Runtime or torch backend, preprocessing, answers), :mod:`.images`
 (upload decoding and preprocessing, off the event loop), :mod:`.batcher` (micro-batching),
-:mod:`.app` (the FastAPI application), :mod:`.server` (binding and uvicorn), ``static/``
-(the self-contained page).
+:mod:`.app` (the FastAPI application), :mod:`.origins` (Host and Origin checks),
+:mod:`.connections` (time limits on slow clients, connections per client), :mod:`.server`
+(binding and uvicorn), ``static/`` (the self-contained page).
 """

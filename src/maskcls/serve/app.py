@@ -21,7 +21,6 @@ from typing import Callable
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
@@ -31,7 +30,7 @@ from ..fsutil import cpu_count
 from .answers import answer
 from .batcher import MicroBatcher
 from .connections import ConnectionLimits
-from .images import ModelInput, Preprocessor, safe_name
+from .images import ModelInput, Preprocessor, read_uploads
 from .limits import Admission, ApiError, BodyLimit, Limits, PixelBudget
 from .model import ServedModel, load_model
 from .origins import HostOriginGuard, normalize_origin
@@ -150,37 +149,6 @@ async def _load(st: ServerState, loader: Callable[[], ServedModel], on_error: Ca
         return
     st.model, st.preprocess, st.batcher = model, pre, batcher
     log.info("model ready in %.1f s: folds %s, %s backend", time.perf_counter() - t0, model.folds, model.backend)
-
-
-async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
-    """(name, bytes) of each photo: multipart form files, or one photo sent as the body (image/*)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        try:
-            form = await request.form(max_files=limits.max_images, max_fields=limits.max_images * 4)
-        except HTTPException as e:
-            if str(e.detail).startswith("Too many files"):
-                raise ApiError(413, "too_many_images", f"more than {limits.max_images} photos in one request; this "
-                               f"server takes at most {limits.max_images} per request: send the rest in further "
-                               "requests") from None
-            raise ApiError(400, "bad_multipart", f"malformed multipart body ({e.detail}); send photos as form "
-                           "files, e.g. curl -F file=@photo.jpg") from None
-        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        if len(files) > limits.max_images:
-            await form.close()
-            raise ApiError(413, "too_many_images", f"{len(files)} photos in one request; this server takes at most "
-                           f"{limits.max_images} per request: send the rest in further requests")
-        out = [(safe_name(f.filename, i), await f.read()) for i, f in enumerate(files)]
-        await form.close()
-    elif ctype.startswith("image/") or ctype == "application/octet-stream":
-        out = [(safe_name(request.query_params.get("name"), 0), await request.body())]
-    else:
-        raise ApiError(415, "unsupported_content_type", f"Content-Type {ctype or 'missing'}: send photos as "
-                       "multipart/form-data (curl -F file=@photo.jpg) or one photo as the body with its image/* type")
-    if not out:
-        raise ApiError(400, "no_image", "the request holds no photo; attach one or more as form files "
-                       "(curl -F file=@photo.jpg)")
-    return out
 
 
 def _auth_dependency(token: str | None):

@@ -94,90 +94,97 @@ class _Throttled:
         self.last, self.skipped = now, 0
 
 
-def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with ``limits`` (pass it as ``uvicorn.Config(http=...)``); one per server."""
-    limits.check()
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the limits of :class:`ConnectionLimits` (see the module's docstring).
+
+    Use :func:`guarded_protocol`: it makes a subclass holding one server's limits and client counts.
+    """
+    limits: ConnectionLimits = ConnectionLimits()
     open_per_client: Counter[str] = Counter()
-    throttled = _Throttled()
+    throttled: _Throttled = _Throttled()
+    _key: str | None = None
+    _refused = False
+    _timer = None
+    _phase: str | None = None  # "headers" | "body" | None (no limit running)
 
-    class GuardedH11Protocol(H11Protocol):
-        _key: str | None = None
-        _refused = False
-        _timer = None
-        _phase: str | None = None  # "headers" | "body" | None (no limit running)
+    def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._key = client_key(str(peer[0])) if peer else None
+        per_client = self.limits.per_client
+        if self._key is not None and self.open_per_client[self._key] >= per_client:
+            self._refused = True
+            self.throttled.warn("refusing connections from %s: it already holds %d (--max-client-connections)",
+                                self._key, per_client)
+            transport.write(raw_response(429, "Too Many Requests", "too_many_connections",
+                                         f"this address already holds {per_client} open connections to the "
+                                         "server; reuse them or close some", {"retry-after": "1"}))
+            transport.close()
+            return
+        if self._key is not None:
+            self.open_per_client[self._key] += 1
+        super().connection_made(transport)
+        self._watch(fresh=True)
 
-        def connection_made(self, transport) -> None:
-            peer = transport.get_extra_info("peername")
-            self._key = client_key(str(peer[0])) if peer else None
-            if self._key is not None and open_per_client[self._key] >= limits.per_client:
-                self._refused = True
-                throttled.warn("refusing connections from %s: it already holds %d (--max-client-connections)",
-                               self._key, limits.per_client)
-                transport.write(raw_response(429, "Too Many Requests", "too_many_connections",
-                                             f"this address already holds {limits.per_client} open connections to "
-                                             "the server; reuse them or close some", {"retry-after": "1"}))
-                transport.close()
-                return
-            if self._key is not None:
-                open_per_client[self._key] += 1
-            super().connection_made(transport)
-            self._watch(fresh=True)
+    def connection_lost(self, exc) -> None:
+        if self._refused:
+            return
+        self._arm(None)
+        if self._key is not None:
+            self.open_per_client[self._key] -= 1
+            if self.open_per_client[self._key] <= 0:
+                del self.open_per_client[self._key]
+            self._key = None
+        super().connection_lost(exc)
 
-        def connection_lost(self, exc) -> None:
-            if self._refused:
-                return
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch(fresh=False)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch(fresh=False)
+
+    def _watch(self, *, fresh: bool) -> None:
+        """Start, keep or stop the limit that fits what the connection is waiting for now."""
+        if self.transport is None or self.transport.is_closing():
+            return self._arm(None)
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            # waiting for a request: limited once the connection is new or part of a request arrived;
+            # between requests on a kept-alive connection uvicorn's keep-alive timeout applies
+            started = fresh or bool(self.conn.trailing_data[0]) or self._phase == "headers"
+            self._arm("headers" if started else None)
+        elif state is h11.SEND_BODY:
+            self._arm("body")
+        else:  # the request is read (the application works on it), or the connection is ending
             self._arm(None)
-            if self._key is not None:
-                open_per_client[self._key] -= 1
-                if open_per_client[self._key] <= 0:
-                    del open_per_client[self._key]
-                self._key = None
-            super().connection_lost(exc)
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self._watch(fresh=False)
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._watch(fresh=False)
-
-        def _watch(self, *, fresh: bool) -> None:
-            """Start, keep or stop the limit that fits what the connection is waiting for now."""
-            if self.transport is None or self.transport.is_closing():
-                return self._arm(None)
-            state = self.conn.their_state
-            if state is h11.IDLE:
-                # waiting for a request: limited once the connection is new or part of a request arrived;
-                # between requests on a kept-alive connection uvicorn's keep-alive timeout applies
-                started = fresh or bool(self.conn.trailing_data[0]) or self._phase == "headers"
-                self._arm("headers" if started else None)
-            elif state is h11.SEND_BODY:
-                self._arm("body")
-            else:  # the request is read (the application works on it), or the connection is ending
-                self._arm(None)
-
-        def _arm(self, phase: str | None) -> None:
-            if phase == self._phase and (phase is None or self._timer is not None):
-                return  # a running limit keeps its deadline
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._phase = phase
-            if phase is not None:
-                delay = limits.header_timeout_s if phase == "headers" else limits.body_timeout_s
-                self._timer = self.loop.call_later(delay, self._expired, phase)
-
-        def _expired(self, phase: str) -> None:
+    def _arm(self, phase: str | None) -> None:
+        if phase == self._phase and (phase is None or self._timer is not None):
+            return  # a running limit keeps its deadline
+        if self._timer is not None:
+            self._timer.cancel()
             self._timer = None
-            if self.transport is None or self.transport.is_closing() or self._phase != phase:
-                return
-            limit = limits.header_timeout_s if phase == "headers" else limits.body_timeout_s
-            throttled.warn("closed a connection from %s: its request %s did not arrive within %g s", self._key,
-                           "line and headers" if phase == "headers" else "body", limit)
-            if phase == "headers" and self.conn.our_state is h11.IDLE:
-                self.transport.write(raw_response(408, "Request Timeout", "request_timeout",
-                                                  f"the request's headers did not arrive within {limit:g} s"))
-            self.transport.close()
+        self._phase = phase
+        if phase is not None:
+            delay = self.limits.header_timeout_s if phase == "headers" else self.limits.body_timeout_s
+            self._timer = self.loop.call_later(delay, self._expired, phase)
 
-    return GuardedH11Protocol
+    def _expired(self, phase: str) -> None:
+        self._timer = None
+        if self.transport is None or self.transport.is_closing() or self._phase != phase:
+            return
+        limit = self.limits.header_timeout_s if phase == "headers" else self.limits.body_timeout_s
+        self.throttled.warn("closed a connection from %s: its request %s did not arrive within %g s", self._key,
+                            "line and headers" if phase == "headers" else "body", limit)
+        if phase == "headers" and self.conn.our_state is h11.IDLE:
+            self.transport.write(raw_response(408, "Request Timeout", "request_timeout",
+                                              f"the request's headers did not arrive within {limit:g} s"))
+        self.transport.close()
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
+    """The protocol class for one server (``uvicorn.Config(http=...)``): ``limits`` and its own client counts."""
+    limits.check()
+    return type("GuardedH11Protocol", (GuardedH11Protocol,),
+                {"limits": limits, "open_per_client": Counter(), "throttled": _Throttled()})

@@ -1,6 +1,7 @@
-"""Uploads → model input, exactly as at training: decode, (face crop), evaluation transform.
+"""Uploads → model input, exactly as at training: read from the request, decode, (face crop), evaluation transform.
 
-Runs in worker threads, never on the event loop. The header is read first, so a non-image
+:func:`read_uploads` takes the photos out of the request (on the event loop); the rest runs in
+worker threads, never on the event loop. The header is read first, so a non-image
 or an oversized image is refused before any pixel is decoded. Decoding is maskcls' PIL path
 (EXIF rotation, 16-bit / palette / alpha handling, decompression-bomb guard), except for plain
 JPEGs, which libjpeg-turbo decodes to the same pixels about 1.4x faster (as ``maskcls prepare``
@@ -14,12 +15,15 @@ import warnings
 from dataclasses import astuple, dataclass
 
 import numpy as np
+from fastapi import Request
 from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from ..data import imageio
 from ..data.transforms import create_transform
 from ..errors import DataError
-from .limits import ApiError
+from .limits import ApiError, Limits
 from .model import ServedModel
 
 FORMATS_HINT = "upload a JPEG, PNG, WebP, BMP or TIFF photo"
@@ -121,3 +125,34 @@ class Preprocessor:
                            f"re-save the photo and upload it again", file=name) from None
         tensor = self.transform(np.ascontiguousarray(img)).numpy()
         return ModelInput(name, tensor, w, h, box)
+
+
+async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each photo: multipart form files, or one photo sent as the body (image/*)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=limits.max_images, max_fields=limits.max_images * 4)
+        except HTTPException as e:
+            if str(e.detail).startswith("Too many files"):
+                raise ApiError(413, "too_many_images", f"more than {limits.max_images} photos in one request; this "
+                               f"server takes at most {limits.max_images} per request: send the rest in further "
+                               "requests") from None
+            raise ApiError(400, "bad_multipart", f"malformed multipart body ({e.detail}); send photos as form "
+                           "files, e.g. curl -F file=@photo.jpg") from None
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if len(files) > limits.max_images:
+            await form.close()
+            raise ApiError(413, "too_many_images", f"{len(files)} photos in one request; this server takes at most "
+                           f"{limits.max_images} per request: send the rest in further requests")
+        out = [(safe_name(f.filename, i), await f.read()) for i, f in enumerate(files)]
+        await form.close()
+    elif ctype.startswith("image/") or ctype == "application/octet-stream":
+        out = [(safe_name(request.query_params.get("name"), 0), await request.body())]
+    else:
+        raise ApiError(415, "unsupported_content_type", f"Content-Type {ctype or 'missing'}: send photos as "
+                       "multipart/form-data (curl -F file=@photo.jpg) or one photo as the body with its image/* type")
+    if not out:
+        raise ApiError(400, "no_image", "the request holds no photo; attach one or more as form files "
+                       "(curl -F file=@photo.jpg)")
+    return out
