@@ -96,6 +96,7 @@ class Objective:
             summary = run_training(cfg, self.prep, folds=self.folds, run_dir=run, on_epoch_end=reporter,
                                    on_summary=_write_report if cfg.run.report else None)
         except optuna.TrialPruned as e:
+            log.info("trial %d pruned at %s", trial.number, e)
             atomic_write_json(run / "pruned.json", {"pruned": True, "trial": trial.number, **(reporter.last or {}),
                                                     "reason": str(e), "seconds": round(time.time() - start, 1)})
             _mark_run(run, {**entry, "state": "PRUNED", "at": reporter.last})

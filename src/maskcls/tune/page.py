@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+from matplotlib.ticker import NullFormatter
 from optuna.trial import TrialState
 
 from ..fsutil import atomic_write_text
@@ -44,6 +45,8 @@ def _figure(study: optuna.Study, plot: str) -> str | None:
     fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
     if plot == "plot_slice" and hasattr(ax, "flat"):
         fig.set_size_inches(min(4.0 * len(ax.flat), 16), 4)
+        for a in ax.flat:  # a log axis labels its minor ticks too, and they overlap
+            a.xaxis.set_minor_formatter(NullFormatter())
     try:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", facecolor="white")
@@ -98,7 +101,8 @@ def _trials_section(table: pd.DataFrame, page_dir: Path) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "<th>run</th>"
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols) + f"<td>{_run_link(r['run_dir'], page_dir)}"
                    "</td></tr>" for _, r in table.iterrows())
-    return f"<section><h2>Trials</h2><table><tr>{head}</tr>{body}</table></section>"
+    return (f"<section><h2>Trials</h2><div style='overflow-x:auto;font-size:13px'><table><tr>{head}</tr>{body}"
+            "</table></div></section>")
 
 
 def write_page(study: optuna.Study, study_dir: Path, table: pd.DataFrame, best) -> Path:
