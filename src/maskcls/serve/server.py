@@ -85,7 +85,8 @@ def uvicorn_server(app, options: ServeOptions, *, access_log: bool = True, grace
     limit = limit_concurrency or max(512, 4 * options.limits.max_queue)
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=graceful_s,
                             limit_concurrency=limit, timeout_keep_alive=15, server_header=False,
-                            http=guarded_protocol(options.connections))
+                            http=guarded_protocol(options.connections),
+                            ws="none")  # no WebSocket routes: an upgrade would leave the guarded protocol
     return uvicorn.Server(config)
 
 
