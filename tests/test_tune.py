@@ -91,6 +91,47 @@ def test_cli_refuses_a_bad_space_before_training(prepared_dir, tmp_path, capsys)
     assert not (tmp_path / "st").exists()
 
 
+# ------------------------------------------------------------------ storages and stale trials
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # trials made with ask(), as a worker's would be
+def test_running_trials_are_failed_only_when_their_worker_is_gone(tmp_path):
+    """A trial of a live local process stays RUNNING; one of a dead local process fails at once; one of another
+    machine fails once its heartbeat is older than twice --heartbeat (Optuna's heartbeat, RDB storages)."""
+    from maskcls.tune.storage import (
+        fail_dead_local_trials,
+        fail_stale_trials,
+        open_storage,
+        storage_url,
+        worker_identity,
+    )
+    storage = open_storage(storage_url(None, tmp_path), heartbeat=1)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    attrs = {"live": worker_identity(), "dead": {**worker_identity(), "pid": int(dead.stdout)},
+             "remote": {"host": "another-machine", "pid": os.getpid()}}
+    trials = {}
+    for name, a in attrs.items():
+        trials[name] = study.ask()
+        for k, v in a.items():
+            trials[name].set_user_attr(k, v)
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study._study_id,
+                                                                             trials["remote"].number))
+    assert fail_dead_local_trials(study, storage) == [trials["dead"].number]
+    time.sleep(3.5)  # the remote trial's heartbeat goes stale (grace: 2 x 1 s; SQLite keeps whole seconds)
+    fail_stale_trials(study)
+    states = {name: study.trials[t.number].state for name, t in trials.items()}
+    assert states == {"live": TrialState.RUNNING, "dead": TrialState.FAIL, "remote": TrialState.FAIL}
+
+
+def test_storage_urls_and_redaction(tmp_path):
+    from maskcls.tune.storage import redact, storage_url
+    assert storage_url(None, tmp_path) == f"sqlite:///{(tmp_path / 'study.db').resolve()}"
+    assert storage_url("journal", tmp_path) == f"journal:{(tmp_path / 'study.journal').resolve()}"
+    assert storage_url("postgresql://u:pw@h/db", tmp_path).split("://")[1] == "u:pw@h/db"
+    assert "pw" not in redact(storage_url("postgresql://u:pw@h/db", tmp_path))
+    with pytest.raises(ConfigError, match="give a database URL"):
+        storage_url("study.db", tmp_path)
+
+
 # ------------------------------------------------------------------ trials, pruning, outputs
 @pytest.mark.slow
 def test_pruned_trial_is_pruned_and_its_run_says_so(prepared_dir, tmp_path):
