@@ -116,8 +116,8 @@ class FoldTrainer:
         # the crop cache is built by rank 0 alone; the other ranks wait, then find it up to date
         with acc.main_process_first() if cfg.data.cache else contextlib.nullcontext():
             self.data = fold_data(ctx.prep, fold, cfg.data, ctx.pp, batch_size=cfg.train.batch_size,
-                                  valid_batch_size=cfg.train.valid_batch_size, seed=seed, rank=acc.process_index,
-                                  world=acc.num_processes, old_age=cfg.train.old_age)
+                                  valid_batch_size=cfg.train.valid_batch_size, seed=seed,
+                                  old_age=cfg.train.old_age).sharded(acc.process_index, acc.num_processes)
         counts = np.bincount(self.data.train_labels, minlength=task.num_classes)
         criterion = build_loss(cfg.loss, task=task, heads=cfg.model.heads, class_counts=counts).to(acc.device)
         if cfg.train.channels_last:

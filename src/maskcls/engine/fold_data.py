@@ -7,7 +7,7 @@ repeat exactly), the loader's kind and workers are resolved, and transforms are 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -148,6 +148,27 @@ def check_batch_fits(batch_size: int, train_images: int, *, fold: int, world: in
 
 
 @dataclass
+class _Loading:
+    """What a fold's loaders are built from (again for each process's share: :meth:`FoldData.sharded`)."""
+    train_ds: ImageDataset
+    valid_ds: ImageDataset
+    data: DataConfig
+    batch_size: int
+    valid_batch_size: int
+    seed: int
+
+    def loaders(self, fold: int, rank: int, world: int) -> tuple[object, object]:
+        check_batch_fits(self.batch_size, len(self.train_ds), fold=fold, world=world)
+        weights = balanced_weights(self.train_ds.labels) if self.data.sampler == "balanced" else None
+        sampler = EpochSampler(len(self.train_ds), seed=self.seed, weights=weights, rank=rank, world=world)
+        workers, kind = resolve_loader(self.data)
+        train = build_loader(self.train_ds, batch_size=self.batch_size, sampler=sampler, workers=workers, kind=kind)
+        vs = EpochSampler(len(self.valid_ds), seed=0, shuffle=False, rank=rank, world=world, drop_uneven=False)
+        valid = build_loader(self.valid_ds, batch_size=self.valid_batch_size, sampler=vs, workers=workers, kind=kind)
+        return train, valid
+
+
+@dataclass
 class FoldData:
     """A fold's rows, datasets and loaders (the training loader's epoch is set by ``set_epoch``)."""
     train_rows: pd.DataFrame
@@ -155,28 +176,31 @@ class FoldData:
     train_labels: np.ndarray  # what training sees (train.old_age may re-draw the age groups)
     train_loader: object
     valid_loader: object
+    fold: int = 0
+    loading: _Loading | None = None
+
+    def sharded(self, rank: int, world: int) -> FoldData:
+        """The same fold with loaders over process ``rank``'s share of ``world``: training rows in equal
+        interleaved shards, validation rows each on exactly one process."""
+        if world == 1 and rank == 0:
+            return self
+        train, valid = self.loading.loaders(self.fold, rank, world)
+        return replace(self, train_loader=train, valid_loader=valid)
 
 
 def fold_data(prep: Prepared, fold: int, data: DataConfig, pp: Preprocessing, *, batch_size: int,
-              valid_batch_size: int, seed: int, rank: int = 0, world: int = 1,
-              old_age: int | None = None) -> FoldData:
-    """Datasets and loaders of ``fold``: training rows augmented and shuffled per (seed, epoch), sharded
-    over ``world`` processes; validation rows in order, each image on exactly one process.
+              valid_batch_size: int, seed: int, old_age: int | None = None) -> FoldData:
+    """Datasets and loaders of ``fold`` in one process: training rows augmented and shuffled per (seed,
+    epoch), validation rows in order (:meth:`FoldData.sharded` splits them over processes).
 
     ``old_age``: the training age threshold (``train.old_age``); validation keeps the dataset's.
     """
     tr_rows, va_rows = fold_rows(prep, fold)
     train_labels = training_labels(tr_rows, prep.task, old_age)
-    train_ds = make_dataset(prep, tr_rows, data, pp, training=True, seed=seed, labels=train_labels)
-    valid_ds = make_dataset(prep, va_rows, data, pp, training=False, seed=seed)
-    check_batch_fits(batch_size, len(train_ds), fold=fold, world=world)
-    weights = balanced_weights(train_ds.labels) if data.sampler == "balanced" else None
-    sampler = EpochSampler(len(train_ds), seed=seed, weights=weights, rank=rank, world=world)
-    workers, kind = resolve_loader(data)
-    train_loader = build_loader(train_ds, batch_size=batch_size, sampler=sampler, workers=workers, kind=kind)
-    vs = EpochSampler(len(valid_ds), seed=0, shuffle=False, rank=rank, world=world, drop_uneven=False)
-    valid_loader = build_loader(valid_ds, batch_size=valid_batch_size, sampler=vs, workers=workers, kind=kind)
-    return FoldData(tr_rows, va_rows, train_labels, train_loader, valid_loader)
+    loading = _Loading(make_dataset(prep, tr_rows, data, pp, training=True, seed=seed, labels=train_labels),
+                       make_dataset(prep, va_rows, data, pp, training=False, seed=seed), data, batch_size,
+                       valid_batch_size, seed)
+    return FoldData(tr_rows, va_rows, train_labels, *loading.loaders(fold, 0, 1), fold=fold, loading=loading)
 
 
 def paths_dataset(paths: list[str], pp: Preprocessing, *, face_settings: dict | None = None) -> ImageDataset:
