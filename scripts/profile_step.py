@@ -163,6 +163,18 @@ def cpu_summary() -> str:
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
+def patch_adamw(impl: str) -> None:
+    """torch.optim.AdamW with ``foreach=True`` or ``fused=True`` for every optimizer built after this
+    (maskcls' build_optimizer looks the class up on torch.optim at call time); a measurement, not a change."""
+    base = torch.optim.AdamW
+
+    class AdamW(base):
+        def __init__(self, params, **kw):
+            super().__init__(params, **kw, **{impl: True})
+
+    torch.optim.AdamW = AdamW
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prepared", default=".cache/quality/prepared/mask3dev")
@@ -178,13 +190,17 @@ def main() -> int:
     ap.add_argument("--fill-uninitialized", choices=["on", "off"], default="on",
                     help="torch.utils.deterministic.fill_uninitialized_memory under train.deterministic "
                          "(on: torch's default, what maskcls runs with)")
+    ap.add_argument("--adamw", choices=["default", "foreach", "fused"], default="default",
+                    help="AdamW's implementation (default: torch's choice, a per-tensor loop on CPU)")
     a = ap.parse_args()
     torch.utils.deterministic.fill_uninitialized_memory = a.fill_uninitialized == "on"
+    if a.adamw != "default":
+        patch_adamw(a.adamw)
     prep = load_prepared(a.prepared)
     cfg = load_config(None, [f"data.image_size={a.image_size}", *a.overrides])
     settings = " ".join(a.overrides) or "defaults"
     parts = [f"# profile of one training step: {Path(a.prepared).name}, fold 0, {settings}, "
-             f"fill_uninitialized_memory {a.fill_uninitialized}", cpu_summary()]
+             f"fill_uninitialized_memory {a.fill_uninitialized}, AdamW {a.adamw}", cpu_summary()]
     with tempfile.TemporaryDirectory() as tmp:
         for p in a.precision or ["no", "bf16"]:
             parts.append(profile_precision(prep, cfg, p, batch=a.batch, skip=a.skip, warmup=a.warmup,
