@@ -74,10 +74,12 @@ def fake_timm_repo(tmp_path_factory) -> Path:
     return work / ".git"
 
 
-def test_time_to_f1_table_and_ratios_from_the_recorded_files(prepared_dir, fake_timm_repo, tmp_path, capsys):
+def test_time_to_f1_table_and_ratios_from_the_recorded_files(prepared_dir, fake_timm_repo, tmp_path, capsys,
+                                                           monkeypatch):
     from maskcls.cli import main
     out = tmp_path / "ttf"
-    rc = main(["bench", "time-to-f1", str(prepared_dir), "--timm-repo", str(fake_timm_repo), "--epochs", "2",
+    monkeypatch.chdir(prepared_dir.parent)  # a relative PREPARED (each side runs in its own folder)
+    rc = main(["bench", "time-to-f1", prepared_dir.name, "--timm-repo", str(fake_timm_repo), "--epochs", "2",
                "--image-size", "48", "--precision", "no", "--seed", "5", "--out", str(out),
                *[x for s in TINY_SETS for x in ("--set", s)]])
     text = capsys.readouterr().out

@@ -130,8 +130,8 @@ def run_maskcls(prep, cfg: Config, fold: int, out: Path) -> dict:
     from ..config_io import dump_yaml
     out.mkdir(parents=True)
     (out / "config.yaml").write_text(dump_yaml(cfg))
-    cmd = [sys.executable, "-m", __name__, str(out / "config.yaml"), str(prep.dir), str(fold), str(out / "run"),
-           str(out / "epochs.jsonl")]
+    cmd = [sys.executable, "-m", __name__, str(out / "config.yaml"), str(Path(prep.dir).resolve()), str(fold),
+           str(out / "run"), str(out / "epochs.jsonl")]
     t0 = _run_logged(cmd, out / "train.log", out)
     ends = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines() if line.strip()]
     m = pd.read_csv(out / "run" / f"fold{fold}" / "metrics.csv")
