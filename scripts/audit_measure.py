@@ -130,7 +130,7 @@ def oof_f1(run: Path, truth_prepared: Path) -> None:
 
 
 def eval_f1(run: Path, data: Path) -> None:
-    from maskcls.predict import predict_submission
+    from maskcls.infer.predict import predict_submission
     res = predict_submission(run, folds="all")
     truth = pd.read_csv(data / "eval" / "truth.csv", dtype={"ImageID": str})
     sub = pd.read_csv(res["submission"], dtype={"ImageID": str})

@@ -31,9 +31,9 @@ import pandas as pd
 
 from maskcls.bench.quality import budget_config, prepared_set, train_one
 from maskcls.engine.metrics import confusion, macro_f1
-from maskcls.predict import eval_probabilities, run_and_data
+from maskcls.infer.predict import eval_probabilities, run_and_data
+from maskcls.infer.pseudo import make_pseudo
 from maskcls.prep.prepared import load_prepared
-from maskcls.pseudo import make_pseudo
 
 LABEL_COLUMNS = ("label", "label_name", "mask", "gender", "age")
 

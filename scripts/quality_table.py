@@ -29,7 +29,7 @@ from maskcls.bench.quality import DEV_SETS, budget_config
 from maskcls.config_io import flatten
 from maskcls.engine.metrics import confusion, macro_f1
 from maskcls.engine.rundir import read_run_info
-from maskcls.ensemble import common_oof
+from maskcls.infer.ensemble import common_oof
 from maskcls.prep.prepared import load_prepared
 
 

@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A read-only-by-convention synthetic competition dataset: 15 train + 6 eval persons, 96×128 photos."""
-    from maskcls.prep.synth import synthesize
+    from maskcls.synth.dataset import synthesize
     out = tmp_path_factory.mktemp("synth") / "data"
     synthesize(out, people=15, eval_people=6, seed=3, image_size=(96, 128), workers=1)
     return out

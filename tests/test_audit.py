@@ -22,11 +22,11 @@ from maskcls.audit.pipeline import audit_run
 from maskcls.cli import main
 from maskcls.engine.rundir import write_oof
 from maskcls.errors import CheckpointError, ConfigError, DataError
-from maskcls.labels import age_group
 from maskcls.prep.competition import read_fixes
 from maskcls.prep.prepare import prepare
 from maskcls.prep.prepared import load_prepared
-from maskcls.prep.synth import synthesize
+from maskcls.synth.dataset import synthesize
+from maskcls.task import age_group
 
 PEOPLE, SEED, RATE, FOLDS = 30, 5, 0.2, 3
 SIZE = (64, 80)

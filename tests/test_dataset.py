@@ -13,13 +13,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from maskcls.data import fastaug as A
+from maskcls.data.cache import build_cache, cache_paths
 from maskcls.data.dataset import ArraySource, FileSource, ImageDataset
 from maskcls.data.imageio import read_pil, read_rgb
 from maskcls.data.loader import ThreadLoader, build_loader, set_epoch
 from maskcls.data.sampler import EpochSampler
 from maskcls.data.transforms import create_transform
 from maskcls.errors import DataError
-from maskcls.prep.cache import build_cache, cache_paths
 
 
 def make_loader(ds, *, batch_size, shuffle_seed, epoch, num_workers, kind="auto"):

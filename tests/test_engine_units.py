@@ -17,8 +17,8 @@ from maskcls.engine.fold_data import resolve_loader
 from maskcls.engine.metrics import accuracy, class_table, confusion, macro_f1, oof_scores, summarize
 from maskcls.engine.optim import build_optimizer, build_scheduler, param_groups
 from maskcls.errors import ConfigError
-from maskcls.labels import Task
 from maskcls.models.factory import MaskClsNet, build_model
+from maskcls.task import Task
 
 
 def _lrs(name: str, steps_per_epoch: int = 10, epochs: int = 3, **kw) -> list[float]:

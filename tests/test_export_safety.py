@@ -86,7 +86,7 @@ def test_export_refuses_devices_pipes_and_links(run, tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_that_disagrees_with_pytorch_fails_and_leaves_no_file(run, tmp_path, capsys, monkeypatch, fmt):
-    import maskcls.export as export
+    import maskcls.infer.export as export
     out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.ts")
     assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 0
     earlier = _files(tmp_path)

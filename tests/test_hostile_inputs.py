@@ -34,10 +34,10 @@ from maskcls.data.loader import build_loader
 from maskcls.data.transforms import create_transform
 from maskcls.engine.rundir import next_run_dir
 from maskcls.errors import ConfigError, DataError
-from maskcls.predict import predict_submission
+from maskcls.infer.predict import predict_submission
 from maskcls.prep.prepare import prepare
 from maskcls.prep.prepared import load_prepared
-from maskcls.prep.synth import synthesize
+from maskcls.synth.dataset import synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -356,14 +356,14 @@ def test_plain_predict_output_escapes_control_characters_in_names(tmp_path, caps
     """One line per image, four tab-separated fields, whatever the file names hold; --json keeps them exact."""
     import json
 
-    import maskcls.predict
+    import maskcls.infer.predict
     names = ["a\nb.jpg", "c\td.jpg", "e\\f.jpg", "g\x1bh.jpg"]
     paths = [str(tmp_path / n) for n in names]
 
     def fake(run, images, **kw):
         out = [{"path": p, "label": "wear / male / <30", "class_id": 0, "confidence": 0.5} for p in images[:-1]]
         return out + [{"path": images[-1], "error": f"cannot decode {images[-1]}"}]
-    monkeypatch.setattr(maskcls.predict, "predict_images", fake)
+    monkeypatch.setattr(maskcls.infer.predict, "predict_images", fake)
     assert main(["predict", str(tmp_path / "run"), *paths]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all(len(line.split("\t")) == (4 if i < 3 else 2) for i, line in enumerate(lines))

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import yaml
 
-from maskcls import labels as L
+from maskcls import task as L
 from maskcls.config import Config
 from maskcls.config_io import config_table, dump_yaml, load_config
 from maskcls.errors import ConfigError, DataError

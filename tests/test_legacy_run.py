@@ -27,7 +27,7 @@ def legacy_run(tmp_path) -> Path:
 
 
 def test_legacy_run_predicts_a_submission(legacy_run, prepared_dir, tmp_path):
-    from maskcls.predict import predict_submission
+    from maskcls.infer.predict import predict_submission
     s = predict_submission(legacy_run, data=str(prepared_dir), out=str(tmp_path / "sub.csv"))
     sub = pd.read_csv(s["submission"], dtype={"ImageID": str})
     info = pd.read_csv(Path(pd.read_json(prepared_dir / "prepare.json", typ="series")["root"]) / "eval" / "info.csv",
@@ -37,7 +37,7 @@ def test_legacy_run_predicts_a_submission(legacy_run, prepared_dir, tmp_path):
 
 
 def test_legacy_run_reports(legacy_run):
-    from maskcls.report import write_report
+    from maskcls.report.page import write_report
     page = write_report(legacy_run).read_text()
     assert "test_efficientnet" in page
     assert "image size 32" in page  # read through the typed config, not guessed

@@ -290,7 +290,7 @@ def _train_with_report(prepared: Path, run_dir: Path, cfg) -> dict:
     """Train fold 0 the way `maskcls train` does: report.html written before the trackers close."""
     from maskcls.engine.run import run_training
     from maskcls.prep.prepared import load_prepared
-    from maskcls.report import write_report
+    from maskcls.report.page import write_report
     return run_training(cfg, load_prepared(prepared), folds=[0], run_dir=run_dir, on_summary=write_report)
 
 

@@ -16,7 +16,7 @@ from helpers import TINY_SETS, tiny, train
 from maskcls.cli import main
 from maskcls.engine.decision import apply_offsets, read_offsets
 from maskcls.errors import CheckpointError, ConfigError, DataError
-from maskcls.predict import predict_images, predict_submission
+from maskcls.infer.predict import predict_images, predict_submission
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_predict_without_checkpoints(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_round_trip(run2, tmp_path, fmt):
-    from maskcls.export import build_ensemble, export_run, run_exported
-    from maskcls.predict import load_folds
+    from maskcls.infer.export import build_ensemble, export_run, run_exported
+    from maskcls.infer.predict import load_folds
     out = export_run(run2, fmt=fmt, out=tmp_path / f"m.{fmt}")
     spec = json.loads(out.with_suffix(".json").read_text())
     assert spec["input"]["dtype"] == "uint8" and len(spec["output"]["class_names"]) == 18
@@ -115,7 +115,7 @@ def test_export_round_trip(run2, tmp_path, fmt):
 def test_export_out_paths(tmp_path, capsys):
     """--out: a folder gets model.<ext>, a bare name gets the format's suffix, the other format's suffix is
     refused before anything is loaded (the run need not exist for that)."""
-    from maskcls.export import export_path
+    from maskcls.infer.export import export_path
     run = tmp_path / "run"
     assert export_path(run, "onnx", None) == run / "export" / "model.onnx"
     assert export_path(run, "torchscript", None) == run / "export" / "model.ts"
@@ -134,7 +134,7 @@ def test_export_out_paths(tmp_path, capsys):
 @pytest.mark.slow
 def test_export_to_a_bare_name_is_verified(run2, tmp_path):
     """An ONNX export to --out without a suffix was verified as TorchScript and failed; now it gets .onnx."""
-    from maskcls.export import export_run
+    from maskcls.infer.export import export_run
     out = export_run(run2, fmt="onnx", folds="0", out=tmp_path / "bare")
     assert out == tmp_path / "bare.onnx" and out.is_file() and not (tmp_path / "bare").exists()
     assert json.loads(out.with_suffix(".json").read_text())["check"]["max_abs_diff_vs_pytorch"] < 1e-4
@@ -157,7 +157,7 @@ def test_cli_help_and_one_line_errors(tmp_path):
 
 @pytest.mark.slow
 def test_report_on_run_in_progress(run2, tmp_path):
-    from maskcls.report import write_report
+    from maskcls.report.page import write_report
     partial = tmp_path / "partial"
     shutil.copytree(run2, partial)
     (partial / "summary.json").unlink()

@@ -16,8 +16,8 @@ from maskcls.engine.losses import build_loss
 from maskcls.engine.mixing import make_mixer, mix_batch
 from maskcls.engine.run import resume_training
 from maskcls.errors import ConfigError
-from maskcls.labels import Task
 from maskcls.prep.prepared import load_prepared
+from maskcls.task import Task
 
 COMP = Task.competition()
 
@@ -158,15 +158,15 @@ def test_pseudo_labels_join_training_never_validation(prepared_dir, tmp_path, ca
         assert (va["split"] == "train").all() and len(va) == len(fold_rows(base, fold)[1])
         assert (tr["split"] == "pseudo").sum() == n_eval
     with pytest.raises(Exception, match="min-prob"):
-        from maskcls.pseudo import make_pseudo
+        from maskcls.infer.pseudo import make_pseudo
         make_pseudo(run, tmp_path / "bad", min_prob=1.5)
 
 
 @pytest.mark.slow
 def test_ensemble_of_runs_averages_their_probabilities_in_info_order(prepared_dir, synth_root, tmp_path, capsys):
     from maskcls.cli import main
-    from maskcls.ensemble import predict_runs
-    from maskcls.predict import predict_submission
+    from maskcls.infer.ensemble import predict_runs
+    from maskcls.infer.predict import predict_submission
     runs = [Path(train(prepared_dir, tmp_path / f"r{i}", tiny(train={"epochs": 1, "seed": i}), folds=(0, 1))["run_dir"])
             for i in range(2)]
     singles = [pd.read_csv(predict_submission(r, out=str(tmp_path / f"s{i}.csv"), tta="hflip",

@@ -169,7 +169,7 @@ def test_prepare_names_every_bad_file_and_skip_bad_records_it(synth_root, tmp_pa
 @pytest.mark.slow  # trains (through its run fixture)
 @pytest.mark.timeout(240)   # a hang in a loader or in predict fails here instead of stalling the suite
 def test_handled_corpus_prepares_trains_and_predicts(handled_dataset, handled_run):
-    from maskcls.predict import predict_submission
+    from maskcls.infer.predict import predict_submission
     root, made = handled_dataset
     prep_dir, run, meta, summary = handled_run
     assert meta["excluded"] == []
@@ -194,7 +194,7 @@ def test_handled_corpus_prepares_trains_and_predicts(handled_dataset, handled_ru
 
 @pytest.mark.slow  # trains (through its run fixture)
 def test_predict_images_over_the_corpus(handled_run, corpus_dir):
-    from maskcls.predict import predict_images
+    from maskcls.infer.predict import predict_images
     _, run, _, _ = handled_run
     d, made = corpus_dir
     res = {r["path"]: r for r in predict_images(run, [str(d)], folds="0", batch_size=8)}
@@ -399,11 +399,11 @@ def test_same_seed_same_metrics(prepared_dir, reference_run, tmp_path):
 @pytest.mark.timeout(300)
 def test_workflow_leaves_a_read_only_dataset_untouched(tmp_path, capsys):
     from maskcls.cli import main
-    from maskcls.predict import predict_submission
+    from maskcls.infer.predict import predict_submission
     from maskcls.prep.faces import build_face_crops
     from maskcls.prep.stats import compute_stats
-    from maskcls.prep.synth import synthesize
-    from maskcls.report import write_report
+    from maskcls.report.page import write_report
+    from maskcls.synth.dataset import synthesize
     data = tmp_path / "data"
     synthesize(data, people=8, eval_people=3, seed=5, image_size=(96, 128), workers=1)
     modes = {p: p.stat().st_mode for p in [data, *data.rglob("*")]}

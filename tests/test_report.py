@@ -16,9 +16,9 @@ from sklearn.metrics import f1_score
 from maskcls.engine.metrics import class_table as _class_table
 from maskcls.engine.metrics import confusion as confusion_counts
 from maskcls.errors import CheckpointError
-from maskcls.labels import Task
-from maskcls.report import write_report
-from maskcls.report_data import load_run
+from maskcls.report.page import write_report
+from maskcls.report.run_data import load_run
+from maskcls.task import Task
 
 
 def class_names() -> list[str]:

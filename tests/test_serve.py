@@ -27,13 +27,13 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from maskcls.cli import main  # noqa: E402
 from maskcls.data.imageio import read_pil  # noqa: E402
+from maskcls.data.preprocessing import Preprocessing  # noqa: E402
 from maskcls.data.transforms import create_transform  # noqa: E402
-from maskcls.engine.fold_data import Preprocessing  # noqa: E402
-from maskcls.labels import Task  # noqa: E402
 from maskcls.serve.app import ServeOptions, create_app  # noqa: E402
 from maskcls.serve.batcher import MicroBatcher  # noqa: E402
 from maskcls.serve.limits import Limits  # noqa: E402
 from maskcls.serve.model import ServedModel  # noqa: E402
+from maskcls.task import Task  # noqa: E402
 
 SIZE = 32
 W = np.random.default_rng(0).normal(size=(3, 18)) * 3
@@ -564,7 +564,7 @@ def real_run(prepared_dir, tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.precision
 def test_real_run_onnx_equals_predict_and_torch(real_run, synth_root):
-    from maskcls.predict import predict_images
+    from maskcls.infer.predict import predict_images
     paths = sorted((synth_root / "eval" / "images").iterdir())[:4]
     want = predict_images(real_run, [str(p) for p in paths], folds="all")
     answers = {}
@@ -609,7 +609,7 @@ def test_face_crop_run_returns_the_face_box(prepared_dir, tmp_path):
 
     from helpers import tiny, train
     from maskcls.bench.faces import astronaut_photo, iou
-    from maskcls.predict import predict_images
+    from maskcls.infer.predict import predict_images
     from maskcls.prep.faces import build_face_crops
     prep = tmp_path / "prep"
     shutil.copytree(prepared_dir, prep)

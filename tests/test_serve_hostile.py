@@ -29,13 +29,13 @@ from PIL import Image
 pytest.importorskip("fastapi")
 
 from maskcls.cli import main  # noqa: E402
-from maskcls.engine.fold_data import Preprocessing  # noqa: E402
-from maskcls.labels import Task  # noqa: E402
+from maskcls.data.preprocessing import Preprocessing  # noqa: E402
 from maskcls.serve.app import ServeOptions, create_app  # noqa: E402
 from maskcls.serve.connections import ConnectionLimits, client_key  # noqa: E402
 from maskcls.serve.limits import Limits, PixelBudget  # noqa: E402
 from maskcls.serve.model import ServedModel  # noqa: E402
 from maskcls.serve.server import bind, uvicorn_server  # noqa: E402
+from maskcls.task import Task  # noqa: E402
 
 SIZE = 32
 ATTACKER = "127.0.0.2"  # loopback too (127/8); the per-client limit counts it apart from 127.0.0.1

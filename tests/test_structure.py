@@ -18,7 +18,7 @@ import torch
 from helpers import TINY_SETS, config
 from maskcls.engine.checkpoint import FoldCheckpoints, Trainable, load_checkpoint
 from maskcls.errors import CheckpointError, ConfigError, DataError
-from maskcls.labels import Task
+from maskcls.task import Task
 
 COMP = Task.competition()
 
@@ -96,8 +96,8 @@ def test_pickled_object_is_told_from_corruption_without_reading_torch_messages(t
 
 
 def test_resolved_facts_are_a_dataclass_recorded_as_a_dict(tmp_path):
+    from maskcls.data.preprocessing import Preprocessing
     from maskcls.engine.banner import RuntimeFacts, banner_lines, fold_facts, resolved_facts
-    from maskcls.engine.fold_data import Preprocessing
     cfg = config(data={"num_workers": 2, "loader": "processes"}, train={"batch_size": 30, "accum_steps": 2})
     pp = Preprocessing(224, [0.5] * 3, [0.25] * 3, faces=False, preset="fast")
     r = resolved_facts(cfg, pp, RuntimeFacts(torch.device("cpu"), "no", 2, "none"), num_classes=18, folds=[0],
@@ -140,7 +140,7 @@ def test_decision_modes_are_a_closed_set_and_a_damaged_decision_json_is_named(tm
 
 
 def test_ensemble_options_are_checked_before_any_run_is_read(tmp_path):
-    from maskcls.ensemble import predict_runs
+    from maskcls.infer.ensemble import predict_runs
     with pytest.raises(ConfigError, match=r"--ensemble-weights 'ofo'.*did you mean 'oof'"):
         predict_runs([tmp_path / "missing-a", tmp_path / "missing-b"], weights="ofo")
     with pytest.raises(ConfigError, match="--tune-bias"):
@@ -165,7 +165,7 @@ def test_thread_loader_refuses_the_reference_preset():
 # --------------------------------------------------------------------------- one copy of each
 def test_one_fold_list_parser_for_train_and_predict(tmp_path):
     from maskcls.cli.train_cmds import parse_folds
-    from maskcls.inference import select_folds
+    from maskcls.infer.loading import select_folds
     from maskcls.prep.folds import parse_fold_list
     assert parse_fold_list("2,0,2") == [0, 2] and parse_folds("2,0", 3) == [0, 2] and parse_folds("all", 2) == [0, 1]
     for d in ("fold0", "fold2"):
@@ -306,7 +306,7 @@ def test_crop_cache_is_built_by_one_of_two_processes(prepared_dir, tmp_path):
     script = tmp_path / "train_counting.py"
     script.write_text(f"""
 import os, sys
-import maskcls.prep.cache as cache
+import maskcls.data.cache as cache
 real = cache._fill_all
 def counting(*a, **k):
     with open({str(marker)!r}, "a") as fh:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from maskcls.prep.synth import synthesize
+from maskcls.synth.dataset import synthesize
 
 STEMS = {"mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"}
 SIZE = (64, 80)

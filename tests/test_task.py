@@ -9,8 +9,8 @@ import torch
 
 from maskcls.engine.metrics import confusion, head_f1, macro_f1
 from maskcls.errors import ConfigError, DataError
-from maskcls.labels import Attribute, Task, age_group, parse_age
 from maskcls.models.heads import probabilities
+from maskcls.task import Attribute, Task, age_group, parse_age
 
 COMP = Task.competition()
 

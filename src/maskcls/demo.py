@@ -33,12 +33,12 @@ def demo_config(epochs: int, runs_dir: Path) -> Config:
 
 def run_demo(out: str | Path = "demo-out", *, people: int = 120, epochs: int | None = None, seed: int = 0) -> dict:
     from .engine.run import run_training
-    from .predict import predict_submission
+    from .infer.predict import predict_submission
     from .prep.prepare import prepare
     from .prep.prepared import load_prepared
     from .prep.stats import compute_stats
-    from .prep.synth import synthesize
-    from .report import write_report
+    from .report.page import write_report
+    from .synth.dataset import synthesize
 
     t0 = time.time()
     out = free_name(Path(out))

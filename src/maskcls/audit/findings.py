@@ -34,7 +34,7 @@ import pandas as pd
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 
-from ..labels import Task
+from ..task import Task
 from .inputs import AuditInput
 
 log = logging.getLogger(__name__)

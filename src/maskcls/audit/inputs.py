@@ -21,8 +21,8 @@ import pandas as pd
 from ..engine.rundir import read_oof, read_run_info
 from ..errors import CheckpointError
 from ..fsutil import read_json
-from ..labels import Task
 from ..prep.prepared import Prepared, load_prepared
+from ..task import Task
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..fsutil import atomic_write_text
-from ..labels import Task
+from ..task import Task
 from .findings import SWAP
 
 FIXES_COLUMNS = ["folder", "field", "value"]

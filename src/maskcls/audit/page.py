@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..fsutil import atomic_write_text, default_workers
 from ..progress import track
-from ..report_figures import PAGE_CSS, thumbnail_uri
+from ..report.figures import PAGE_CSS, thumbnail_uri
 from .findings import SWAP, Field, label_fields
 from .inputs import AuditInput
 

@@ -36,12 +36,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.cache import build_cache
 from ..data.dataset import ArraySource, FileSource, ImageDataset
 from ..data.loader import build_loader, set_epoch
 from ..data.sampler import EpochSampler
 from ..data.transforms import REFERENCE_CROP, create_transform, reference_jitter
 from ..errors import ConfigError
-from ..prep.cache import build_cache
 from .common import make_jpegs
 
 log = logging.getLogger(__name__)

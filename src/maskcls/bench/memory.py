@@ -51,10 +51,11 @@ def bench_memory(*, images: int = 20000, workers: int = 2, image_size: int = 128
     from torch.utils.data import DataLoader
 
     from ..config import DataConfig
-    from ..engine.fold_data import Preprocessing, make_dataset
+    from ..data.preprocessing import Preprocessing
+    from ..engine.fold_data import make_dataset
     from ..prep.prepare import prepare
     from ..prep.prepared import load_prepared
-    from ..prep.synth import synthesize
+    from ..synth.dataset import synthesize
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         t0 = time.time()
         people = max(2, round(images / 7))

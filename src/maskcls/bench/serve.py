@@ -146,7 +146,7 @@ def quick_run(workdir: Path, *, model: str | None = None, image_size: int = 128)
     from ..engine.run import run_training
     from ..prep.prepare import prepare
     from ..prep.prepared import load_prepared
-    from ..prep.synth import synthesize
+    from ..synth.dataset import synthesize
     synthesize(workdir / "data", people=12, eval_people=3, seed=0, workers=1)
     prepare(workdir / "data", workdir / "prepared", folds=3, seed=0)
     cfg = Config()
@@ -201,7 +201,7 @@ def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurre
     ``serve speedup vs one-at-a-time: X.XX`` (throughput ratio at concurrency 8).
     """
     if run is not None:
-        from ..inference import select_folds
+        from ..infer.loading import select_folds
         select_folds(run, "best")  # a wrong run fails here, in one line, before any server starts
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)

@@ -39,7 +39,7 @@ def bench_workers(*, images: int = 700, image_size: int = 128, passes: int = 2, 
     from ..engine.run import run_training
     from ..prep.prepare import prepare
     from ..prep.prepared import load_prepared
-    from ..prep.synth import synthesize
+    from ..synth.dataset import synthesize
     if 1 not in counts or 2 not in counts:
         raise ValueError("counts must include 1 and 2")
     with tempfile.TemporaryDirectory(prefix="maskcls-bench-workers-") as tmp:

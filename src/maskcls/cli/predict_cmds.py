@@ -77,7 +77,7 @@ def _is_run(item: str) -> bool:
 
 
 def cmd_predict(args) -> int:
-    from ..predict import predict_images, predict_submission
+    from ..infer.predict import predict_images, predict_submission
     runs = [args.run_dir] + [i for i in args.images if _is_run(i)]
     if len(runs) > 1:
         if len(runs) != 1 + len(args.images):
@@ -105,7 +105,7 @@ def cmd_predict(args) -> int:
 
 
 def _predict_ensemble(args, runs: list[str]) -> int:
-    from ..ensemble import predict_runs
+    from ..infer.ensemble import predict_runs
     r = predict_runs(runs, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
                      weights=args.ensemble_weights, tune_bias=args.tune_bias, batch_size=args.batch_size)
     print(f"submission: {r['submission']} ({r['rows']} rows, {len(runs)} runs, weights {r['weights']}, "
@@ -117,20 +117,20 @@ def _predict_ensemble(args, runs: list[str]) -> int:
 
 
 def cmd_report(args) -> int:
-    from ..report import write_report
+    from ..report.page import write_report
     print(f"report: {write_report(args.run_dir)}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from ..export import export_run
+    from ..infer.export import export_run
     out = export_run(args.run_dir, fmt=args.format, folds=args.folds, out=args.out)
     print(f"exported {out} (preprocessing in {Path(out).with_suffix('.json')})")
     return 0
 
 
 def cmd_pseudo(args) -> int:
-    from ..pseudo import make_pseudo
+    from ..infer.pseudo import make_pseudo
     m = make_pseudo(args.run_dir, args.out, min_prob=args.min_prob, folds=args.folds, tta=args.tta, data=args.data)
     p = m["pseudo"]
     print(f"prepared {args.out}: {p['added']} of {p['eval_images']} eval images reach p >= {p['min_prob']:g} and "

@@ -64,7 +64,7 @@ def register(subs) -> None:
 
 
 def cmd_synth(args) -> int:
-    from ..prep.synth import synthesize
+    from ..synth.dataset import synthesize
     s = synthesize(args.out, people=args.people, seed=args.seed, eval_people=args.eval_people,
                    image_size=tuple(args.size), workers=args.workers, label_noise=args.label_noise)
     print(f"wrote {args.out}: {s['train_people']} train persons ({s['train_images']} photos), "

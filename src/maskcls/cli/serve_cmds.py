@@ -78,7 +78,7 @@ def _options(args, token: str | None):
 
 
 def cmd_serve(args) -> int:
-    from ..inference import select_folds
+    from ..infer.loading import select_folds
     from ..serve.server import TOKEN_ENV, bind, check_exposure, serve, url_of
 
     token = args.token or os.environ.get(TOKEN_ENV) or None

@@ -70,7 +70,7 @@ def format_summary(s: dict) -> str:
 
 def write_report_safely(run: str | Path) -> None:
     """The report after training: a failure is a warning, never a lost training."""
-    from ..report import write_report
+    from ..report.page import write_report
     try:
         write_report(run)
     except Exception as e:  # noqa: BLE001 - a report failure must not lose a finished training

@@ -24,7 +24,7 @@ import torch
 
 from .. import __version__
 from ..config import Config
-from .fold_data import Preprocessing
+from ..data.preprocessing import Preprocessing
 
 PRECISION = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..errors import CheckpointError, ConfigError, DataError, did_you_mean
 from ..fsutil import atomic_write_json, load_json
-from ..labels import Task
+from ..task import Task
 from .metrics import confusion, macro_f1
 
 TuneBias = Literal["auto", "on", "off"]  # predict --tune-bias

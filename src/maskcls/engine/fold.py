@@ -18,12 +18,13 @@ from accelerate import Accelerator
 from .. import __version__
 from ..config import Config, TrainConfig
 from ..data.loader import set_epoch
-from ..labels import Task
+from ..data.preprocessing import Preprocessing
 from ..models.factory import build_model, unwrap_model
 from ..prep.prepared import Prepared
+from ..task import Task
 from .accel import seed_everything
 from .checkpoint import FoldCheckpoints, Trainable
-from .fold_data import Preprocessing, fold_data
+from .fold_data import fold_data
 from .loop import EpochSetup, TrainingDiverged, evaluate, steps_per_epoch, train_one_epoch
 from .losses import build_loss
 from .metrics import EpochMetrics

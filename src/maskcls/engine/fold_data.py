@@ -16,27 +16,15 @@ import torch
 from ..config import DataConfig
 from ..data.dataset import ArraySource, FileSource, ImageDataset
 from ..data.loader import build_loader
+from ..data.preprocessing import Preprocessing
 from ..data.sampler import EpochSampler, balanced_weights
 from ..data.transforms import REFERENCE_CROP, create_transform
 from ..errors import ConfigError, DataError
 from ..fsutil import default_workers
-from ..labels import Task, age_group
 from ..prep.prepared import Prepared
+from ..task import Task, age_group
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Preprocessing:
-    """Everything prediction must repeat exactly: recorded in checkpoints and exports."""
-    image_size: int
-    mean: list[float]
-    std: list[float]
-    faces: bool
-    preset: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def resolve_preprocessing(cfg: DataConfig, prep: Prepared, model_size: int, model_mean, model_std) -> Preprocessing:
@@ -82,7 +70,7 @@ def _source(prep: Prepared, rows: pd.DataFrame, *, faces: bool, cache: bool, ima
         # One cache over all training rows, shared by every fold (a per-fold row set would
         # change the cache key and rebuild it for each fold).
         # The reference presets crop the photo's centre 380 px first: cache exactly that window.
-        from ..prep.cache import build_cache
+        from ..data.cache import build_cache
         side, mode = ((REFERENCE_CROP, "center") if preset.startswith("reference")
                       else (int(round(image_size * 1.15)), "square"))
         everything = prep.fit_rows()

@@ -13,10 +13,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from ..labels import Task
 from ..models.factory import unwrap_model
 from ..models.heads import Heads, probabilities
 from ..progress import progress, track
+from ..task import Task
 from .metrics import EpochMetrics, confusion
 from .mixing import mix_batch
 

@@ -12,8 +12,8 @@ from torch import nn
 
 from ..config import LossConfig
 from ..errors import ConfigError
-from ..labels import Task
 from ..models.heads import Heads, check_heads
+from ..task import Task
 
 LOSSES = ("ce", "focal", "weighted_ce", "soft_f1")
 

@@ -21,6 +21,7 @@ from accelerate.utils import broadcast_object_list
 from .. import __version__
 from ..config import Config
 from ..config_io import validate
+from ..data.preprocessing import Preprocessing
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write_json
 from ..models.factory import pretrained_info, size_kwargs
@@ -30,7 +31,7 @@ from .accel import make_accelerator, process_state_restored
 from .banner import ResolvedFacts, RuntimeFacts, banner_lines, fold_facts, fold_line, resolved_facts
 from .decision import tune_run
 from .fold import FoldTrainer, RunContext
-from .fold_data import Preprocessing, check_batch_fits, fold_rows, resolve_loader, resolve_preprocessing
+from .fold_data import check_batch_fits, fold_rows, resolve_loader, resolve_preprocessing
 from .rundir import (
     create_run_dir,
     next_run_dir,

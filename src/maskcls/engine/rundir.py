@@ -17,7 +17,7 @@ from ..config import Config
 from ..config_io import dump_yaml, read_config
 from ..errors import CheckpointError
 from ..fsutil import atomic_write_json, atomic_write_text, load_json
-from ..labels import Task
+from ..task import Task
 from .metrics import oof_scores
 
 

@@ -11,7 +11,7 @@ from typing import Literal, get_args
 import torch
 
 from ..errors import ConfigError, did_you_mean
-from ..labels import Task
+from ..task import Task
 
 Heads = Literal["single", "multi"]  # resolved: the config's 'auto' is decided by Task.resolve_heads
 

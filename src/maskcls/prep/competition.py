@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import labels as L
+from .. import task as L
 from ..data.imageio import is_image_name
 from ..errors import DataError
 from .sources import SourceTable

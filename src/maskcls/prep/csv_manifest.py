@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import labels as L
+from .. import task as L
 from ..errors import DataError
 from .sources import SourceTable, csv_lines
 

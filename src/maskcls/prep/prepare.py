@@ -18,8 +18,8 @@ from .. import __version__
 from ..data.imageio import probe
 from ..errors import DataError
 from ..fsutil import atomic_write_json, atomic_write_text, default_workers, ensure_new_dir
-from ..labels import COMPETITION, Task
 from ..progress import progress
+from ..task import COMPETITION, Task
 from .competition import read_competition, read_eval, read_fixes
 from .csv_manifest import read_csv_images, read_csv_source
 from .folds import assign_folds

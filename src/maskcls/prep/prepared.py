@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..fsutil import load_json
-from ..labels import Task
+from ..task import Task
 from .sources import csv_lines
 
 FORMAT_VERSION = 1

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..labels import Task
+from ..task import Task
 
 
 @dataclass

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from ..labels import Task
 from ..prep.face_crop import BOX_COLS
+from ..task import Task
 
 DIGITS = 6  # probabilities are rounded for the wire
 

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..engine.fold_data import Preprocessing
+from ..data.preprocessing import Preprocessing
 from ..errors import ConfigError
-from ..export import EXPORT_TOLERANCE, build_ensemble, export_run
 from ..fsutil import cpu_count, read_json
-from ..inference import LoadedFold, device_for_inference, load_folds
-from ..labels import Task
+from ..infer.export import EXPORT_TOLERANCE, build_ensemble, export_run
+from ..infer.loading import LoadedFold, device_for_inference, load_folds
+from ..task import Task
 
 log = logging.getLogger(__name__)
 

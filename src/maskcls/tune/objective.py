@@ -57,7 +57,7 @@ def _mark_run(run: Path, entry: dict) -> None:
 
 
 def _write_report(run: Path) -> None:
-    from ..report import write_report
+    from ..report.page import write_report
     try:
         write_report(run)
     except Exception as e:  # noqa: BLE001 - a report failure must not lose a finished trial

@@ -19,7 +19,7 @@ from matplotlib.ticker import NullFormatter
 from optuna.trial import TrialState
 
 from ..fsutil import atomic_write_text
-from ..report_figures import PAGE_CSS
+from ..report.figures import PAGE_CSS
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.fastaug import center_crop, center_square, resize
-from ..data.imageio import read_rgb
-from ..data.loader import tune_malloc
 from ..errors import DataError
 from ..fsutil import atomic_path, atomic_write_json
+from .fastaug import center_crop, center_square, resize
+from .imageio import read_rgb
+from .loader import tune_malloc
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data.imageio import is_image_name, probe
-from .data.loader import build_loader
-from .engine.decision import TuneBias, apply_offsets, check_tune_bias, read_offsets
-from .engine.fold_data import make_dataset, paths_dataset, resolve_loader
-from .errors import DataError
-from .fsutil import atomic_write_text, free_name
-from .inference import LoadedFold, ensemble_probs, load_folds
-from .prep.prepare import prepare_for_prediction
-from .prep.prepared import Prepared, load_prepared
+from ..data.imageio import is_image_name, probe
+from ..data.loader import build_loader
+from ..engine.decision import TuneBias, apply_offsets, check_tune_bias, read_offsets
+from ..engine.fold_data import make_dataset, paths_dataset, resolve_loader
+from ..errors import DataError
+from ..fsutil import atomic_write_text, free_name
+from ..prep.prepare import prepare_for_prediction
+from ..prep.prepared import Prepared, load_prepared
+from .loading import LoadedFold, ensemble_probs, load_folds
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ def _prediction_data(run: Path, data: str | Path | None, fold: LoadedFold) -> tu
     # A CSV given for prediction is the user's own list of images: absolute paths are fine here.
     prepare_for_prediction(source, out, task=fold.task, allow_absolute=True)
     if fold.preprocessing.faces:
-        from .prep.face_crop import FaceSettings
-        from .prep.faces import build_face_crops
+        from ..prep.face_crop import FaceSettings
+        from ..prep.faces import build_face_crops
         settings = FaceSettings.from_dict(fold.meta.get("face_settings") or {}, source=f"{run}'s face settings")
         build_face_crops(out, **settings.to_dict(), progress=False)
     return load_prepared(out), True

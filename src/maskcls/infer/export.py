@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, MaskclsError
-from .fsutil import atomic_path, atomic_write_json
-from .inference import LoadedFold, load_folds
-from .labels import Task
-from .models.heads import probabilities
+from ..errors import ConfigError, MaskclsError
+from ..fsutil import atomic_path, atomic_write_json
+from ..models.heads import probabilities
+from ..task import Task
+from .loading import LoadedFold, load_folds
 
 log = logging.getLogger(__name__)
 

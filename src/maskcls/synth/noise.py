@@ -23,8 +23,8 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from ..errors import ConfigError
-from ..labels import age_group
-from .synth_draw import PHOTOS, PersonJob
+from ..task import age_group
+from .draw import PHOTOS, PersonJob
 
 NOISE_KINDS = ("gender", "age", "swap_incorrect_normal")  # the field names of a fixes file
 NOISE_CSV_COLUMNS = ["folder", "field", "value", "noisy_value"]

@@ -51,9 +51,9 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..fsutil import cpu_count
-from ..labels import Task, age_group
-from .synth_draw import PHOTOS, PersonJob, render_person
-from .synth_noise import NOISE_CSV_COLUMNS, check_rate, inject_label_noise
+from ..task import Task, age_group
+from .draw import PHOTOS, PersonJob, render_person
+from .noise import NOISE_CSV_COLUMNS, check_rate, inject_label_noise
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .config import Config
-from .config_io import config_from_dict
-from .errors import CheckpointError, ConfigError, DataError
-from .labels import Task
+from ..config import Config
+from ..config_io import config_from_dict
+from ..errors import CheckpointError, ConfigError, DataError
+from ..task import Task
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _typed_config(text: str) -> Config | None:
 
 
 def _checkpoint_meta(fold_dirs: list[Path]) -> dict:
-    from .engine.checkpoint import load_checkpoint
+    from ..engine.checkpoint import load_checkpoint
     for d in fold_dirs:
         for name in ("best.pt", "last.pt"):
             if (d / name).is_file():

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import report_figures as figs
-from .engine.metrics import class_table, confusion, oof_scores
-from .errors import DataError
-from .fsutil import atomic_write_text
-from .report_data import RunData, incomplete_reasons, load_run
+from ..engine.metrics import class_table, confusion, oof_scores
+from ..errors import DataError
+from ..fsutil import atomic_write_text
+from . import figures as figs
+from .run_data import RunData, incomplete_reasons, load_run
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError
-from .fsutil import atomic_write_json, atomic_write_text, ensure_new_dir
-from .prep.prepared import MANIFEST_COLUMNS
+from ..errors import ConfigError, DataError
+from ..fsutil import atomic_write_json, atomic_write_text, ensure_new_dir
+from ..prep.prepared import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 

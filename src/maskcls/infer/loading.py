@@ -14,16 +14,16 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .config import Config
-from .config_io import config_from_dict
-from .engine.checkpoint import load_checkpoint
-from .engine.fold_data import Preprocessing
-from .errors import CheckpointError, ConfigError, did_you_mean
-from .labels import Task
-from .models.factory import MaskClsNet, build_model
-from .models.heads import probabilities
-from .prep.folds import parse_fold_list
-from .progress import track
+from ..config import Config
+from ..config_io import config_from_dict
+from ..data.preprocessing import Preprocessing
+from ..engine.checkpoint import load_checkpoint
+from ..errors import CheckpointError, ConfigError, did_you_mean
+from ..models.factory import MaskClsNet, build_model
+from ..models.heads import probabilities
+from ..prep.folds import parse_fold_list
+from ..progress import track
+from ..task import Task
 
 Tta = Literal["none", "hflip"]
 TTA_CHOICES: tuple[str, ...] = typing.get_args(Tta)

@@ -1,0 +1,1 @@
+"""Inference: a checkpoint becomes a model; predict, ensembles across runs, export, pseudo-labels."""

@@ -1,0 +1,1 @@
+"""Synthetic faces in the competition's layout (tests and the demo), label noise."""
