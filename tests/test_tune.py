@@ -195,17 +195,22 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", ["sqlite", "journal"])
-def test_killed_worker_trial_fails_and_rerun_reaches_n(prepared_dir, tmp_path, storage):
+@pytest.mark.parametrize("storage, sig", [("sqlite", "SIGKILL"), ("journal", "SIGKILL"), ("journal", "SIGINT")])
+def test_killed_worker_trial_fails_and_rerun_reaches_n(prepared_dir, tmp_path, storage, sig):
+    """kill -9 (or Ctrl-C) during trial 1: that trial is FAIL, and the same command continues to 3 finished."""
     st = tmp_path / "st"
     args = _tune_args(prepared_dir, _space(tmp_path), st, 3, "--pruner", "none", "--heartbeat", "1",
                       *(["--storage", "journal"] if storage == "journal" else []), epochs=4)
-    worker = subprocess.Popen(_cli(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(st / "trials" / "trial-0001", worker)  # trial 0 done, trial 1 training
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
+    with open(tmp_path / "worker.err", "w") as log:  # a file, not a pipe nobody reads while it trains
+        worker = subprocess.Popen(_cli(args), stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            _wait_for(st / "trials" / "trial-0001", worker)  # trial 0 done, trial 1 training
+        finally:
+            worker.send_signal(getattr(signal, sig))
+            worker.wait(timeout=120)
+    err = (tmp_path / "worker.err").read_text()
+    if sig == "SIGINT":  # Ctrl-C: the worker marks its trial failed itself and says how to continue
+        assert worker.returncode == 130 and "rerun the same command" in err
     rerun = subprocess.run(_cli(args), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     url = f"sqlite:///{st / 'study.db'}" if storage == "sqlite" else optuna.storages.JournalStorage(
@@ -215,7 +220,7 @@ def test_killed_worker_trial_fails_and_rerun_reaches_n(prepared_dir, tmp_path, s
     assert states[1] == TrialState.FAIL  # the killed worker's trial
     assert sum(s == TrialState.COMPLETE for s in states.values()) == 3
     assert sorted(states) == list(range(len(states)))
-    assert "marked FAIL" in rerun.stderr
+    assert ("marked FAIL" in rerun.stderr) == (sig == "SIGKILL")  # found dead on restart, or failed by the worker
     assert set(pd.read_csv(st / "trials.csv")["state"]) == {"COMPLETE", "FAIL"}
 
 
