@@ -55,8 +55,20 @@ def test_multi_heads_and_losses(prepared_dir, tmp_path):
     for i, loss in enumerate(["focal", "weighted_ce", "soft_f1"]):
         s = train(prepared_dir, tmp_path, train={"epochs": 1}, model={"heads": "multi"}, loss={"name": loss},
                   data={"sampler": "balanced"}, optim={"name": "sgd"}, sched={"name": "onecycle"}, name=f"m{i}")
-        assert 0 <= s["folds"]["0"]["best_f1"] <= 1
-        assert s["head_f1"] is not None
+        run = Path(s["run_dir"])
+        assert f"name: {loss}" in (run / "config.yaml").read_text()  # the loss asked for is the one trained
+        oof = pd.read_csv(run / "fold0" / "oof.csv")
+        probs = oof[[f"prob_{c}" for c in range(18)]].to_numpy()
+        assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-4)
+        y, p = oof["label"].to_numpy(), oof["pred"].to_numpy()
+        assert s["folds"]["0"]["best_f1"] == pytest.approx(
+            f1_score(y, p, average="macro", labels=list(range(18)), zero_division=0), abs=1e-9)
+        # per-head F1 over the decoded attributes (class = mask*6 + gender*3 + age), as sklearn computes it
+        decode = {"mask": lambda c: c // 6, "gender": lambda c: (c // 3) % 2, "age": lambda c: c % 3}
+        assert set(s["head_f1"]) == set(decode)
+        for head, f in decode.items():
+            want = f1_score(f(y), f(p), average="macro", labels=sorted(set(f(np.arange(18)))), zero_division=0)
+            assert s["head_f1"][head] == pytest.approx(want, abs=1e-6), head
 
 
 @pytest.mark.slow
