@@ -10,9 +10,12 @@ made, and its box.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import warnings
 from dataclasses import astuple, dataclass
+from typing import Callable
 
 import numpy as np
 from fastapi import Request
@@ -27,6 +30,27 @@ from .limits import ApiError, Limits
 from .model import ServedModel
 
 FORMATS_HINT = "upload a JPEG, PNG, WebP, BMP or TIFF photo"
+# After decoding a photo this large, freed memory is handed back to the system: glibc keeps what a thread
+# freed in that thread's arena, so without it every decode worker would keep its own largest decode.
+TRIM_PIXELS = 4_000_000
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Return the memory freed by a large decode to the system (glibc only; a no-op elsewhere)."""
+    if _TRIM is not None:
+        _TRIM()
 
 
 @dataclass(frozen=True)
@@ -124,6 +148,9 @@ class Preprocessor:
             raise ApiError(422, "corrupt_image", f"{name}: cannot decode this {fmt} image (truncated or corrupt); "
                            f"re-save the photo and upload it again", file=name) from None
         tensor = self.transform(np.ascontiguousarray(img)).numpy()
+        del img
+        if w * h >= TRIM_PIXELS:
+            release_freed_memory()
         return ModelInput(name, tensor, w, h, box)
 
 
