@@ -859,7 +859,8 @@ CASES: list[Case] = [
          "refused", "408 after --header-timeout (10 s), closed after --body-timeout (60 s); other clients and "
          "/healthz answered meanwhile", "serve", no_file, tests=(T_SLOW,)),
     Case("serve: 200 connections from one address", "200 stalled connections from 127.0.0.2 under a cap of 64",
-         "refused", "that address holds --max-client-connections (default 64; 8 in the test), the rest get 429 at once; others served",
+         "refused", "that address holds --max-client-connections (default 64; 8 in the test), the rest get 429 at "
+         "once; others served",
          "serve", no_file, tests=(T_PER_CLIENT,)),
     Case("serve: pixel bombs under the size limits", "8 flat 7000x7000 PNGs of a few KB in one request",
          "refused", "413 too_many_pixels from the headers (392 MP over the 64 MP decode budget), nothing decoded",
