@@ -35,7 +35,7 @@ def register(subs) -> None:
     t.add_argument("--fold", type=int_range(0), default=0)
     t.add_argument("--image-size", type=int_range(8), default=128)
     t.add_argument("--epochs", type=int_range(1), default=3)
-    t.add_argument("--seed", type=int, default=719)
+    t.add_argument("--seed", type=int_range(0), default=719)
     t.add_argument("--precision", choices=["auto", "no", "bf16"], default="auto", help="both sides' precision")
     t.add_argument("--out", default=None, help="new scratch folder (default .cache/time-to-f1/<set>-<UTC time>)")
     s.set_defaults(handler=cmd_bench)
