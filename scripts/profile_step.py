@@ -163,6 +163,47 @@ def cpu_summary() -> str:
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
+def ab_steps(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
+    """Training steps of the default model on random uint8 images (no loader), four variants interleaved
+    step by step: fill_uninitialized_memory on/off × AdamW's per-tensor loop / fused. Under
+    train.deterministic as maskcls sets it. Interleaving puts every variant under the same load."""
+    import statistics
+    import time
+
+    from maskcls.models.factory import build_model
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    model, _ = build_model(cfg.model.name, num_outputs=18, pretrained="none", image_size=cfg.data.image_size)
+    model = model.to(memory_format=torch.channels_last).train()
+    size = cfg.data.image_size
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 18, (batch,))
+    variants = {(fill, impl): torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if impl == "fused"
+                                                                              else {"foreach": False}))
+                for fill in ("on", "off") for impl in ("loop", "fused")}
+    times: dict = {v: [] for v in variants}
+    for r in range(rounds + 1):  # round 0 warms every variant up
+        keys = list(variants)[r % 4:] + list(variants)[:r % 4]
+        for fill, impl in keys:
+            torch.utils.deterministic.fill_uninitialized_memory = fill == "on"
+            opt = variants[(fill, impl)]
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if r:
+                times[(fill, impl)].append(time.perf_counter() - t0)
+    base = statistics.median(times[("on", "loop")])
+    lines = [f"## interleaved A/B, precision {precision}: {rounds} steps per variant, batch {batch}, {size} px, "
+             "median ms/step (speed-up vs maskcls today)"]
+    for (fill, impl), t in times.items():
+        m = statistics.median(t)
+        lines.append(f"  fill_uninitialized_memory {fill:<3}  AdamW {impl:<5}  {1e3 * m:7.1f} ms  "
+                     f"{batch / m:6.1f} img/s  x{base / m:.2f}")
+    return "\n".join(lines)
+
+
 def patch_adamw(impl: str) -> None:
     """torch.optim.AdamW with ``foreach=True`` or ``fused=True`` for every optimizer built after this
     (maskcls' build_optimizer looks the class up on torch.optim at call time); a measurement, not a change."""
@@ -190,6 +231,8 @@ def main() -> int:
     ap.add_argument("--fill-uninitialized", choices=["on", "off"], default="on",
                     help="torch.utils.deterministic.fill_uninitialized_memory under train.deterministic "
                          "(on: torch's default, what maskcls runs with)")
+    ap.add_argument("--ab-rounds", type=int, default=0,
+                    help="instead of the profile: this many interleaved steps per variant of fill/AdamW (ab_steps)")
     ap.add_argument("--adamw", choices=["default", "foreach", "fused"], default="default",
                     help="AdamW's implementation (default: torch's choice, a per-tensor loop on CPU)")
     a = ap.parse_args()
@@ -203,6 +246,9 @@ def main() -> int:
              f"fill_uninitialized_memory {a.fill_uninitialized}, AdamW {a.adamw}", cpu_summary()]
     with tempfile.TemporaryDirectory() as tmp:
         for p in a.precision or ["no", "bf16"]:
+            if a.ab_rounds:
+                parts.append(ab_steps(cfg, p, batch=a.batch, rounds=a.ab_rounds))
+                continue
             parts.append(profile_precision(prep, cfg, p, batch=a.batch, skip=a.skip, warmup=a.warmup,
                                            active=a.steps, work=Path(tmp)))
     text = "\n\n".join(parts)
