@@ -55,6 +55,11 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
     if train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also fills every new tensor with NaN to expose reads of uninitialised
+        # memory: 22-23 % of a CPU training step (docs/benchmarks.md, "Time to accuracy"). No kernel
+        # maskcls runs reads such memory (tests: the same metrics with the fill on and off), so the
+        # results stay bit-exact without it.
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
@@ -72,18 +77,19 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
 
 @contextlib.contextmanager
 def process_state_restored():
-    """What :func:`make_accelerator` changes process-wide (deterministic algorithms, cuDNN's autotuner,
-    ``CUBLAS_WORKSPACE_CONFIG``, the quiet ``maskcls`` logger of non-main ranks), put back as it was on
-    exit: a training called from a notebook or from ``maskcls tune`` leaves the process as it found it.
+    """What :func:`make_accelerator` changes process-wide (deterministic algorithms and their NaN fill,
+    cuDNN's autotuner, ``CUBLAS_WORKSPACE_CONFIG``, the quiet ``maskcls`` logger of non-main ranks), put back on
+    exit as it was: a training called from a notebook or ``maskcls tune`` leaves the process as it found it.
     Used as a decorator of :func:`maskcls.engine.run.run_training`."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-             logging.getLogger("maskcls").level)
+             logging.getLogger("maskcls").level, torch.utils.deterministic.fill_uninitialized_memory)
     try:
         yield
     finally:
-        deterministic, warn_only, benchmark, cublas, level = saved
+        deterministic, warn_only, benchmark, cublas, level, fill = saved
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
         torch.backends.cudnn.benchmark = benchmark
         if cublas is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

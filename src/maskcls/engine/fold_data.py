@@ -7,7 +7,7 @@ repeat exactly), the loader's kind and workers are resolved, and transforms are 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
