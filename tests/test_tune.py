@@ -202,7 +202,10 @@ def test_killed_worker_trial_fails_and_rerun_reaches_n(prepared_dir, tmp_path, s
     args = _tune_args(prepared_dir, _space(tmp_path), st, 3, "--pruner", "none", "--heartbeat", "1",
                       *(["--storage", "journal"] if storage == "journal" else []), epochs=4)
     with open(tmp_path / "worker.err", "w") as log:  # a file, not a pipe nobody reads while it trains
-        worker = subprocess.Popen(_cli(args), stdout=subprocess.DEVNULL, stderr=log)
+        # A shell without job control starts background commands with SIGINT ignored, and Python keeps
+        # an ignored SIGINT ignored: give the worker the default action so that Ctrl-C reaches it.
+        worker = subprocess.Popen(_cli(args), stdout=subprocess.DEVNULL, stderr=log,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             _wait_for(st / "trials" / "trial-0001", worker)  # trial 0 done, trial 1 training
         finally:
