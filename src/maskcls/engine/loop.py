@@ -78,6 +78,31 @@ def _optimizer_step(s: EpochSetup, lr_log: list | None) -> None:
         s.ema.update(unwrap_model(s.model), step=len(lr_log) if lr_log is not None else None)
 
 
+def train_step(s: EpochSetup, x: torch.Tensor, y: torch.Tensor, *, sync: bool, window: int,
+               lr_log: list | None = None, where: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One micro-batch: forward, loss, backward scaled by 1/``window`` (its accumulation window's length),
+    then the optimizer step when ``sync`` (the window's last batch). Returns (labels on the device, logits,
+    loss); ``maskcls lr-find`` drives it too.
+
+    Raises:
+        TrainingDiverged: the loss is NaN/inf (``where`` says at which batch).
+    """
+    acc = s.accelerator
+    x, y = _to_device(x, acc.device, s.channels_last), y.to(acc.device)
+    x, target = mix_batch(s.mixer, x, y)
+    # DDP must skip the gradient all-reduce on every micro-batch but the window's last
+    with acc.no_sync(s.model) if not sync else contextlib.nullcontext():
+        with acc.autocast():
+            logits = s.model(x)
+            loss = s.criterion(logits.float(), target)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at {where}")
+        acc.backward(loss / window)
+    if sync:
+        _optimizer_step(s, lr_log)
+    return y, logits, loss
+
+
 def train_one_epoch(s: EpochSetup, loader, *, epoch: int, lr_log: list | None = None,
                     desc: str | None = None) -> EpochMetrics:
     """Train for one epoch (``s``: the model, optimiser and settings); ``lr_log`` gets the lr after every
@@ -99,18 +124,8 @@ def train_one_epoch(s: EpochSetup, loader, *, epoch: int, lr_log: list | None = 
         window_start = (i // s.accum_steps) * s.accum_steps
         window = min(s.accum_steps, n_batches - window_start)
         sync = (i + 1 - window_start) == window
-        x, y = _to_device(x, acc.device, s.channels_last), y.to(acc.device)
-        x, target = mix_batch(s.mixer, x, y)
-        # DDP must skip the gradient all-reduce on every micro-batch but the window's last
-        with acc.no_sync(s.model) if not sync else contextlib.nullcontext():
-            with acc.autocast():
-                logits = s.model(x)
-                loss = s.criterion(logits.float(), target)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
-            acc.backward(loss / window)
-        if sync:
-            _optimizer_step(s, lr_log)
+        y, logits, loss = train_step(s, x, y, sync=sync, window=window, lr_log=lr_log,
+                                     where=f"epoch {epoch + 1}, batch {i + 1}")
         pred = logits.detach().float()
         pred = probabilities(pred, s.task, s.heads).argmax(1) if s.heads == "multi" else pred.argmax(1)
         cm += confusion(y.cpu().numpy(), pred.cpu().numpy(), k)
