@@ -175,8 +175,8 @@ def export_run(run: str | Path, *, fmt: str = "onnx", folds: str = "all", out: s
         expected = model(x).numpy()
     err = _write_verified(model, x, expected, out, fmt)
     meta = loaded[0].meta
-    spec = {"written_by": WRITER, "format": fmt, "model": meta["model_name"], "folds": [f.fold for f in loaded],
-            "heads": meta["heads"],
+    spec = {"written_by": WRITER, "format": fmt, "precision": "fp32", "model": meta["model_name"],
+            "folds": [f.fold for f in loaded], "heads": meta["heads"],
             "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
                       "height": pp.image_size, "width": pp.image_size},
             "preprocessing": {
@@ -198,9 +198,13 @@ def run_exported(path: str | Path, images: np.ndarray, fmt: str | None = None) -
     path = Path(path)
     fmt = fmt or ("onnx" if path.suffix.lower() in SUFFIXES["onnx"] else "torchscript")
     if fmt == "onnx":
-        import onnxruntime as ort
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return sess.run(None, {"image": images})[0]
+        return onnx_session(path).run(None, {"image": images})[0]
     module = torch.jit.load(str(path))
     with torch.no_grad():
         return module(torch.from_numpy(images)).numpy()
+
+
+def onnx_session(path: str | Path):
+    """An ONNX Runtime CPU session of an exported model (input ``image``, output ``probs``)."""
+    import onnxruntime as ort
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

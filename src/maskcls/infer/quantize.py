@@ -1,0 +1,202 @@
+"""``maskcls export --int8``: the fp32 ONNX export quantized to INT8, kept only when it scores as well.
+
+ONNX Runtime's static quantization (QDQ format, per-channel INT8 weights, uint8 activations) of the
+verified fp32 export. Activation ranges are calibrated on ``calib_images`` training images of the
+exported fold, read exactly as prediction reads them (the run's crop and size, uint8 N×3×S×S — the
+graph's own input); no label is used. Both models then score the same fold's validation images
+(plain argmax, no decision offsets), and the INT8 file is kept only when its macro F1 is at most
+``max_drop`` below the fp32 model's (``force`` keeps it anyway). Calibration and validation images
+are disjoint. With several folds the ensemble's F1 on fold ``f``'s validation images is not
+out-of-fold (the other folds trained on them), but both models see the same images, so the delta
+still measures what quantization cost.
+
+The head stays fp32: every node after the last Conv/MatMul/Gemm (the classifier itself included,
+then softmax, the multi-head combination and the fold average) is left unquantized, so the output
+keeps full-precision probabilities instead of 1/255 steps that would tie the argmax.
+
+The file goes to ``RUN/export/model.int8.onnx`` by default (``maskcls serve RUN --int8`` loads that
+path), its JSON beside it, under the fp32 export's rules (:func:`~maskcls.infer.export.check_export_target`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from ..data.loader import build_loader
+from ..engine.fold_data import fold_rows, make_dataset, resolve_loader
+from ..engine.metrics import confusion, macro_f1
+from ..errors import ConfigError, MaskclsError, did_you_mean
+from ..fsutil import atomic_path, atomic_write_json
+from ..prep.prepared import Prepared, load_prepared
+from .export import check_export_target, export_path, export_run, onnx_session
+from .loading import LoadedFold, load_folds
+
+log = logging.getLogger(__name__)
+
+INT8_NAME = "model.int8.onnx"
+DEFAULT_MAX_DROP = 0.005  # 0.5 points of macro F1: the issue's budget for what INT8 may cost
+DEFAULT_CALIB_IMAGES = 300
+METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+           "percentile": CalibrationMethod.Percentile}
+TAIL_STOP = ("Conv", "MatMul", "Gemm")
+
+
+def int8_path(run: str | Path, out: str | Path | None) -> Path:
+    """RUN/export/model.int8.onnx by default; ``out`` as for the fp32 export (a folder gets model.int8.onnx)."""
+    if out is None:
+        return Path(run) / "export" / INT8_NAME
+    if Path(out).is_dir():
+        return Path(out) / INT8_NAME
+    return export_path(run, "onnx", out)
+
+
+def _has_vnni() -> bool:
+    """Whether this x86 CPU multiplies u8×s8 without the 16-bit saturation older AVX2 kernels risk."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def _reduce_range() -> bool:
+    """7-bit weights on x86 without VNNI (ONNX Runtime's advice against u8s8 saturation); 8-bit elsewhere."""
+    return platform.machine().lower() in ("x86_64", "amd64", "i686") and not _has_vnni()
+
+
+def tail_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes from which no Conv/MatMul/Gemm is reachable, plus the last of those (the classifier)."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    heavy_below: dict[str, bool] = {}
+    for node in reversed(model.graph.node):  # ONNX graphs are stored in topological order
+        below = [c for out in node.output for c in consumers.get(out, [])]
+        heavy_below[node.name] = any(c.op_type in TAIL_STOP or heavy_below.get(c.name, False) for c in below)
+    return [n.name for n in model.graph.node if not heavy_below[n.name]]
+
+
+class _Batches(CalibrationDataReader):
+    """The loader's uint8 batches as ONNX Runtime's calibration input."""
+
+    def __init__(self, loader):
+        self._it = iter(loader)
+
+    def get_next(self) -> dict | None:
+        batch = next(self._it, None)
+        return None if batch is None else {"image": batch[0].numpy()}
+
+
+def quantize_onnx(fp32: Path, out: Path, loader, *, method: str = "minmax") -> dict:
+    """Write the INT8 model of ``fp32`` to ``out``, calibrated on ``loader``'s batches; returns its settings."""
+    with tempfile.TemporaryDirectory(prefix="maskcls-int8-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre))  # shape inference + graph optimisation, as ORT recommends
+        excluded = tail_nodes(onnx.load(str(pre)))
+        reduce_range = _reduce_range()
+        quantize_static(str(pre), str(out), _Batches(loader), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=excluded, calibrate_method=METHODS[method],
+                        extra_options={"CalibMaxIntermediateOutputs": 4})  # bounds the calibrator's memory
+    return {"format": "QDQ", "weights": "int8 per channel", "activations": "uint8 per tensor",
+            "reduce_range": reduce_range, "fp32_nodes": len(excluded)}
+
+
+def score_models(paths: list[Path], loader, k: int) -> list[float]:
+    """Macro F1 (argmax) of each ONNX model in ``paths`` on ``loader``'s images and labels."""
+    sessions = [onnx_session(p) for p in paths]
+    preds: list[list[np.ndarray]] = [[] for _ in paths]
+    labels = []
+    for x, y, _ in loader:
+        for s, out in zip(sessions, preds):
+            out.append(s.run(None, {"image": x.numpy()})[0].argmax(1))
+        labels.append(y.numpy())
+    y = np.concatenate(labels)
+    return [macro_f1(confusion(y, np.concatenate(p), k)) for p in preds]
+
+
+def _fold_loaders(loaded: list[LoadedFold], prep: Prepared, calib_images: int, seed: int):
+    """(calibration loader, validation loader, their row counts) of the first exported fold."""
+    cfg, pp = loaded[0].cfg, loaded[0].preprocessing
+    train_rows, valid_rows = fold_rows(prep, loaded[0].fold)
+    calib = train_rows.sample(n=min(calib_images, len(train_rows)), random_state=seed).sort_index()
+    workers, kind = resolve_loader(cfg.data)
+
+    def loader(rows):
+        ds = make_dataset(prep, rows, cfg.data, pp, training=False, seed=0)
+        return build_loader(ds, batch_size=cfg.train.valid_batch_size, sampler=range(len(ds)), workers=workers,
+                            kind=kind)
+    return loader(calib), loader(valid_rows), len(calib), len(valid_rows)
+
+
+def _trained_on(fold: LoadedFold) -> Prepared:
+    where = Path(fold.meta["prepared"])
+    if not (where / "prepare.json").is_file():
+        raise FileNotFoundError(f"the INT8 export calibrates and scores on the prepared directory the run trained on, "
+                                f"{where}, which is gone; restore it, or export fp32 (without --int8)")
+    return load_prepared(where)
+
+
+def export_int8(run: str | Path, *, folds: str = "all", out: str | Path | None = None,
+                max_drop: float = DEFAULT_MAX_DROP, calib_images: int = DEFAULT_CALIB_IMAGES, seed: int = 0,
+                method: str = "minmax", force: bool = False) -> dict:
+    """Quantize, score and keep (or refuse) the INT8 model; returns the path and both F1s.
+
+    Args:
+        run: a run directory.
+        folds: 'all', 'best' or a list like '0,2' (as for the fp32 export).
+        out: model file or folder (default RUN/export/model.int8.onnx).
+        max_drop: largest macro F1 loss (fp32 − INT8) on the validation fold that leaves a file.
+        calib_images: training images of the fold used for calibration (a seeded sample).
+        seed: the calibration sample's seed.
+        method: calibration: 'minmax', 'entropy' or 'percentile'.
+        force: keep the INT8 file whatever it lost.
+
+    Raises:
+        ConfigError: a bad method or ``out`` (see :func:`check_export_target`).
+        MaskclsError: the INT8 model lost more than ``max_drop`` (nothing written, an earlier file stays).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"--calib-method {method!r}: choose one of {', '.join(METHODS)}"
+                          f"{did_you_mean(method, METHODS)}")
+    if calib_images < 1:
+        raise ConfigError(f"--calib-images {calib_images}: use at least 1 (a few hundred is typical)")
+    out = int8_path(run, out)
+    check_export_target(out)
+    loaded = load_folds(run, folds)
+    prep = _trained_on(loaded[0])
+    calib_loader, valid_loader, n_calib, n_valid = _fold_loaders(loaded, prep, calib_images, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="maskcls-fp32-") as tmp:
+        fp32 = export_run(run, fmt="onnx", folds=",".join(str(f.fold) for f in loaded), out=Path(tmp) / "model.onnx")
+        spec = json.loads(fp32.with_suffix(".json").read_text())
+        with atomic_path(out) as tmp_out:
+            settings = quantize_onnx(fp32, tmp_out, calib_loader, method=method)
+            f1_fp32, f1_int8 = score_models([fp32, tmp_out], valid_loader, loaded[0].task.num_classes)
+            delta = f1_int8 - f1_fp32
+            if -delta > max_drop and not force:
+                raise MaskclsError(f"int8 macro F1 delta: {delta:+.4f} (fp32 {f1_fp32:.4f}, int8 {f1_int8:.4f} on "
+                                   f"{n_valid} validation images of fold {loaded[0].fold}) loses more than "
+                                   f"--max-drop {max_drop:g}, so nothing was written to {out}; use the fp32 export, "
+                                   "try --calib-method entropy or percentile, or keep it with --force")
+    spec.update(precision="int8", quantization=settings,
+                calibration={"images": n_calib, "fold": loaded[0].fold, "rows": "training rows of the fold",
+                             "seed": seed, "method": method},
+                validation={"fold": loaded[0].fold, "images": n_valid, "macro_f1_fp32": f1_fp32,
+                            "macro_f1_int8": f1_int8, "delta": delta, "max_drop": max_drop, "forced": -delta > max_drop,
+                            "decision": "argmax (no decision offsets)"},
+                check={"fp32_max_abs_diff_vs_pytorch": spec["check"]["max_abs_diff_vs_pytorch"],
+                       "note": "the INT8 model is judged by validation macro F1, not by the fp32 export's check"})
+    atomic_write_json(out.with_suffix(".json"), spec)
+    log.info("INT8 export %s: macro F1 %.4f (fp32 %.4f)", out, f1_int8, f1_fp32)
+    return {"path": out, "f1_fp32": f1_fp32, "f1_int8": f1_int8, "delta": delta, "validation_images": n_valid,
+            "calibration_images": n_calib, "forced": -delta > max_drop}
