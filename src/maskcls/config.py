@@ -56,6 +56,14 @@ class DataConfig:
     mix_prob: float = _f(1.0, "Probability that a batch is mixed when mixup/cutmix is on.", min=0.0, max=1.0)
     mix_switch_prob: float = _f(0.5, "With both mixup and cutmix on: probability of CutMix for a batch.",
                                 min=0.0, max=1.0)
+    vcutmix: float = _f(0.0, "Vertical CutMix: probability that a training image keeps only its left part and takes "
+                        "the right part from another image of the batch, the targets mixed by area (per head for "
+                        "multi-head models); 0 = off. Not with mixup/cutmix.", min=0.0, max=1.0)
+    vcutmix_range: list[float] = _f([0.35, 0.65], "Vertical CutMix: the split column is drawn uniformly in this "
+                                    "fraction of the width (a face is left-right symmetric, so each part still "
+                                    "shows most of one).")
+    vcutmix_same_mask: bool = _f(False, "Vertical CutMix: pair only images of the same mask state (needs a mask "
+                                 "attribute).")
 
 
 @dataclass
@@ -92,6 +100,11 @@ class TrainConfig:
     old_age: Optional[int] = _f(None, "Age threshold of the oldest group for the training labels only (e.g. 58 or "
                                 "59: the data stops at 60); validation, out-of-fold scores and reports keep the "
                                 "dataset's scoring threshold. null = the dataset's.", min=31, max=120)
+    drop_ages: list[int] = _f([], "Ages in years left out of training (e.g. [57, 58, 59]: photos cannot tell 58 "
+                              "from 61); validation, out-of-fold scores, reports and the audit keep every image. "
+                              "Needs raw ages (the competition layout, a CSV with age in years). [] = none.")
+    drop_age_margin: int = _f(0, "Also leave out of training the N ages just below each age-group threshold (30 and "
+                              "the training old_age): 3 drops 27-29 and 57-59. 0 = none.", min=0, max=10)
     ema: bool = _f(False, "Keep an exponential moving average of the weights (timm's ModelEmaV3); it is what is "
                    "validated and saved in best.pt.")
     ema_decay: float = _f(0.9998, "EMA decay ceiling; the decay warms up from 0 (1 - (1 + step)^-0.75), so short "

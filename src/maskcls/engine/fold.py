@@ -24,7 +24,7 @@ from ..prep.prepared import Prepared
 from ..task import Task
 from .accel import seed_everything
 from .checkpoint import FoldCheckpoints, Trainable
-from .fold_data import fold_data
+from .fold_data import TrainingAges, fold_data
 from .loop import EpochSetup, TrainingDiverged, evaluate, steps_per_epoch, train_one_epoch
 from .losses import build_loss
 from .metrics import EpochMetrics
@@ -115,10 +115,11 @@ class FoldTrainer:
                                   pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate,
                                   mean=ctx.pp.mean, std=ctx.pp.std, image_size=ctx.pp.image_size)
         # the crop cache is built by rank 0 alone; the other ranks wait, then find it up to date
+        ages = TrainingAges(cfg.train.old_age, tuple(cfg.train.drop_ages), cfg.train.drop_age_margin)
         with acc.main_process_first() if cfg.data.cache else contextlib.nullcontext():
             self.data = fold_data(ctx.prep, fold, cfg.data, ctx.pp, batch_size=cfg.train.batch_size,
                                   valid_batch_size=cfg.train.valid_batch_size, seed=seed,
-                                  old_age=cfg.train.old_age).sharded(acc.process_index, acc.num_processes)
+                                  old_age=ages).sharded(acc.process_index, acc.num_processes)
         counts = np.bincount(self.data.train_labels, minlength=task.num_classes)
         criterion = build_loss(cfg.loss, task=task, heads=cfg.model.heads, class_counts=counts).to(acc.device)
         if cfg.train.channels_last:
@@ -134,7 +135,7 @@ class FoldTrainer:
         self.setup = EpochSetup(model, criterion, optimizer, scheduler, acc, task=task, heads=cfg.model.heads,
                                 accum_steps=t.accum_steps, clip_grad=t.clip_grad, channels_last=t.channels_last,
                                 max_batches=t.max_train_batches,
-                                mixer=make_mixer(cfg.data, num_classes=task.num_classes),
+                                mixer=make_mixer(cfg.data, num_classes=task.num_classes, task=task),
                                 ema=make_ema(unwrap_model(model), t) if t.ema else None)
         self.checkpoints = FoldCheckpoints(self.dir, config=cfg.to_dict())
         self.state = FoldState()

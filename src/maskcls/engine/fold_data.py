@@ -125,6 +125,51 @@ def training_labels(rows: pd.DataFrame, task: Task, old_age: int | None) -> np.n
     return np.asarray(task.encode(*(codes[a.name] for a in task.attributes)), np.int64)
 
 
+@dataclass(frozen=True)
+class TrainingAges:
+    """What training does with the raw ages (validation, out-of-fold scores and reports never see it).
+
+    ``old_age``: the oldest group's threshold for the training labels (``train.old_age``; None = the
+    dataset's). ``drop``: ages in years left out of training (``train.drop_ages``). ``margin``: also leave
+    out the ``margin`` ages just below each group threshold (30 and the training ``old_age``;
+    ``train.drop_age_margin``): the photos cannot tell 58 from 61, so those labels teach noise.
+    """
+    old_age: int | None = None
+    drop: tuple[int, ...] = ()
+    margin: int = 0
+
+    @classmethod
+    def of(cls, value: TrainingAges | int | None) -> TrainingAges:
+        return value if isinstance(value, TrainingAges) else cls(old_age=value)
+
+    def dropped_ages(self, task: Task) -> list[int]:
+        """The ages (years) left out of training, sorted; [] when nothing is dropped."""
+        ages = set(int(a) for a in self.drop)
+        if self.margin:
+            for t in (30, self.old_age or task.old_age or 60):
+                ages.update(range(t - self.margin, t))
+        return sorted(ages)
+
+    def keep(self, rows: pd.DataFrame, task: Task) -> np.ndarray:
+        """Boolean mask over training ``rows``: False where the raw age is one of :meth:`dropped_ages`.
+        Pseudo-labelled rows (no raw age) are always kept."""
+        ages = self.dropped_ages(task)
+        if not ages:
+            return np.ones(len(rows), bool)
+        key = "train.drop_ages" if self.drop else "train.drop_age_margin"
+        if task.attribute("age") is None:
+            raise ConfigError(f"{key} needs raw ages in years, but this task has no age attribute (classes "
+                              f"{', '.join(task.class_names[:4])}…): remove {key} (prepare a CSV with an `age` "
+                              "column in years, or the competition layout, to use it)")
+        years = rows["age_years"].to_numpy(np.int64)
+        labelled = (rows["split"] == "train").to_numpy()
+        if (years[labelled] < 0).any():
+            raise ConfigError(f"{key} needs raw ages in years, but {int((years[labelled] < 0).sum())} training "
+                              "rows have only an age group (the CSV's age column held groups): remove "
+                              f"{key}, or prepare from a CSV whose `age` column holds years")
+        return ~np.isin(years, ages) | ~labelled
+
+
 def check_batch_fits(batch_size: int, train_images: int, *, fold: int, world: int) -> None:
     """One training batch per process must fit in ``fold``'s training rows (``fold_rows``'s, pseudo-labelled
     ones included): a larger batch would never be full, so every step would train on fewer images than
@@ -162,6 +207,7 @@ class FoldData:
     train_rows: pd.DataFrame
     valid_rows: pd.DataFrame
     train_labels: np.ndarray  # what training sees (train.old_age may re-draw the age groups)
+    # train_rows: the rows trained on (train.drop_ages may leave some out); valid_rows: all of the fold
     train_loader: object
     valid_loader: object
     fold: int = 0
@@ -177,14 +223,23 @@ class FoldData:
 
 
 def fold_data(prep: Prepared, fold: int, data: DataConfig, pp: Preprocessing, *, batch_size: int,
-              valid_batch_size: int, seed: int, old_age: int | None = None) -> FoldData:
+              valid_batch_size: int, seed: int, old_age: TrainingAges | int | None = None) -> FoldData:
     """Datasets and loaders of ``fold`` in one process: training rows augmented and shuffled per (seed,
     epoch), validation rows in order (:meth:`FoldData.sharded` splits them over processes).
 
-    ``old_age``: the training age threshold (``train.old_age``); validation keeps the dataset's.
+    ``old_age``: the training age threshold (``train.old_age``), or a :class:`TrainingAges` that may also
+    leave ages out of training (``train.drop_ages``); validation keeps every row and the dataset's labels.
     """
     tr_rows, va_rows = fold_rows(prep, fold)
-    train_labels = training_labels(tr_rows, prep.task, old_age)
+    ages = TrainingAges.of(old_age)
+    keep = ages.keep(tr_rows, prep.task)
+    if not keep.all():
+        log.info("fold %d: %d of %d training images left out (ages %s); validation keeps all %d", fold,
+                 int((~keep).sum()), len(tr_rows), ages.dropped_ages(prep.task), len(va_rows))
+        tr_rows = tr_rows[keep]
+    elif ages.dropped_ages(prep.task):
+        log.info("fold %d: no training image has an age in %s", fold, ages.dropped_ages(prep.task))
+    train_labels = training_labels(tr_rows, prep.task, ages.old_age)
     loading = _Loading(make_dataset(prep, tr_rows, data, pp, training=True, seed=seed, labels=train_labels),
                        make_dataset(prep, va_rows, data, pp, training=False, seed=seed), data, batch_size,
                        valid_batch_size, seed)
