@@ -30,6 +30,7 @@ from ..fsutil import cpu_count
 from .answers import answer
 from .batcher import MicroBatcher
 from .connections import ConnectionLimits
+from .exported import load_exported
 from .images import ModelInput, Preprocessor, read_uploads
 from .limits import Admission, ApiError, BodyLimit, Limits, PixelBudget
 from .model import ServedModel, load_model
@@ -60,6 +61,10 @@ class ServeOptions:
             ``["*"]`` = any.
         connections: time limits on requests' headers and bodies, connections per client
             (applied by :func:`.server.serve`, at the transport level).
+        streams: ONNX Runtime sessions running batches at once (each on ``threads`` cores).
+        threads: intra-op threads per session (None: the cores shared out between the streams).
+        model_file: an ONNX file ``maskcls export`` wrote (``--model``, ``--int8``) to serve instead of
+            exporting the run's folds (its folds and precision are the file's).
     """
     folds: str = "best"
     backend: str = "onnx"
@@ -71,6 +76,16 @@ class ServeOptions:
     allow_hosts: list[str] = field(default_factory=list)
     allow_origins: list[str] = field(default_factory=list)
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    streams: int = 1
+    threads: int | None = None
+    model_file: str | Path | None = None
+
+    def loader(self, run: str | Path) -> Callable[[], ServedModel]:
+        """What builds the served model: the exported file, or the run's folds."""
+        if self.model_file is not None:
+            return lambda: load_exported(self.model_file, streams=self.streams, threads=self.threads)
+        return lambda: load_model(run, folds=self.folds, backend=self.backend, streams=self.streams,
+                                  threads=self.threads)
 
 
 class ServerState:
@@ -134,11 +149,13 @@ async def _load(st: ServerState, loader: Callable[[], ServedModel], on_error: Ca
             pre, err = await _in_thread(lambda: Preprocessor(model, st.limits.max_pixels))
         if err is not None:
             raise err
+        streams = getattr(model.predict, "streams", 1)  # the torch fallback: one
         batcher = MicroBatcher(model.predict, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms,
-                               incoming=lambda: st.admission.pending - batcher.in_flight)
+                               incoming=lambda: st.admission.pending - batcher.in_flight, streams=streams)
         batcher.start()
         size = model.preprocessing.image_size
-        await batcher.run([np.zeros((3, size, size), np.uint8)] * opts.max_batch)  # warm-up: first-run costs now
+        # warm-up (first-run costs now): a full batch per stream, which run at once, so on every session
+        await batcher.run([np.zeros((3, size, size), np.uint8)] * (opts.max_batch * streams))
     except Exception as e:
         st.error = str(e) or type(e).__name__
         log.error("cannot serve: %s", st.error)
@@ -178,7 +195,7 @@ def create_app(run: str | Path, options: ServeOptions | None = None, *,
     options = options or ServeOptions()
     options.limits.check()
     st = ServerState(options)
-    loader = loader or (lambda: load_model(run, folds=options.folds, backend=options.backend))
+    loader = loader or options.loader(run)
 
     async def lifespan(app: FastAPI):
         st.pool = ThreadPoolExecutor(options.decode_workers or cpu_count(), thread_name_prefix="maskcls-decode")
@@ -265,6 +282,7 @@ def _routes(app: FastAPI, st: ServerState, auth) -> None:
         model = st.ready()
         opts = st.options
         return {**model.info, "serving": {"max_batch": opts.max_batch, "max_wait_ms": opts.max_wait_ms,
+                                          "streams": st.batcher.streams,
                                           "limits": vars(st.limits), "token_required": bool(opts.token)}}
 
     @app.post("/v1/predict", dependencies=[auth])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,16 +61,54 @@ def torch_predictor(loaded: list[LoadedFold], device: torch.device | None = None
     return predict
 
 
-def onnx_predictor(path: Path) -> Predictor:
+def onnx_session(path: Path, threads: int):
+    """One ONNX Runtime session on ``threads`` intra-op threads (the calling thread is one of them)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = cpu_count()  # one batch at a time uses every core
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     # Idle ORT threads spin by default, taking the cores that decode uploads and run the event loop.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return lambda images: session.run(None, {"image": images})[0]
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def default_streams() -> int:
+    """Sessions when ``--streams`` is not given (measured with ``maskcls bench serve``; see the README)."""
+    return 1
+
+
+def default_threads(streams: int) -> int:
+    """Intra-op threads per session: the cores shared out between the streams (at least one each)."""
+    return max(1, cpu_count() // streams)
+
+
+class SessionPool:
+    """``streams`` ONNX Runtime sessions of one graph; each call runs on one that is free.
+
+    OpenVINO's "streams" on a CPU: several batches in parallel, each on a few threads, rather than
+    one batch on every core — small convolutions scale poorly across threads. A caller may run up
+    to ``streams`` calls at once (the batcher does); a further call waits for a session.
+    """
+
+    def __init__(self, path: Path, streams: int = 1, threads: int | None = None):
+        if streams < 1 or (threads is not None and threads < 1):
+            raise ConfigError(f"--streams and --threads must be at least 1, not {streams} and {threads}")
+        self.path, self.streams, self.threads = Path(path), streams, threads or default_threads(streams)
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(streams):
+            self._free.put(onnx_session(self.path, self.threads))
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        session = self._free.get()
+        try:
+            return session.run(None, {"image": images})[0]
+        finally:
+            self._free.put(session)
+
+
+def onnx_predictor(path: Path, streams: int = 1, threads: int | None = None) -> SessionPool:
+    return SessionPool(path, streams, threads)
 
 
 def check_batch(image_size: int, n: int = 4) -> np.ndarray:
@@ -97,15 +136,17 @@ def _export(run: Path, folds: list[int], path: Path) -> Path:
         return export_run(run, fmt="onnx", folds=",".join(map(str, folds)), out=tmp)
 
 
-def cached_onnx(run: Path, folds: list[int], reference: Predictor, image_size: int) -> tuple[Predictor, dict]:
-    """The run's ONNX predictor, exported when missing and re-exported when it disagrees with ``reference``."""
+def cached_onnx(run: Path, folds: list[int], reference: Predictor, image_size: int, streams: int = 1,
+                threads: int | None = None) -> tuple[Predictor, dict]:
+    """The run's ONNX predictor (``streams`` sessions of ``threads`` threads), exported when missing and
+    re-exported when it disagrees with ``reference``."""
     path = onnx_cache_path(run, folds)
     for attempt in ("cached", "exported"):
         if attempt == "exported" or not path.is_file():
             path = _export(run, folds, path)
             attempt = "exported"
         try:
-            predict = onnx_predictor(path)
+            predict = onnx_predictor(path, streams, threads)
             diff = _disagreement(predict, reference, image_size)
         except Exception as e:  # a damaged file, an ORT that cannot load it
             log.warning("ONNX model %s unusable (%s)", path, e)
@@ -113,7 +154,8 @@ def cached_onnx(run: Path, folds: list[int], reference: Predictor, image_size: i
         if diff <= ONNX_TOLERANCE:
             log.info("ONNX model %s (%s), max |diff| vs torch %.1e", path, attempt, diff)
             shown = path.relative_to(run) if path.is_relative_to(run) else path
-            return predict, {"file": str(shown), "source": attempt, "max_abs_diff_vs_torch": diff}
+            return predict, {"file": str(shown), "source": attempt, "max_abs_diff_vs_torch": diff,
+                             "precision": "fp32", "streams": predict.streams, "threads": predict.threads}
         log.warning("ONNX model %s differs from the checkpoints by %.2e (> %.0e)", path, diff, ONNX_TOLERANCE)
     raise RuntimeError(f"the ONNX export of {run} disagrees with its checkpoints by {diff:.2e}")
 
@@ -127,10 +169,14 @@ def validation_scores(run: Path, folds: list[int]) -> dict:
             "head_f1": summary.get("head_f1")}
 
 
-def load_model(run: str | Path, *, folds: str = "best", backend: str = "onnx") -> ServedModel:
-    """Load ``folds`` of ``run`` ('best', 'all', '0,2') behind ``backend`` ('onnx' or 'torch')."""
+def load_model(run: str | Path, *, folds: str = "best", backend: str = "onnx", streams: int = 1,
+               threads: int | None = None) -> ServedModel:
+    """Load ``folds`` of ``run`` ('best', 'all', '0,2') behind ``backend`` ('onnx' or 'torch'); ONNX Runtime
+    runs ``streams`` sessions of ``threads`` intra-op threads each (default: the cores shared out)."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "torch" and streams != 1:
+        raise ConfigError("--streams applies to the onnx backend only (torch runs one batch at a time)")
     run = Path(run)
     loaded = load_folds(run, folds)
     ids = [f.fold for f in loaded]
@@ -138,7 +184,7 @@ def load_model(run: str | Path, *, folds: str = "best", backend: str = "onnx") -
     predict, used, backend_info = None, "torch", {}
     if backend == "onnx":
         try:
-            predict, backend_info = cached_onnx(run, ids, torch_predictor(loaded), pp.image_size)
+            predict, backend_info = cached_onnx(run, ids, torch_predictor(loaded), pp.image_size, streams, threads)
             used = "onnx"
         except Exception as e:  # torch is the fallback: same numbers, slower
             log.warning("serving with torch instead of ONNX Runtime: %s", e)
@@ -146,7 +192,12 @@ def load_model(run: str | Path, *, folds: str = "best", backend: str = "onnx") -
     if predict is None:  # the torch backend runs on the GPU when there is one
         device = device_for_inference()
         predict, backend_info = torch_predictor(loaded, device), {**backend_info, "device": str(device)}
-    task = loaded[0].task
+    return served_model(run, ids, meta, predict, used, {"requested": backend, "name": used, **backend_info})
+
+
+def served_model(run: Path, ids: list[int], meta: dict, predict: Predictor, used: str, backend: dict) -> ServedModel:
+    """The served model of ``run``'s folds ``ids`` from a checkpoint's ``meta``; ``backend``: what /v1/model shows."""
+    task, pp = Task.from_meta(meta), Preprocessing(**meta["preprocessing"])
     info = {"maskcls_version": __version__, "run": run.name, "model": meta["model_name"], "heads": meta["heads"],
             "task": {"kind": task.kind, "class_names": list(task.class_names),
                      "attributes": [{"name": a.name, "classes": list(a.classes)} for a in task.attributes],
@@ -154,6 +205,6 @@ def load_model(run: str | Path, *, folds: str = "best", backend: str = "onnx") -
             "preprocessing": {**pp.to_dict(), "face_settings": meta.get("face_settings"),
                               "input": f"uint8 RGB {pp.image_size}x{pp.image_size}"},
             "folds": ids, "validation": validation_scores(run, ids),
-            "backend": {"requested": backend, "name": used, **backend_info}}
+            "backend": backend}
     log.debug("serving %s", json.dumps(info))
     return ServedModel(run, ids, task, pp, predict, used, meta.get("face_settings") if pp.faces else None, info)
