@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..prep.folds import parse_fold_list
-from .common import add_config_args, sub
+from .common import add_config_args, float_range, int_range, sub
 
 
 def register(subs) -> None:
@@ -24,6 +24,18 @@ def register(subs) -> None:
     s.add_argument("--run-dir", help="new run directory (default runs/<name>-<n>)")
     s.add_argument("--resume", metavar="RUN", help="continue the unfinished folds of RUN from last.pt")
     s.set_defaults(handler=cmd_train)
+
+    s = sub(subs, "lr-find", "learning-rate range test on a run's real set-up: plot, CSV, suggested lr",
+             "maskcls lr-find prepared --set data.image_size=128\n"
+             "maskcls lr-find prepared -c my.yaml --start 1e-6 --end 1e-1 --steps 150")
+    s.add_argument("dir", help="prepared directory (read only: nothing is written into it)")
+    add_config_args(s)
+    s.add_argument("--fold", type=int_range(0), default=0, help="fold whose training images feed the sweep")
+    s.add_argument("--start", type=float_range(1e-12, 10.0), default=1e-7, help="first learning rate")
+    s.add_argument("--end", type=float_range(1e-12, 100.0), default=1.0, help="last learning rate")
+    s.add_argument("--steps", type=int_range(2, 1000), default=100, help="optimizer steps at most")
+    s.add_argument("--out", help="new directory for the plot and CSV (default <run.runs_dir>/lr-find-<n>)")
+    s.set_defaults(handler=cmd_lr_find)
 
     s = sub(subs, "config", "print the default config YAML or the README table",
              "maskcls config > my.yaml\nmaskcls config --table")
@@ -104,6 +116,22 @@ def cmd_train(args) -> int:
         return 130
     if s["is_main"]:  # other ranks of a multi-process run stay quiet
         print(format_summary(s))
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    import shlex
+
+    from ..config_io import load_config
+    from ..engine.lr_find import lr_find, summary_lines
+    from ..prep.prepared import load_prepared
+    res = lr_find(load_config(args.config, args.overrides), load_prepared(args.dir), fold=args.fold,
+                  start=args.start, end=args.end, steps=args.steps, out=args.out)
+    same = ([f"-c {shlex.quote(args.config)}"] if args.config else []) + [
+        f"--set {shlex.quote(o)}" for o in args.overrides if not o.startswith(res.key + "=")]
+    print("\n".join(summary_lines(res)))
+    print("use it: " + " ".join(["maskcls train", shlex.quote(args.dir), *same,
+                                 f"--set {res.key}={res.suggestion['suggested']:.2g}"]))
     return 0
 
 
