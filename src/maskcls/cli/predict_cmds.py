@@ -14,6 +14,7 @@ def register(subs) -> None:
              "maskcls predict runs/mobilenetv2_100-1 --folds all --tta hflip --out sub.csv\n"
              "maskcls predict runs/mobilenetv2_100-1 photo.jpg photos/     # one line per image\n"
              "maskcls predict runs/mobilenetv2_100-1 photos/ --json\n"
+             "maskcls predict runs/mobilenetv2_100-1 --backend onnx-int8    # RUN/export/model.int8.onnx, on a CPU\n"
              "maskcls predict runs/mobilenetv2_100-1 runs/tf_efficientnet_lite2-1 --tta hflip \\\n"
              "    --out sub.csv                                            # an ensemble of runs")
     s.add_argument("run_dir", metavar="RUN", help="a run directory; several runs (each with run.json) make an ensemble")
@@ -31,6 +32,9 @@ def register(subs) -> None:
     s.add_argument("--tune-bias", choices=["auto", "on", "off"], default="auto",
                    help="per-class decision offsets fitted for macro F1 on the run's out-of-fold rows "
                         "(decision.json): auto = when they helped cross-fitted")
+    s.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                   help="torch: the checkpoints; onnx / onnx-int8: RUN/export/model.onnx / model.int8.onnx through "
+                   "ONNX Runtime (exported first when missing; INT8 under the default --max-drop check)")
     s.add_argument("--ensemble-weights", choices=["equal", "oof"], default="equal",
                    help="several runs: equal weights, or weights fitted for macro F1 on their common out-of-fold rows")
     s.set_defaults(handler=cmd_predict)
@@ -92,10 +96,12 @@ def cmd_predict(args) -> int:
     if len(runs) > 1:
         if len(runs) != 1 + len(args.images):
             raise ConfigError("predict takes several runs (an ensemble) or one run and images, not both")
+        if args.backend != "torch":
+            raise ConfigError(f"--backend {args.backend} predicts one run; an ensemble of runs uses --backend torch")
         return _predict_ensemble(args, runs)
     if args.images:
         res = predict_images(args.run_dir, args.images, folds=args.folds, tta=args.tta,
-                             batch_size=args.batch_size or 32)
+                             batch_size=args.batch_size or 32, backend=args.backend)
         for r in res:
             if args.json:
                 print(json.dumps(r))
@@ -105,11 +111,12 @@ def cmd_predict(args) -> int:
                 print(f"{plain(r['path'])}\t{r['label']}\tclass {r['class_id']}\tconfidence {r['confidence']:.3f}")
         return 1 if any("error" in r for r in res) else 0
     s = predict_submission(args.run_dir, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
-                           batch_size=args.batch_size, tune_bias=args.tune_bias)
+                           batch_size=args.batch_size, tune_bias=args.tune_bias, backend=args.backend)
     if s.get("prepared_now"):
         print(f"indexed {args.data} into {s['prepared']}")
     print(f"submission: {s['submission']} ({s['rows']} rows, folds {s['folds']}, tta {s['tta']}"
-          f"{', decision offsets' if s['decision_offsets'] else ''})")
+          f"{', decision offsets' if s['decision_offsets'] else ''}, backend {s['backend']}"
+          f"{' ' + s['model'] if s['model'] else ''})")
     print(f"probabilities: {s['probabilities']}")
     return 0
 

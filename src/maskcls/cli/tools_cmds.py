@@ -12,9 +12,10 @@ def register(subs) -> None:
              "maskcls bench quality --seeds 2                      # real dev sets, fixed budget\n"
              "maskcls bench quality --set data.sampler=balanced    # a variant against the defaults\n"
              "maskcls bench serve --run runs/mobilenetv2_100-1 --requests 2000\n"
-             "maskcls bench time-to-f1 .cache/quality/prepared/mask3dev --timm-repo GITDIR   # vs timm's train.py")
+             "maskcls bench time-to-f1 .cache/quality/prepared/mask3dev --timm-repo GITDIR   # vs timm's train.py\n"
+             "maskcls bench predict --run runs/mobilenetv2_100-1 --images 2000   # torch vs onnx vs onnx-int8")
     s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "workers", "quality", "serve",
-                                    "time-to-f1"])
+                                    "time-to-f1", "predict"])
     s.add_argument("prepared", nargs="?", help="time-to-f1: the prepared directory to train on")
     s.add_argument("--images", type=int_range(1), default=None)
     s.add_argument("--workers", type=int_range(0), default=2)
@@ -66,6 +67,9 @@ def cmd_bench(args) -> int:
     elif args.what == "serve":
         from ..bench.serve import bench_serve
         r = bench_serve(run=args.run_dir, requests=args.requests, backend=args.backend)
+    elif args.what == "predict":
+        from ..bench.predict import bench_predict
+        r = bench_predict(run=args.run_dir, **kw)
     elif args.what == "train":
         from ..bench.train import bench_train
         r = bench_train(**kw)

@@ -204,7 +204,11 @@ def run_exported(path: str | Path, images: np.ndarray, fmt: str | None = None) -
         return module(torch.from_numpy(images)).numpy()
 
 
-def onnx_session(path: str | Path):
-    """An ONNX Runtime CPU session of an exported model (input ``image``, output ``probs``)."""
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session of an exported model (input ``image``, output ``probs``); ``threads``:
+    intra-op threads (default: ONNX Runtime's, one per physical core)."""
     import onnxruntime as ort
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -1,9 +1,17 @@
-"""``maskcls predict``: a competition submission, or one line per image for a person at a shell."""
+"""``maskcls predict``: a competition submission, or one line per image for a person at a shell.
+
+Backends: ``torch`` (the checkpoints, fp32 on a CPU), ``onnx`` (RUN/export/model.onnx through ONNX
+Runtime) and ``onnx-int8`` (RUN/export/model.int8.onnx); a missing export is made on the spot with
+the chosen folds (the INT8 one under its --max-drop check), an existing one must hold those folds
+and be newer than their checkpoints.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import typing
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -12,13 +20,72 @@ from ..data.imageio import is_image_name, probe
 from ..data.loader import build_loader
 from ..engine.decision import TuneBias, apply_offsets, check_tune_bias, read_offsets
 from ..engine.fold_data import make_dataset, paths_dataset, resolve_loader
-from ..errors import DataError
-from ..fsutil import atomic_write_text, free_name
+from ..errors import ConfigError, DataError, did_you_mean
+from ..fsutil import atomic_write_text, free_name, read_json
 from ..prep.prepare import prepare_for_prediction
 from ..prep.prepared import Prepared, load_prepared
-from .loading import LoadedFold, ensemble_probs, load_folds
+from ..progress import track
+from .export import export_run, onnx_session
+from .loading import LoadedFold, check_tta, ensemble_probs, load_folds
 
 log = logging.getLogger(__name__)
+
+Backend = Literal["torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+EXPORTED = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # in RUN/export/ (serve --int8 loads the latter)
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}"
+                          f"{did_you_mean(backend, BACKENDS)}")
+    return backend
+
+
+def exported_model(run: str | Path, loaded: list[LoadedFold], backend: str) -> Path | None:
+    """The exported file the backend runs (None for torch): RUN/export/model[.int8].onnx, exported now if missing.
+
+    Raises:
+        ConfigError: the existing export holds other folds, or is older than one of their checkpoints.
+        MaskclsError: an INT8 export made now lost more than the default --max-drop (nothing written).
+    """
+    if check_backend(backend) == "torch":
+        return None
+    run, folds = Path(run), [f.fold for f in loaded]
+    path = run / "export" / EXPORTED[backend]
+    spec = ",".join(str(f) for f in folds)
+    if not path.is_file():
+        log.info("no %s yet: exporting folds %s", path, spec)
+        if backend == "onnx":
+            export_run(run, fmt="onnx", folds=spec)
+        else:
+            from .quantize import export_int8
+            export_int8(run, folds=spec)
+        return path
+    again = f"`maskcls export {run} --folds {spec}{' --int8' if backend == 'onnx-int8' else ''}`"
+    have = (read_json(path.with_suffix(".json")) or {}).get("folds")
+    if have != folds:
+        raise ConfigError(f"{path} holds folds {have}, not the chosen {folds}: export these with {again}, or pass "
+                          f"--folds {','.join(map(str, have or []))}")
+    checkpoints = [run / f"fold{f}" / "best.pt" for f in folds]
+    if any(c.stat().st_mtime > path.stat().st_mtime for c in checkpoints):
+        raise ConfigError(f"{path} is older than the run's checkpoints (trained again since): export it again with "
+                          f"{again}")
+    return path
+
+
+def onnx_probs(path: Path, loader, *, tta: str = "none", progress: bool = True) -> np.ndarray:
+    """Class probabilities of an exported ONNX model over ``loader`` (and of the mirrored view with tta='hflip')."""
+    check_tta(tta)
+    session = onnx_session(path)
+    out = []
+    for x, _, _ in track(loader, desc="predict", enabled=progress):
+        x = x.numpy()
+        p = session.run(None, {"image": x})[0]
+        if tta == "hflip":
+            p = (p + session.run(None, {"image": np.ascontiguousarray(x[..., ::-1])})[0]) / 2
+        out.append(p.astype(np.float32))
+    return np.concatenate(out) if out else np.zeros((0, session.get_outputs()[0].shape[1]), np.float32)
 
 
 PREDICT_FIX = ("the dataset moved or lost files since `maskcls prepare`: restore them, or pass `--data` with its "
@@ -45,19 +112,21 @@ def run_and_data(run: str | Path, *, folds: str = "all", data: str | Path | None
 
 
 def eval_probabilities(loaded: list, prep: Prepared, rows: pd.DataFrame, *, tta: str = "none",
-                       batch_size: int | None = None, num_workers: int | None = None) -> np.ndarray:
-    """Fold-ensemble probabilities of ``rows`` of ``prep``, in their order."""
+                       batch_size: int | None = None, num_workers: int | None = None,
+                       model: Path | None = None) -> np.ndarray:
+    """Fold-ensemble probabilities of ``rows`` of ``prep``, in their order (``model``: an exported ONNX file
+    to run instead of the checkpoints, see :func:`exported_model`)."""
     cfg = loaded[0].cfg
     ds = make_dataset(prep, rows, cfg.data, loaded[0].preprocessing, training=False, seed=0)
     workers, kind = resolve_loader(cfg.data)  # the run's data.num_workers and loader
     loader = build_loader(ds, batch_size=batch_size or cfg.train.valid_batch_size, sampler=range(len(ds)),
                           workers=workers if num_workers is None else num_workers, kind=kind)
-    return ensemble_probs(loaded, loader, tta=tta)
+    return ensemble_probs(loaded, loader, tta=tta) if model is None else onnx_probs(model, loader, tta=tta)
 
 
 def predict_submission(run: str | Path, *, data: str | Path | None = None, out: str | Path | None = None,
-                       folds: str = "all", tta: str = "none", batch_size: int | None = None,
-                       num_workers: int | None = None, tune_bias: TuneBias = "auto") -> dict:
+                       folds: str = "all", tta: str = "none", tune_bias: TuneBias = "auto", backend: Backend = "torch",
+                       **loading: int | None) -> dict:
     """Predict the evaluation images of ``data``; write the submission and the probabilities beside it.
 
     A competition source gives eval/info.csv's rows in its order (``ImageID,ans``); a CSV source its
@@ -70,23 +139,29 @@ def predict_submission(run: str | Path, *, data: str | Path | None = None, out: 
             (default ``RUN/submission.csv``); an existing file is never overwritten (-2, -3, … suffixes).
         folds: 'all', 'best' or a list like '0,2'.
         tta: 'none' or 'hflip'.
-        batch_size: images per batch (default: the run's validation batch).
-        num_workers: loader workers (default: the run's).
         tune_bias: 'auto' applies the run's decision offsets (decision.json) when they raised the
             cross-fitted out-of-fold macro F1, 'on' always, 'off' never (plain argmax).
+        backend: 'torch', 'onnx' or 'onnx-int8' (see the module docstring).
+        loading: ``batch_size`` (images per batch; default the run's validation batch) and
+            ``num_workers`` (loader workers; default the run's).
     """
     run = Path(run)
     check_tune_bias(tune_bias)
+    check_backend(backend)
+    if set(loading) - {"batch_size", "num_workers"}:
+        raise TypeError(f"predict_submission() got unexpected keyword arguments {sorted(loading)}")
     loaded, prep, made = run_and_data(run, folds=folds, data=data)
     rows, sub = _submission_rows(prep)
     offsets = read_offsets(run, tune_bias, k=loaded[0].task.num_classes)
-    probs = eval_probabilities(loaded, prep, rows, tta=tta, batch_size=batch_size, num_workers=num_workers)
+    model = exported_model(run, loaded, backend)
+    probs = eval_probabilities(loaded, prep, rows, tta=tta, model=model, **loading)
     sub["ans"] = apply_offsets(probs, offsets)
     if prep.meta.get("kind") == "csv":
         sub["class_name"] = [prep.class_names[c] for c in sub["ans"]]
     out_path = write_submission(sub, probs, submission_path(run, out))
     return {"submission": str(out_path), "probabilities": str(out_path.with_name(out_path.stem + ".probs.csv")),
             "rows": len(sub), "folds": [f.fold for f in loaded], "tta": tta, "decision_offsets": offsets is not None,
+            "backend": backend, "model": str(model) if model else None,
             "prepared": str(prep.dir), "prepared_now": made,
             "class_counts": np.bincount(sub["ans"], minlength=probs.shape[1]).tolist()}
 
@@ -181,9 +256,10 @@ def expand_images(items: list[str]) -> list[str]:
 
 
 def predict_images(run: str | Path, items: list[str], *, folds: str = "all", tta: str = "none",
-                   batch_size: int = 32) -> list[dict]:
+                   batch_size: int = 32, backend: Backend = "torch") -> list[dict]:
     """Predict arbitrary image files; unreadable ones get an ``error`` entry, the rest proceed."""
     loaded = load_folds(run, folds)
+    model = exported_model(run, loaded, backend)
     meta = loaded[0].meta
     paths = expand_images(items)
     results, good = [], []
@@ -195,8 +271,9 @@ def predict_images(run: str | Path, items: list[str], *, folds: str = "all", tta
             results.append({"path": p, "error": str(e).replace(f"{p}: ", "")})
     if good:
         ds = paths_dataset(good, loaded[0].preprocessing, face_settings=meta.get("face_settings"))
-        probs = ensemble_probs(loaded, build_loader(ds, batch_size=batch_size, sampler=range(len(ds)), workers=0),
-                               tta=tta, progress=False)
+        loader = build_loader(ds, batch_size=batch_size, sampler=range(len(ds)), workers=0)
+        probs = (ensemble_probs(loaded, loader, tta=tta, progress=False) if model is None else
+                 onnx_probs(model, loader, tta=tta, progress=False))
         names = meta["class_names"]
         for p, pr in zip(good, probs):
             c = int(pr.argmax())
