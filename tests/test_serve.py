@@ -626,19 +626,4 @@ def test_face_crop_run_returns_the_face_box(prepared_dir, tmp_path):
     assert res["class_id"] == want["class_id"] and abs(res["confidence"] - want["confidence"]) < 1e-4
 
 
-@pytest.mark.slow
-def test_bench_serve_measures_both_modes_and_the_model_alone(real_run, tmp_path):
-    """`maskcls bench serve` on a real run, small: every request answered, one-at-a-time really is one
-    image per model call, and the ratio printed last is the throughput ratio of its own table."""
-    from maskcls.bench.serve import bench_serve
-    r = bench_serve(run=real_run, requests=24, concurrency=(1, 4), warmup=8, workdir=tmp_path)
-    for mode in ("micro-batched", "one-at-a-time"):
-        rows = r["modes"][mode]["rows"]
-        assert [x["concurrency"] for x in rows] == [1, 4]
-        assert all(x["failed"] == 0 and x["requests"] == 24 and x["req_s"] > 0 for x in rows)
-    assert r["modes"]["one-at-a-time"]["mean_batch"] == 1.0
-    at4 = {m: v["rows"][1]["req_s"] for m, v in r["modes"].items()}
-    assert r["speedup"] == pytest.approx(at4["micro-batched"] / at4["one-at-a-time"])
-    assert set(r["model_ms_per_image"]) == {1, 16} and min(r["model_ms_per_image"].values()) > 0
-    assert "model alone (onnx" in r["text"]
-    assert r["text"].splitlines()[-1] == f"serve speedup vs one-at-a-time: {r['speedup']:.2f}"
+# `maskcls bench serve` (maskcls against the peer server, side by side): tests/test_bench_serve_peer.py

@@ -1,142 +1,86 @@
-"""``maskcls bench serve``: micro-batched serving versus one request at a time, over real HTTP.
+"""``maskcls bench serve``: maskcls serve against the server a user would write, over real HTTP.
 
-For each serving mode a ``maskcls serve`` process starts on 127.0.0.1 (micro-batched:
-``--max-batch 16 --max-wait-ms 10``; one at a time: ``--max-batch 1 --max-wait-ms 0``), and
-a client in another process sends ``requests`` POST /v1/predict requests (one 384×512 JPEG,
-the competition's photo size) over keep-alive connections at each concurrency. Printed per
-mode and concurrency: throughput, p50/p95/p99 latency, failed requests (any non-200, or an
-answer that differs from the first one), and the server's resident memory after loading and
-a warm-up, and at the end. The last line is the throughput ratio at concurrency 8.
+Each configuration is a server process on 127.0.0.1 serving the same run; one client (another
+process, :mod:`.serve_client`) sends ``requests`` POST /v1/predict requests — one 384×512 JPEG, the
+competition's photo size, the same bytes for every server — at each concurrency. Configurations:
 
-The client is a minimal asyncio HTTP/1.1 client (pre-built request bytes) so that it takes
-as little of the CPU the server needs as possible; both run on the same machine.
+* ``peer`` — :mod:`.peer_server`: FastAPI + uvicorn, the PyTorch model in eager fp32 from the run's
+  checkpoint, PIL + torchvision preprocessing, one request at a time;
+* ``fp32`` — ``maskcls serve RUN --streams 1``: the fp32 ONNX graph, one session on every core;
+* ``fp32-streams`` — ``--streams N --threads 1`` (N = CPUs, at least 2): N sessions of one core;
+* ``int8``, ``int8-streams`` — the same with ``--int8`` (RUN/export/model.int8.onnx, exported
+  first with ``maskcls export RUN --format onnx --int8`` when missing; skipped with a note when
+  that cannot be done).
+
+Every maskcls configuration micro-batches (``--max-batch 16 --max-wait-ms 10``, the defaults). The
+one whose settings are ``maskcls serve``'s defaults is marked "default"; the last line is its
+throughput over the peer's at concurrency 8. Per row: requests/s, p50/p95/p99 latency, failed
+requests (any non-200, or an answer that differs from the first), the class answered, and the
+server's resident memory after that concurrency and its growth since the warm-up.
 """
 from __future__ import annotations
 
-import asyncio
-import json
-import multiprocessing as mp
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
+from ..fsutil import cpu_count
 from .common import make_jpegs
+from .serve_client import build_request, free_port, rss_mb, run_client, start_process, stop_process
 
-MODES = {"micro-batched": (16, 10.0), "one-at-a-time": (1, 0.0)}
-BOUNDARY = "maskclsbenchboundary"
-
-
-def build_request(jpeg: bytes, host: str, port: int) -> bytes:
-    body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="photo.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n").encode() + jpeg + f"\r\n--{BOUNDARY}--\r\n".encode()
-    head = (f"POST /v1/predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
-            f"boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
+CONFIGS = ("peer", "fp32", "fp32-streams", "int8", "int8-streams")
+PEER_LABEL = "peer: FastAPI + PyTorch eager, 1 at a time"
 
 
-async def _connection(host: str, port: int, request: bytes, left: list[int], out: dict) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        while left[0] > 0:
-            left[0] -= 1
-            t0 = time.perf_counter()
-            writer.write(request)
-            await writer.drain()
-            status = int((await reader.readline()).split()[1])
-            length, close = 0, False
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                key, _, value = line.decode("latin-1").partition(":")
-                if key.lower() == "content-length":
-                    length = int(value)
-                close = close or (key.lower() == "connection" and "close" in value.lower())
-            body = await reader.readexactly(length)
-            out["latency"].append(time.perf_counter() - t0)
-            answer = json.loads(body)["results"][0]["class_id"] if status == 200 else None
-            out["first"] = answer if out["first"] is None else out["first"]
-            if status != 200 or answer != out["first"]:
-                out["failed"] += 1
-                out["statuses"][status] = out["statuses"].get(status, 0) + 1
-            if close:
-                writer.close()
-                reader, writer = await asyncio.open_connection(host, port)
-    finally:
-        writer.close()
+@dataclass
+class ServeConfig:
+    """One server to measure: its name, the command's options, and what it is."""
+    name: str
+    label: str
+    options: list[str]
+    streams: int = 1
+    threads: int = 1
 
 
-def client(host: str, port: int, request: bytes, n: int, concurrency: int, result_queue) -> None:
-    """Send ``n`` requests over ``concurrency`` connections; put the measurements on ``result_queue``."""
-    out = {"latency": [], "failed": 0, "first": None, "statuses": {}}
-
-    async def main():
-        left = [n]
-        t0 = time.perf_counter()
-        await asyncio.gather(*(_connection(host, port, request, left, out) for _ in range(concurrency)))
-        return time.perf_counter() - t0
-    seconds = asyncio.run(main())
-    result_queue.put({"seconds": seconds, "latency": out["latency"], "failed": out["failed"],
-                      "statuses": out["statuses"]})
-
-
-def run_client(host: str, port: int, request: bytes, n: int, concurrency: int) -> dict:
-    ctx = mp.get_context("spawn")  # another process: the server's CPU time is not the client's
-    q = ctx.Queue()
-    p = ctx.Process(target=client, args=(host, port, request, n, concurrency, q))
-    p.start()
-    res = q.get()
-    p.join()
-    lat = np.asarray(res["latency"]) * 1000
-    return {"concurrency": concurrency, "requests": len(lat), "failed": res["failed"], "statuses": res["statuses"],
-            "req_s": len(lat) / res["seconds"], "p50": float(np.percentile(lat, 50)),
-            "p95": float(np.percentile(lat, 95)), "p99": float(np.percentile(lat, 99))}
+def configurations(names: tuple[str, ...]) -> list[ServeConfig]:
+    """The maskcls configurations among ``names`` (the peer is started on its own)."""
+    from ..serve.model import default_threads
+    n = max(2, cpu_count())
+    out = []
+    for name in names:
+        if name == "peer":
+            continue
+        streams, threads = (n, 1) if name.endswith("-streams") else (1, default_threads(1))
+        precision = name.split("-")[0]
+        options = ["--streams", str(streams), "--threads", str(threads)] + (["--int8"] if precision == "int8" else [])
+        label = f"maskcls {precision}, {streams} stream{'s' * (streams > 1)} x {threads} thread{'s' * (threads > 1)}"
+        out.append(ServeConfig(name, label, options, streams, threads))
+    return out
 
 
-def _get(port: int, path: str) -> tuple[int, dict]:
-    import http.client
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, json.loads(r.read() or b"{}")
-    except (OSError, ValueError):
-        return 0, {}
-    finally:
-        conn.close()
+def default_config(configs: list[ServeConfig]) -> ServeConfig | None:
+    """The fp32 configuration with ``maskcls serve``'s default streams and threads, if measured."""
+    from ..serve.model import default_streams, default_threads
+    streams = default_streams()
+    want = (streams, default_threads(streams))
+    return next((c for c in configs if c.name.startswith("fp32") and (c.streams, c.threads) == want), None)
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(run: Path, port: int, max_batch: int, max_wait_ms: float, log_path: Path, backend: str = "onnx",
-                 timeout: float = 600) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "maskcls", "serve", str(run), "--port", str(port), "--max-batch", str(max_batch),
-           "--max-wait-ms", str(max_wait_ms), "--backend", backend, "--no-access-log"]
+def ensure_int8(run: Path, log_path: Path) -> str | None:
+    """Make RUN/export/model.int8.onnx when missing; None when it is there, else why it is not."""
+    if (run / "export" / "model.int8.onnx").is_file():
+        return None
+    cmd = [sys.executable, "-m", "maskcls", "export", str(run), "--format", "onnx", "--int8"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited ({proc.returncode}); see {log_path}:\n{log_path.read_text()}")
-        if _get(port, "/readyz")[0] == 200:
-            return proc
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"the server was not ready after {timeout} s; see {log_path}")
-
-
-def rss_mb(pid: int) -> float:
-    import psutil
-    return psutil.Process(pid).memory_info().rss / 2**20
+    with open(log_path, "w") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if rc == 0 and (run / "export" / "model.int8.onnx").is_file():
+        return None
+    lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"`maskcls export --int8` exited with {rc}"
 
 
 def quick_run(workdir: Path, *, model: str | None = None, image_size: int = 128) -> Path:
@@ -157,49 +101,63 @@ def quick_run(workdir: Path, *, model: str | None = None, image_size: int = 128)
     return Path(run_training(cfg, load_prepared(workdir / "prepared"), folds=[0], run_dir=workdir / "run")["run_dir"])
 
 
-def _table(mode: str, rows: list[dict], rss: tuple[float, float], batch: float) -> list[str]:
-    lines = [f"{mode} (RSS after warm-up {rss[0]:.0f} MiB, at the end {rss[1]:.0f} MiB, "
-             f"{100 * (rss[1] / rss[0] - 1):+.1f} %; mean model batch {batch:.1f})",
-             f"  {'conc':>4} {'requests':>8} {'failed':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
-    lines += [f"  {r['concurrency']:>4} {r['requests']:>8} {r['failed']:>6} {r['req_s']:>8.1f} {r['p50']:>8.1f} "
-              f"{r['p95']:>8.1f} {r['p99']:>8.1f}" for r in rows]
-    return lines
+def measure(cmd: list[str], jpeg: bytes, requests: int, concurrency: tuple[int, ...], warmup: int,
+            log_path: Path) -> list[dict]:
+    """Start the server ``cmd``, warm it up, then one row per concurrency (with the RSS after it)."""
+    port = free_port()
+    proc = start_process([*cmd, "--port", str(port)], port, log_path)
+    try:
+        request = build_request(jpeg, "127.0.0.1", port)
+        run_client("127.0.0.1", port, request, warmup, 8)
+        start, rows = rss_mb(proc.pid), []
+        for c in concurrency:
+            row = run_client("127.0.0.1", port, request, requests, c)
+            rows.append({**row, "rss": rss_mb(proc.pid), "rss_growth": 100 * (rss_mb(proc.pid) / start - 1)})
+    finally:
+        stop_process(proc)
+    return rows
 
 
-def model_scaling(run: Path, backend: str, batch: int, seconds: float = 2.0) -> dict[int, float]:
-    """Milliseconds per image of the served model alone (the server's own predictor and settings, no HTTP,
-    no decoding) at batch 1 and ``batch``: what micro-batching can save at most."""
-    from ..serve.model import check_batch, load_model
-    served = load_model(run, folds="best", backend=backend)
-    out = {}
-    for b in (1, batch):
-        x = check_batch(served.preprocessing.image_size, n=b)
-        for _ in range(3):
-            served.predict(x)
-        n, t0 = 0, time.perf_counter()
-        while n < 5 or time.perf_counter() - t0 < seconds:
-            served.predict(x)
-            n += 1
-        out[b] = 1000 * (time.perf_counter() - t0) / (n * b)
-    return out
+HEADER = (f"  {'configuration':<46} {'conc':>4} {'requests':>8} {'failed':>6} {'req/s':>7} {'p50 ms':>7} "
+          f"{'p95 ms':>7} {'p99 ms':>7} {'class':>5} {'RSS MiB':>8} {'RSS +%':>6}")
+
+
+def table_rows(label: str, rows: list[dict]) -> list[str]:
+    return [f"  {label:<46} {r['concurrency']:>4} {r['requests']:>8} {r['failed']:>6} {r['req_s']:>7.1f} "
+            f"{r['p50']:>7.1f} {r['p95']:>7.1f} {r['p99']:>7.1f} {str(r['answer']):>5} {r['rss']:>8.0f} "
+            f"{r['rss_growth']:>+6.1f}" for r in rows]
+
+
+def _speedup(results: dict, default: ServeConfig | None, concurrency: tuple[int, ...]) -> tuple[float | None, str]:
+    c8 = 8 if 8 in concurrency else concurrency[len(concurrency) // 2]
+    if default is None or "peer" not in results or default.name not in results:
+        return None, "serve speedup vs naive server: n/a (needs the peer and maskcls' default configuration)"
+    at = {name: {r["concurrency"]: r["req_s"] for r in rows} for name, rows in results.items()}
+    ratio = at[default.name][c8] / at["peer"][c8]
+    note = "" if c8 == 8 else f"  (at concurrency {c8}: 8 was not measured)"
+    return ratio, f"serve speedup vs naive server: {ratio:.2f}{note}"
 
 
 def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurrency: tuple[int, ...] = (1, 8, 32),
-                backend: str = "onnx", warmup: int = 200, workdir: Path | None = None) -> dict:
-    """Serve ``run`` (default: a quick run of the default backbone at 128 px) in both modes and measure.
+                configs: tuple[str, ...] = CONFIGS, warmup: int = 200, workdir: Path | None = None) -> dict:
+    """Serve ``run`` (default: a quick run of the default backbone at 128 px) in each configuration and measure.
 
     Args:
         run: a run directory; None trains a small one in a temporary folder first.
-        requests: requests per mode and concurrency.
+        requests: requests per configuration and concurrency.
         concurrency: client connections sending at once.
-        backend: the server's ``--backend`` (onnx or torch).
+        configs: which of :data:`CONFIGS` to measure.
         warmup: requests at concurrency 8 before the start memory is read.
         workdir: parent of the temporary folder.
 
-    Returns ``{"modes": {mode: {"rows", "rss_mb", "mean_batch"}}, "speedup", "model_ms_per_image", "text"}``
-    (``model_ms_per_image``: the model alone at batch 1 and at the micro-batch size); ``text`` ends with
-    ``serve speedup vs one-at-a-time: X.XX`` (throughput ratio at concurrency 8).
+    Returns ``{"results": {config: rows}, "labels", "default", "speedup", "notes", "text"}``; ``text`` ends
+    with ``serve speedup vs naive server: X.XX`` (maskcls' default configuration over the peer at concurrency 8).
     """
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown or not configs or not concurrency:
+        from ..errors import ConfigError
+        raise ConfigError(f"--configs {','.join(configs)}: choose among {', '.join(CONFIGS)}; --concurrency: one or "
+                          "more numbers")
     if run is not None:
         from ..infer.loading import select_folds
         select_folds(run, "best")  # a wrong run fails here, in one line, before any server starts
@@ -207,40 +165,24 @@ def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurre
         tmp = Path(tmp)
         run = Path(run) if run else quick_run(tmp)
         jpeg = Path(make_jpegs(tmp / "photos", 1)[0]).read_bytes()
-        meta = {}
-        results, lines = {}, []
-        for mode, (max_batch, wait) in MODES.items():
-            port = _free_port()
-            proc = start_server(run, port, max_batch, wait, tmp / f"server-{max_batch}.log", backend)
-            try:
-                meta = meta or _get(port, "/v1/model")[1]
-                request = build_request(jpeg, "127.0.0.1", port)
-                run_client("127.0.0.1", port, request, warmup, 8)
-                start = rss_mb(proc.pid)
-                rows = [run_client("127.0.0.1", port, request, requests, c) for c in concurrency]
-                end = rss_mb(proc.pid)
-                stats = _get(port, "/readyz")[1]
-            finally:
-                proc.send_signal(signal.SIGINT)  # graceful shutdown
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            batch = stats.get("images", 0) / max(1, stats.get("batches", 1))
-            results[mode] = {"rows": rows, "rss_mb": (start, end), "mean_batch": batch}
-            lines += _table(mode, rows, (start, end), batch)
-        # after the servers, so nothing runs beside it
-        max_batch = MODES["micro-batched"][0]
-        scaling = model_scaling(run, backend, max_batch)
-        lines.append(f"model alone ({meta.get('backend', {}).get('name')}, the server's settings): "
-                     f"{scaling[1]:.2f} ms per image at batch 1, {scaling[max_batch]:.2f} at batch {max_batch}; "
-                     f"batching the model alone gains at most {scaling[1] / scaling[max_batch]:.2f}x")
-    by_c = {m: {r["concurrency"]: r for r in v["rows"]} for m, v in results.items()}
-    c8 = 8 if 8 in concurrency else concurrency[len(concurrency) // 2]
-    speedup = by_c["micro-batched"][c8]["req_s"] / by_c["one-at-a-time"][c8]["req_s"]
-    pp = meta.get("preprocessing", {})
-    head = (f"bench serve: {meta.get('model')} at {pp.get('image_size')} px, folds {meta.get('folds')}, "
-            f"{meta.get('backend', {}).get('name')} backend; {requests} requests per concurrency, one 384x512 JPEG "
-            f"each; {os.cpu_count()} CPUs")
-    text = "\n".join([head, *lines, f"serve speedup vs one-at-a-time: {speedup:.2f}"])
-    return {"modes": results, "speedup": speedup, "model_ms_per_image": scaling, "text": text}
+        todo, notes = configurations(configs), []
+        if any(c.name.startswith("int8") for c in todo) and (why := ensure_int8(run, tmp / "export-int8.log")):
+            todo = [c for c in todo if not c.name.startswith("int8")]
+            notes.append(f"INT8 rows skipped: no {run / 'export' / 'model.int8.onnx'} ({why})")
+        default = default_config(todo)
+        labels, results = {}, {}
+        if "peer" in configs:
+            cmd = [sys.executable, "-m", "maskcls.bench.peer_server", str(run)]
+            results["peer"] = measure(cmd, jpeg, requests, concurrency, warmup, tmp / "peer.log")
+            labels["peer"] = PEER_LABEL
+        for c in todo:
+            cmd = [sys.executable, "-m", "maskcls", "serve", str(run), "--no-access-log", *c.options]
+            results[c.name] = measure(cmd, jpeg, requests, concurrency, warmup, tmp / f"{c.name}.log")
+            labels[c.name] = c.label + (" (default)" if c is default else "")
+    speedup, last = _speedup(results, default, concurrency)
+    head = (f"bench serve: {run} ({os.path.basename(str(run))}), {requests} requests per configuration and "
+            f"concurrency, one 384x512 JPEG each; maskcls micro-batches (max 16, 10 ms); {cpu_count()} CPUs")
+    lines = [head, HEADER] + [ln for name in results for ln in table_rows(labels[name], results[name])]
+    text = "\n".join([*lines, *notes, last])
+    return {"results": results, "labels": labels, "default": default.name if default else None,
+            "speedup": speedup, "notes": notes, "text": text}

@@ -11,7 +11,7 @@ def register(subs) -> None:
              "maskcls bench workers                                # training epochs, 1 loader worker vs 2\n"
              "maskcls bench quality --seeds 2                      # real dev sets, fixed budget\n"
              "maskcls bench quality --set data.sampler=balanced    # a variant against the defaults\n"
-             "maskcls bench serve --run runs/mobilenetv2_100-1 --requests 2000\n"
+             "maskcls bench serve --run runs/mobilenetv2_100-1 --requests 2000    # vs the server a user would write\n"
              "maskcls bench time-to-f1 .cache/quality/prepared/mask3dev --timm-repo GITDIR   # vs timm's train.py\n"
              "maskcls bench predict --run runs/mobilenetv2_100-1 --images 2000   # torch vs onnx vs onnx-int8")
     s.add_argument("what", choices=["train", "loader", "stats", "faces", "memory", "workers", "quality", "serve",
@@ -29,8 +29,11 @@ def register(subs) -> None:
     v = s.add_argument_group("serve")
     v.add_argument("--run", dest="run_dir", default=None,
                    help="the run to serve (default: train a small run of the default backbone at 128 px first)")
-    v.add_argument("--requests", type=int_range(1), default=2000, help="requests per mode and concurrency")
-    v.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="the server's backend")
+    v.add_argument("--requests", type=int_range(1), default=2000, help="requests per configuration and concurrency")
+    v.add_argument("--configs", default="peer,fp32,fp32-streams,int8,int8-streams",
+                   help="servers to measure: peer (FastAPI + PyTorch eager), fp32, fp32-streams, int8, int8-streams")
+    v.add_argument("--concurrency", default="1,8,32", help="client connections sending at once, comma-separated")
+    v.add_argument("--warmup", type=int_range(0), default=200, help="requests before the measured ones")
     t = s.add_argument_group("time-to-f1 (maskcls' config: -c/--set, then these)")
     t.add_argument("--timm-repo", help="git directory of a copy of huggingface/pytorch-image-models")
     t.add_argument("--fold", type=int_range(0), default=0)
@@ -66,7 +69,8 @@ def cmd_bench(args) -> int:
         r = bench_faces(**kw)
     elif args.what == "serve":
         from ..bench.serve import bench_serve
-        r = bench_serve(run=args.run_dir, requests=args.requests, backend=args.backend)
+        r = bench_serve(run=args.run_dir, requests=args.requests, configs=tuple(args.configs.split(",")),
+                        concurrency=_ints(args.concurrency, "--concurrency"), warmup=args.warmup)
     elif args.what == "predict":
         from ..bench.predict import bench_predict
         r = bench_predict(run=args.run_dir, **kw)
@@ -81,6 +85,17 @@ def cmd_bench(args) -> int:
         r = bench_memory(workers=args.workers, **kw)
     print(r["text"])
     return 0
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    from ..errors import ConfigError
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} {text!r}: give positive whole numbers separated by commas, e.g. 1,8,32")
+    return values
 
 
 def _bench_quality(args) -> int:
