@@ -122,6 +122,24 @@ def test_running_trials_are_failed_only_when_their_worker_is_gone(tmp_path):
     assert states == {"live": TrialState.RUNNING, "dead": TrialState.FAIL, "remote": TrialState.FAIL}
 
 
+def test_a_seeded_rerun_draws_new_points_and_repeats_itself(tmp_path):
+    """Rerunning a seeded study (after Ctrl-C, or in chunks with --worker-trials) must not replay the first
+    run's random draws: trial 1 of a rerun differs from trial 0, and the same reruns give the same points."""
+    from maskcls.tune.study import open_study
+    params = load_space(_space(tmp_path))
+
+    def chunked(where: Path) -> list[dict]:
+        for _ in range(2):  # two processes' worth: each opens the study anew and runs one trial
+            study, _ = open_study(params, TuneSettings(where, trials=12, seed=7), steps=1)
+            trial = study.ask()
+            study.tell(trial, float(sum(abs(p.suggest(trial)) for p in params)))
+        return [t.params for t in study.trials]
+
+    first, again = chunked(tmp_path / "a"), chunked(tmp_path / "b")
+    assert first[0] != first[1]
+    assert first == again
+
+
 def test_storage_urls_and_redaction(tmp_path):
     from maskcls.tune.storage import redact, storage_url
     assert storage_url(None, tmp_path) == f"sqlite:///{(tmp_path / 'study.db').resolve()}"

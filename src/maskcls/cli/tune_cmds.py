@@ -29,6 +29,8 @@ def register(subs) -> None:
     s.add_argument("--folds", default="0", help="folds each trial trains; the objective is their mean best F1 "
                    "(default 0)")
     s.add_argument("--timeout", type=float_range(1), help="seconds after which this worker starts no new trial")
+    s.add_argument("--worker-trials", type=int_range(1), help="this worker runs at most K trials, then exits "
+                   "(rerun to go on; the study still stops at --trials)")
     s.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe")
     s.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
     s.add_argument("--seed", type=int_range(0), help="the sampler's seed (one worker: a repeatable search)")
@@ -84,6 +86,7 @@ def cmd_tune(args) -> int:
     folds = parse_folds(args.folds, prep.num_folds)
     settings = TuneSettings(args.study_dir, args.trials, folds=folds, storage=args.storage, study_name=args.study,
                             timeout=args.timeout, sampler=args.sampler, pruner=args.pruner, seed=args.seed,
+                            worker_trials=args.worker_trials,
                             heartbeat=args.heartbeat)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead of Optuna's
     on_trial = lambda study, trial: print(trial_line(study, trial, args.trials), flush=True)  # noqa: E731

@@ -49,6 +49,7 @@ class TuneSettings:
     pruner: str | BasePruner = "median"
     seed: int | None = None             # the sampler's seed (leave unset with several workers)
     heartbeat: int = 30                 # seconds between a database worker's heartbeats
+    worker_trials: int | None = None    # this worker runs at most this many trials (None: until the study has N)
 
     def name(self) -> str:
         return self.study_name or Path(self.study_dir).resolve().name
@@ -115,6 +116,11 @@ def open_study(params: list[Param], settings: TuneSettings, *,
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ConfigError(f"study {study.study_name!r} in {redact(url)} minimises; it was not made by maskcls tune")
     _check_same_search(study, params, settings.folds, redact(url))
+    if settings.seed is not None and study.trials and not isinstance(settings.sampler, BaseSampler):
+        # A rerun (or a later chunk) of a seeded study must not replay the first run's random draws: the
+        # seed moves on by the trials the study already has, so the search stays repeatable and new.
+        study.sampler = make_sampler(settings.sampler, params, trials=settings.trials,
+                                     seed=settings.seed + len(study.trials))
     return study, storage
 
 
@@ -165,7 +171,7 @@ def run_study(cfg: Config, prep: Prepared, params: list[Param], settings: TuneSe
 
     try:
         if finished(study) < settings.trials:
-            study.optimize(objective, timeout=settings.timeout, gc_after_trial=True,
+            study.optimize(objective, n_trials=settings.worker_trials, timeout=settings.timeout, gc_after_trial=True,
                            callbacks=[MaxTrialsCallback(settings.trials, states=FINISHED), after_trial])
         else:
             log.info("study %s already has %d finished trials; nothing to do", study.study_name, finished(study))
