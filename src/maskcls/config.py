@@ -23,6 +23,9 @@ def _f(default, help: str, **limits):
 class DataConfig:
     image_size: Optional[int] = _f(None, "Network input side in px; null = the model's pretrained size "
                                    "(224 for mobilenetv2_100).", min=16, max=2048)
+    progressive: float = _f(1.0, "Progressive resizing: the first epoch trains at this fraction of image_size, "
+                            "growing linearly to the full size at the last epoch (sides rounded to 8 px); "
+                            "validation is always at full size. 1.0 = off.", min=0.25, max=1.0)
     preset: Literal["fast", "reference_fast", "reference"] = _f(
         "fast", "Augmentation preset: 'fast' = uint8 crop/flip/jitter (default); 'reference' = the "
         "reference recipe's PIL transforms (CenterCrop 380, hflip, one-of ColorJitter); "

@@ -25,7 +25,7 @@ from ..task import Task
 from .accel import seed_everything
 from .checkpoint import FoldCheckpoints, Trainable
 from .fold_data import TrainingAges, fold_data
-from .loop import EpochSetup, TrainingDiverged, evaluate, steps_per_epoch, train_one_epoch
+from .loop import EpochSetup, TrainingDiverged, evaluate, progressive_size, steps_per_epoch, train_one_epoch
 from .losses import build_loss
 from .metrics import EpochMetrics
 from .mixing import make_mixer
@@ -183,9 +183,12 @@ class FoldTrainer:
     def _epoch(self, epoch: int) -> tuple[EpochMetrics, EpochMetrics, np.ndarray]:
         t = self.ctx.cfg.train
         set_epoch(self.data.train_loader, epoch)
+        self.setup.train_size = progressive_size(self.ctx.pp.image_size, self.ctx.cfg.data.progressive, epoch,
+                                                 t.epochs)
         where = f"fold {self.fold} epoch {epoch + 1}/{t.epochs}"
+        at = f" at {self.setup.train_size}px" if self.setup.train_size != self.ctx.pp.image_size else ""
         tm = train_one_epoch(self.setup, self.data.train_loader, epoch=epoch, lr_log=self.state.lrs,
-                             desc=f"{where} train")
+                             desc=f"{where} train{at}")
         vm, probs = evaluate(self.setup, self.data.valid_loader, self.data.valid_rows["label"].to_numpy(),
                              desc=f"{where} valid")
         return tm, vm, probs

@@ -49,6 +49,7 @@ class EpochSetup:
     max_batches: int = 0
     mixer: object | None = None
     ema: object | None = None
+    train_size: int = 0  # progressive resizing: this epoch's training side in px (0 = as loaded)
 
     @property
     def validated(self) -> torch.nn.Module:
@@ -61,6 +62,22 @@ class EpochSetup:
 
 def _to_device(x: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def progressive_size(full: int, start: float, epoch: int, epochs: int) -> int:
+    """Training side at ``epoch`` (0-based): ``start`` × ``full`` at the first epoch, growing linearly to
+    ``full`` at the last (fast.ai's and FFCV's progressive resizing), rounded to 8 px."""
+    if start >= 1.0 or epochs <= 1:
+        return full
+    scale = start + (1.0 - start) * min(epoch, epochs - 1) / (epochs - 1)
+    return min(full, max(8, int(round(full * scale / 8)) * 8))
+
+
+def _resize(x: torch.Tensor, size: int, channels_last: bool) -> torch.Tensor:
+    """A uint8 batch scaled down to ``size`` (antialiased bilinear, as 0–255 floats: the model normalises)."""
+    x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
+                                        align_corners=False)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -89,6 +106,8 @@ def train_step(s: EpochSetup, x: torch.Tensor, y: torch.Tensor, *, sync: bool, w
     """
     acc = s.accelerator
     x, y = _to_device(x, acc.device, s.channels_last), y.to(acc.device)
+    if s.train_size and x.shape[-1] != s.train_size:
+        x = _resize(x, s.train_size, s.channels_last)
     x, target = mix_batch(s.mixer, x, y)
     # DDP must skip the gradient all-reduce on every micro-batch but the window's last
     with acc.no_sync(s.model) if not sync else contextlib.nullcontext():
