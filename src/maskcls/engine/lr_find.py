@@ -138,7 +138,7 @@ def sweep(s: EpochSetup, loader, lrs: np.ndarray, *, smoother: Smoother | None =
             out.losses.append(loss)
             out.smoothed.append(smoothed)
         bar.update(1, lr=f"{lr:.2e}", loss=f"{loss:.4f}")
-        if stop:
+        if stop and k < len(lrs) - 1:  # at the last step it ends anyway
             out.stopped = f"{stop} at step {k + 1} (lr {lr:.2e})"
             break
     bar.close()
@@ -151,11 +151,12 @@ def suggest(lrs, smoothed, *, skip: float = 0.1) -> dict:
     """Read the curve with two rules and choose one.
 
     ``steepest``: the lr where the smoothed loss falls fastest against log(lr), among the points before its
-    minimum, after the first ``skip`` share of steps (their EMA has seen few losses: noise). ``min_over_10``:
-    the lr of the smoothed loss's minimum, divided by 10 — the minimum already sits at the edge of
-    divergence (and the EMA's lag places it late), a decade below is the fastest lr that still trains
-    steadily. The suggestion is min/10: on a curve of ~100 noisy steps the steepest point jumps with
-    the noise, while the minimum's decade is stable; steepest is the fallback when the loss never fell.
+    minimum (the minimum itself excluded), after the first ``skip`` share of steps (their EMA has seen few
+    losses: noise). ``min_over_10``: the lr of the smoothed loss's minimum, divided by 10 — the minimum
+    already sits at the edge of divergence (and the EMA's lag places it late), a decade below is the
+    fastest lr that still trains steadily. The suggestion is min/10: on a curve of ~100 noisy steps the
+    steepest point jumps with the noise, while the minimum's decade is stable; steepest is the fallback
+    when the loss never fell.
     """
     lrs, sm = np.asarray(lrs, float), np.asarray(smoothed, float)
     if len(lrs) < 2:
@@ -163,9 +164,9 @@ def suggest(lrs, smoothed, *, skip: float = 0.1) -> dict:
     i_min = int(np.argmin(sm))
     lo = max(1, int(round(skip * len(lrs))))
     steepest = None
-    if i_min - lo >= 1:
-        grad = np.gradient(sm[lo:i_min + 1], np.log10(lrs[lo:i_min + 1]))
-        steepest = float(lrs[lo + int(np.argmin(grad))])
+    if i_min > lo:  # central differences over the whole curve (a one-sided end point would favour the minimum)
+        grad = np.gradient(sm, np.log10(lrs))
+        steepest = float(lrs[lo + int(np.argmin(grad[lo:i_min]))])
     min_over_10 = float(lrs[i_min] / 10)
     if i_min > 0 and min_over_10 >= lrs[0]:
         chosen, why = min_over_10, ("min/10: a decade below where the loss stops falling; the minimum's decade "
@@ -195,8 +196,9 @@ def plot_sweep(path: Path, sw: Sweep, sug: dict, *, default_lr: float | None = N
         chosen = lr == sug["suggested"] and name != "config optim.lr"
         ax.axvline(lr, color=color, ls="-" if chosen else "--", lw=2.2 if chosen else 1.2,
                    label=f"{name} {lr:.2g}{'  (suggested)' if chosen else ''}")
-    low, first = min(min(sw.losses), min(sw.smoothed)), sw.smoothed[0]
-    ax.set_ylim(low - 0.05 * abs(low), max(first, DIVERGENCE * min(sw.smoothed)) * 1.05)
+    # up to 1.5x the starting loss: the descent stays readable, the divergence runs off the top
+    low, top = min(min(sw.losses), min(sw.smoothed)), 1.5 * max(sw.smoothed[0], min(sw.smoothed))
+    ax.set_ylim(low - 0.05 * abs(low), min(top, max(max(sw.losses), max(sw.smoothed))) + 0.05 * abs(low))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (backbone; other groups keep their ratio)")
     ax.set_ylabel("training loss")
