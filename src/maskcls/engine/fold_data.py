@@ -107,6 +107,11 @@ def fold_rows(prep: Prepared, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return fit[fit["fold"] != fold], tr[tr["fold"] == fold]
 
 
+def _some_classes(task: Task) -> str:
+    """The task's first class names, for messages."""
+    return ", ".join(task.class_names[:4]) + ("…" if task.num_classes > 4 else "")
+
+
 def training_labels(rows: pd.DataFrame, task: Task, old_age: int | None) -> np.ndarray:
     """The targets training sees: the rows' labels, or with ``old_age`` the age group re-drawn at
     that threshold from the raw ages (validation always keeps the dataset's labels)."""
@@ -115,7 +120,7 @@ def training_labels(rows: pd.DataFrame, task: Task, old_age: int | None) -> np.n
         return labels
     if task.attribute("age") is None:
         raise ConfigError(f"train.old_age={old_age} needs an age attribute; this task's classes are "
-                          f"{', '.join(task.class_names[:4])}…: remove train.old_age")
+                          f"{_some_classes(task)}: remove train.old_age")
     years = rows["age_years"].to_numpy(np.int64)
     if (years < 0).any():
         raise ConfigError(f"train.old_age={old_age} needs the raw ages, but {int((years < 0).sum())} training "
@@ -159,7 +164,7 @@ class TrainingAges:
         key = "train.drop_ages" if self.drop else "train.drop_age_margin"
         if task.attribute("age") is None:
             raise ConfigError(f"{key} needs raw ages in years, but this task has no age attribute (classes "
-                              f"{', '.join(task.class_names[:4])}…): remove {key} (prepare a CSV with an `age` "
+                              f"{_some_classes(task)}): remove {key} (prepare a CSV with an `age` "
                               "column in years, or the competition layout, to use it)")
         years = rows["age_years"].to_numpy(np.int64)
         labelled = (rows["split"] == "train").to_numpy()

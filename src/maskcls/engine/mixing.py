@@ -88,7 +88,8 @@ def _vertical(cfg: DataConfig, num_classes: int, task: Task | None) -> VerticalC
     group_of = None
     if cfg.vcutmix_same_mask:
         if task is None or task.attribute("mask") is None:
-            names = ", ".join(task.class_names[:4]) + "…" if task is not None else "unknown"
+            names = "unknown" if task is None else (", ".join(task.class_names[:4])
+                                                    + ("…" if task.num_classes > 4 else ""))
             raise ConfigError(f"data.vcutmix_same_mask=true needs a mask attribute, but this task has none (classes "
                               f"{names}): set data.vcutmix_same_mask=false")
         group_of = np.asarray(task.split(np.arange(task.num_classes))["mask"])
