@@ -204,6 +204,53 @@ def ab_steps(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
     return "\n".join(lines)
 
 
+def compile_ab(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
+    """Eager against ``torch.compile`` (inductor) training steps of the default model on random uint8 images,
+    interleaved step by step, under train.deterministic as maskcls sets it (NaN fill off). The compiled side's
+    first forward+backward (the compile, on this machine's cores) is timed apart, with the steps it takes the
+    compiled model to earn it back."""
+    import copy
+    import statistics
+    import time
+
+    from maskcls.models.factory import build_model
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    eager, _ = build_model(cfg.model.name, num_outputs=18, pretrained="none", image_size=cfg.data.image_size)
+    eager = eager.to(memory_format=torch.channels_last).train()
+    models = {"eager": eager, "compiled": torch.compile(copy.deepcopy(eager))}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    size = cfg.data.image_size
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 18, (batch,))
+    times: dict = {k: [] for k in models}
+    first: dict = {}
+    for r in range(rounds + 2):  # rounds 0-1 warm up (the compile happens in round 0)
+        for k in (list(models) if r % 2 else list(models)[::-1]):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = torch.nn.functional.cross_entropy(models[k](x).float(), y)
+            loss.backward()
+            opts[k].step()
+            opts[k].zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            if r == 0:
+                first[k] = dt
+            elif r > 1:
+                times[k].append(dt)
+    med = {k: statistics.median(t) for k, t in times.items()}
+    gain = med["eager"] - med["compiled"]
+    lines = [f"## torch.compile A/B, precision {precision}: {rounds} interleaved steps each, batch {batch}, "
+             f"{size} px, median ms/step"]
+    for k, m in med.items():
+        lines.append(f"  {k:<9} {1e3 * m:7.1f} ms  {batch / m:6.1f} img/s  x{med['eager'] / m:.2f}   "
+                     f"first step {first[k]:.1f} s")
+    cost = first["compiled"] - first["eager"]
+    lines.append(f"  compile cost {cost:.1f} s; " + (f"earned back after {cost / gain:.0f} steps" if gain > 0
+                                                      else "never earned back (compiled is not faster)"))
+    return "\n".join(lines)
+
+
 def patch_adamw(impl: str) -> None:
     """torch.optim.AdamW with ``foreach=True`` or ``fused=True`` for every optimizer built after this
     (maskcls' build_optimizer looks the class up on torch.optim at call time); a measurement, not a change."""
@@ -235,6 +282,8 @@ def main() -> int:
                     help="instead of the profile: this many interleaved steps per variant of fill/AdamW (ab_steps)")
     ap.add_argument("--adamw", choices=["default", "foreach", "fused"], default="default",
                     help="AdamW's implementation (default: torch's choice, a per-tensor loop on CPU)")
+    ap.add_argument("--compile-rounds", type=int, default=0,
+                    help="instead of the profile: eager vs torch.compile, this many interleaved steps (compile_ab)")
     a = ap.parse_args()
     torch.utils.deterministic.fill_uninitialized_memory = a.fill_uninitialized == "on"
     if a.adamw != "default":
@@ -246,6 +295,9 @@ def main() -> int:
              f"fill_uninitialized_memory {a.fill_uninitialized}, AdamW {a.adamw}", cpu_summary()]
     with tempfile.TemporaryDirectory() as tmp:
         for p in a.precision or ["no", "bf16"]:
+            if a.compile_rounds:
+                parts.append(compile_ab(cfg, p, batch=a.batch, rounds=a.compile_rounds))
+                continue
             if a.ab_rounds:
                 parts.append(ab_steps(cfg, p, batch=a.batch, rounds=a.ab_rounds))
                 continue
