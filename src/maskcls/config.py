@@ -112,6 +112,15 @@ class TrainConfig:
                    "validated and saved in best.pt.")
     ema_decay: float = _f(0.9998, "EMA decay ceiling; the decay warms up from 0 (1 - (1 + step)^-0.75), so short "
                           "runs average over their last few dozen steps.", min=0.0, max=1.0)
+    average: Literal["none", "last", "top"] = _f(
+        "none", "Weight averaging at the end of a fold: the mean of the validated weights of the last "
+        "train.average_k epochs, or of the train.average_k epochs with the best validation macro F1 (BatchNorm "
+        "statistics averaged too); it is validated and written to foldN/avg.pt. none = off.")
+    average_k: int = _f(3, "Epochs that train.average averages.", min=2, max=1000)
+    average_use: Literal["better", "always", "never"] = _f(
+        "better", "When the averaged model becomes the fold's model (best.pt and oof.csv, what predict, export and "
+        "serve load; the best epoch's is kept as best_epoch.pt): when its validation macro F1 is at least the best "
+        "epoch's, always, or never (avg.pt only).")
 
 
 @dataclass
@@ -136,6 +145,19 @@ class SchedConfig:
     T_mult: int = _f(1, "cosine_restarts: period multiplier after each restart.", min=1)
     max_lr: float = _f(1e-3, "onecycle: peak learning rate (reference: 1e-3).", min=0.0)
     min_lr: float = _f(1e-6, "Floor of the cosine schedules.", min=0.0)
+
+
+@dataclass
+class DistillConfig:
+    teachers: list[str] = _f([], "Teacher run directories (`maskcls distill --teacher RUN`): the student of fold f "
+                             "learns the averaged probabilities of their fold-f models on its training images. "
+                             "[] = ordinary training.")
+    tta: Literal["none", "hflip"] = _f("none", "Teachers' test-time augmentation.")
+    alpha: float = _f(0.0, "Weight of the hard-label loss (the config's loss on the labels); 1 - alpha weighs the "
+                      "soft cross-entropy (KL) against the teachers' probabilities.",
+                      min=0.0, max=1.0)
+    temperature: float = _f(1.0, "Softmax temperature of teachers and student in the soft loss (which is scaled by "
+                            "T squared, Hinton et al.).", min=0.1, max=20.0)
 
 
 @dataclass
@@ -196,6 +218,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:

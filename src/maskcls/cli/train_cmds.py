@@ -43,6 +43,24 @@ def register(subs) -> None:
     add_config_args(s)
     s.set_defaults(handler=cmd_config)
 
+    s = sub(subs, "distill", "train a student on the averaged probabilities of teacher runs (one model's cost)",
+             "maskcls distill prepared --teacher runs/a-1 --teacher runs/a-2 --tta hflip --folds 0\n"
+             "maskcls distill prepared --teacher runs/a-1 --set distill.alpha=0.5 --set distill.temperature=2")
+    s.add_argument("dir", help="prepared directory the teachers trained on (the same folds)")
+    s.add_argument("--teacher", action="append", required=True, metavar="RUN",
+                   help="a teacher run directory (repeatable; the student of fold f learns their fold-f models)")
+    s.add_argument("--tta", choices=("none", "hflip"), help="teachers' test-time augmentation (distill.tta)")
+    add_config_args(s)
+    s.add_argument("--folds", default="all", help="'all', one fold '0', or a list '0,2'")
+    s.add_argument("--run-dir", help="new run directory (default runs/<name>-<n>)")
+    s.set_defaults(handler=cmd_distill)
+
+    s = sub(subs, "soup", "greedy soup of runs of one config (different seeds): one model, averaged weights",
+             "maskcls soup runs/a-1 runs/a-2 runs/a-3 --out runs/a-soup")
+    s.add_argument("runs", nargs="+", help="run directories of one config that differ only in train.seed")
+    s.add_argument("--out", required=True, help="new run directory for the soup")
+    s.set_defaults(handler=cmd_soup)
+
     s = sub(subs, "models", "list timm architectures (* = offline pretrained weights available)",
              "maskcls models 'eff*'\nmaskcls models --offline")
     s.add_argument("pattern", nargs="?", default="*")
@@ -67,6 +85,10 @@ def format_summary(s: dict) -> str:
         if r.get("best_f1") is not None:
             lines.append(f"fold {f}: best val macro F1 {r['best_f1']:.4f} (acc {r['best_acc']:.4f}, epoch "
                          f"{r['best_epoch']}, {r['status']})")
+        if a := r.get("average"):
+            lines.append(f"fold {f}: {a['kind']} {len(a['epochs'])} epochs averaged (epochs "
+                         f"{','.join(map(str, a['epochs']))}): val macro F1 {a['f1']:.4f}"
+                         f"{' (the fold model now)' if a['used'] else ' (avg.pt only)'}")
     if s.get("oof_f1") is not None:
         lines.append(f"out-of-fold macro F1: {s['oof_f1']:.4f}")
     if s.get("head_f1"):
@@ -141,6 +163,35 @@ def cmd_config(args) -> int:
         sys.stdout.write(config_table())
     else:
         sys.stdout.write(dump_yaml(load_config(args.config, args.overrides)))
+    return 0
+
+
+def cmd_distill(args) -> int:
+    import json
+
+    from ..config_io import load_config
+    from ..engine.run import run_training
+    from ..prep.prepared import load_prepared
+    overrides = [*args.overrides, "distill.teachers=" + json.dumps([str(Path(t).resolve()) for t in args.teacher])]
+    if args.tta:
+        overrides.append(f"distill.tta={args.tta}")
+    cfg = load_config(args.config, overrides)
+    prep = load_prepared(args.dir)
+    report = write_report_safely if cfg.run.report else None
+    s = run_training(cfg, prep, folds=parse_folds(args.folds, prep.num_folds), run_dir=args.run_dir,
+                     on_summary=report)
+    if s["is_main"]:
+        print(format_summary(s))
+    return 0
+
+
+def cmd_soup(args) -> int:
+    from ..infer.soup import make_soup
+    s = make_soup(args.runs, args.out)
+    for f, r in s["folds"].items():
+        print(f"fold {f}: {r['soup']['kept']} of {r['soup']['of']} runs in the soup, val macro F1 {r['best_f1']:.4f} "
+              f"(best run alone {r['soup']['best_ingredient_f1']:.4f})")
+    print(f"soup: {s['run_dir']} (predict, export and serve it like a run)")
     return 0
 
 

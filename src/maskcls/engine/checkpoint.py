@@ -102,7 +102,7 @@ class FoldCheckpoints:
     Both are plain dicts: ``model`` (state dict), ``epoch``, ``metric`` (best validation macro F1 so far /
     this epoch's), ``config`` (the resolved config as a dict) and ``meta`` (what prediction needs to rebuild
     and feed the model); last.pt adds ``optimizer``, ``scheduler``, ``scaler``, ``state`` (the fold's
-    progress), ``rng`` and, with EMA, ``ema``.
+    progress), ``rng``, with EMA ``ema`` and with weight averaging ``average`` (the averager's state).
     """
 
     def __init__(self, fold_dir: Path, *, config: dict, meta: dict | None = None):
@@ -128,6 +128,8 @@ class FoldCheckpoints:
               "config": self.config, "meta": self.meta}
         if t.ema is not None:
             ck["ema"] = weights_of(t.ema.module)
+        if t.averager is not None:
+            ck["average"] = t.averager.state_dict()
         save_checkpoint(ck, self.last, keep_previous=rotate)
 
     def save_best(self, model, *, epoch: int, metric: float, with_it: Callable[[], None] | None = None) -> None:
@@ -151,6 +153,8 @@ class FoldCheckpoints:
             t.scaler.load_state_dict(ck["scaler"])
         if t.ema is not None:
             t.ema.module.load_state_dict(ck["ema"])
+        if t.averager is not None and ck.get("average"):
+            t.averager.load_state_dict(ck["average"])
         set_rng_state(ck["rng"])
         return ck["state"]
 
@@ -163,6 +167,7 @@ class Trainable:
     scheduler: object
     scaler: object | None = None
     ema: object | None = None
+    averager: object | None = None  # train.average's LastK / TopK (engine/averaging.py)
 
 
 def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from ..models.factory import build_model, unwrap_model
 from ..prep.prepared import Prepared
 from ..task import Task
 from .accel import seed_everything
+from .averaging import finish_average, make_averager
 from .checkpoint import FoldCheckpoints, Trainable
 from .fold_data import TrainingAges, fold_data
 from .loop import EpochSetup, TrainingDiverged, evaluate, progressive_size, steps_per_epoch, train_one_epoch
@@ -60,6 +61,7 @@ class FoldState:
     history: list[dict] = field(default_factory=list)  # metrics.csv rows
     lrs: list[float] = field(default_factory=list)     # lr after every optimizer step
     status: str = "running"     # running | done | stopped | diverged
+    average: dict | None = None  # train.average's result (averaging.finish_average), once computed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,7 +83,8 @@ class FoldState:
     def result(self) -> dict:
         """The fold's entry in summary.json."""
         return {"best_f1": self.best_f1, "best_acc": self.best_acc, "best_epoch": self.best_epoch + 1,
-                "epochs_run": self.epoch, "status": self.status}
+                "epochs_run": self.epoch, "status": self.status,
+                **({"average": self.average} if self.average else {})}
 
 
 def epoch_line(fold: int, epoch: int, epochs: int, tm: EpochMetrics, vm: EpochMetrics, lr: float, best: bool) -> str:
@@ -137,6 +140,10 @@ class FoldTrainer:
                                 max_batches=t.max_train_batches,
                                 mixer=make_mixer(cfg.data, num_classes=task.num_classes, task=task),
                                 ema=make_ema(unwrap_model(model), t) if t.ema else None)
+        self.averager = make_averager(t, self.dir)
+        if cfg.distill.teachers:  # the criterion learns from the teachers' probabilities of the training rows
+            from .distill import attach_teachers
+            attach_teachers(self)
         self.checkpoints = FoldCheckpoints(self.dir, config=cfg.to_dict())
         self.state = FoldState()
         self.weights = info.weights
@@ -144,7 +151,8 @@ class FoldTrainer:
     @property
     def _trainable(self) -> Trainable:
         s = self.setup
-        return Trainable(s.model, s.optimizer, s.scheduler, scaler=self.ctx.acc.scaler, ema=s.ema)
+        return Trainable(s.model, s.optimizer, s.scheduler, scaler=self.ctx.acc.scaler, ema=s.ema,
+                         averager=self.averager)
 
     # ------------------------------------------------------------------ state on disk
     def _resume(self) -> None:
@@ -170,6 +178,8 @@ class FoldTrainer:
         best = self.state.record(row, vm.f1, vm.acc)
         if not acc.is_main_process:
             return
+        if self.averager is not None:  # before last.pt, which records what it holds
+            self.averager.after_epoch(self.setup.validated, epoch + 1, vm.f1)
         if best:  # best.pt and oof.csv of this epoch, then last.pt: the commit point
             rows = self.data.valid_rows
             self.checkpoints.save_best(self.setup.validated, epoch=epoch + 1, metric=vm.f1, with_it=lambda: write_oof(
@@ -219,8 +229,12 @@ class FoldTrainer:
                     break
             else:
                 self.state.status = "done"
+            if self.averager is not None and self.state.status in ("done", "stopped") and not self.state.average:
+                self.state.average = finish_average(self)
             if acc.is_main_process:  # the same state with its final status; last.prev.pt stays the epoch before
                 self.checkpoints.save_last(self._trainable, self.state.to_dict(), rotate=False)
+                if self.averager is not None and self.state.average:
+                    self.averager.cleanup()
         finally:
             self.ctx.trackers.end_fold(self.fold)
         acc.wait_for_everyone()

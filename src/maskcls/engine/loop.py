@@ -35,6 +35,7 @@ class EpochSetup:
     ``max_batches``: stop each training epoch after this many batches (0 = all).
     ``mixer``: MixUp/CutMix (:mod:`.mixing`); the criterion then sees soft targets.
     ``ema``: a timm ModelEmaV3 updated after every optimizer step; it is what gets validated.
+    ``soft_targets``: distillation (:mod:`.distill`): (labels, row positions) → what the criterion gets.
     """
     model: torch.nn.Module
     criterion: torch.nn.Module
@@ -49,6 +50,7 @@ class EpochSetup:
     max_batches: int = 0
     mixer: object | None = None
     ema: object | None = None
+    soft_targets: object | None = None
     train_size: int = 0  # progressive resizing: this epoch's training side in px (0 = as loaded)
 
     @property
@@ -96,7 +98,8 @@ def _optimizer_step(s: EpochSetup, lr_log: list | None) -> None:
 
 
 def train_step(s: EpochSetup, x: torch.Tensor, y: torch.Tensor, *, sync: bool, window: int,
-               lr_log: list | None = None, where: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               lr_log: list | None = None, where: str = "",
+               idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One micro-batch: forward, loss, backward scaled by 1/``window`` (its accumulation window's length),
     then the optimizer step when ``sync`` (the window's last batch). Returns (labels on the device, logits,
     loss); ``maskcls lr-find`` drives it too.
@@ -109,6 +112,8 @@ def train_step(s: EpochSetup, x: torch.Tensor, y: torch.Tensor, *, sync: bool, w
     if s.train_size and x.shape[-1] != s.train_size:
         x = _resize(x, s.train_size, s.channels_last)
     x, target = mix_batch(s.mixer, x, y)
+    if s.soft_targets is not None:  # ``idx``: the batch's row positions in the training set
+        target = s.soft_targets(y, idx)
     # DDP must skip the gradient all-reduce on every micro-batch but the window's last
     with acc.no_sync(s.model) if not sync else contextlib.nullcontext():
         with acc.autocast():
@@ -137,14 +142,14 @@ def train_one_epoch(s: EpochSetup, loader, *, epoch: int, lr_log: list | None = 
     bar = progress(total=n_batches, desc=desc or f"epoch {epoch + 1} train", unit="batch",
                    enabled=acc.is_main_process)
     s.optimizer.zero_grad(set_to_none=True)
-    for i, (x, y, _) in enumerate(loader):
+    for i, (x, y, idx) in enumerate(loader):
         if i >= n_batches:
             break
         window_start = (i // s.accum_steps) * s.accum_steps
         window = min(s.accum_steps, n_batches - window_start)
         sync = (i + 1 - window_start) == window
         y, logits, loss = train_step(s, x, y, sync=sync, window=window, lr_log=lr_log,
-                                     where=f"epoch {epoch + 1}, batch {i + 1}")
+                                     where=f"epoch {epoch + 1}, batch {i + 1}", idx=idx)
         pred = logits.detach().float()
         pred = probabilities(pred, s.task, s.heads).argmax(1) if s.heads == "multi" else pred.argmax(1)
         cm += confusion(y.cpu().numpy(), pred.cpu().numpy(), k)

@@ -1,0 +1,174 @@
+"""Distillation (``maskcls distill``, ``distill.teachers``): a student learns the averaged class probabilities
+of teacher runs instead of (or beside) the labels.
+
+For the student of fold f the teachers are the fold-f models of the teacher runs. Those must come from the same
+split — checked: their fold-f validation images are the student's — so they never saw the images the student is
+validated on, and the student's validation F1 stays honest. Their probabilities of the student's training rows
+(each teacher with its own preprocessing, optionally with flip TTA; equal weights over runs and views) are
+computed in fp32 when the fold starts, again on resume (the same numbers).
+
+The probabilities are the K-class joint that :func:`~maskcls.models.heads.probabilities` gives for single and
+multi heads alike (a multi-head teacher's is the product of its heads'); a multi-head student's loss takes each
+attribute's marginal of it (:class:`~.losses.MultiHeadLoss`), which is the product distribution closest in KL to
+the joint, so a teacher ensemble's correlations between attributes are not lost by anything the student could
+represent.
+
+The loss: ``alpha · L(z, labels) + (1 − alpha) · T² · CE(z / T, p_T)``: L is the config's loss, CE the soft
+cross-entropy (per head for a multi-head student, with loss.head_weights) against the teachers' probabilities
+p_T at temperature T, i.e. KL(p_T ‖ student) plus a constant; no class weights and no label smoothing there, since
+the teachers' probabilities already carry their own loss's. Validation loss is L alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..config import Config
+from ..config_io import config_from_dict
+from ..data.loader import build_loader
+from ..data.preprocessing import Preprocessing
+from ..errors import CheckpointError, ConfigError
+from ..models.factory import build_model
+from ..models.heads import probabilities
+from ..prep.prepared import Prepared
+from ..progress import track
+from ..task import Task
+from .checkpoint import load_checkpoint
+from .fold_data import make_dataset, resolve_loader
+from .losses import build_loss
+from .rundir import fold_dir, read_oof_file, read_run_info
+
+if TYPE_CHECKING:
+    from .fold import FoldTrainer
+
+log = logging.getLogger(__name__)
+
+
+class DistillLoss(nn.Module):
+    """``alpha`` · ``hard``(logits, labels) + (1 − ``alpha``) · T² · ``soft``(logits / T, teacher probabilities).
+
+    The target is ``(labels, probabilities)`` in training (what :func:`attach_teachers` feeds the loop) and the
+    labels alone in validation, where the loss is ``hard``'s.
+    """
+
+    def __init__(self, hard: nn.Module, soft: nn.Module, *, alpha: float, temperature: float):
+        super().__init__()
+        self.hard, self.soft, self.alpha, self.t = hard, soft, float(alpha), float(temperature)
+
+    def forward(self, logits: torch.Tensor, target) -> torch.Tensor:
+        if not isinstance(target, tuple):
+            return self.hard(logits, target)
+        labels, teacher = target
+        loss = (1 - self.alpha) * self.t ** 2 * self.soft(logits / self.t, teacher)
+        if self.alpha > 0:
+            loss = loss + self.alpha * self.hard(logits, labels)
+        return loss
+
+
+def _same_task(a: Task, b: Task) -> bool:
+    return list(a.class_names) == list(b.class_names) and [x.name for x in a.attributes] == [
+        x.name for x in b.attributes]
+
+
+def teacher_checkpoint(run: str | Path, fold: int, *, valid_ids: pd.Series, task: Task) -> Path:
+    """The fold-``fold`` best.pt of teacher ``run``, after checking that it was validated on exactly the
+    student's validation images (``valid_ids``: their manifest image ids) and predicts the same classes.
+
+    Raises:
+        CheckpointError: not a run, no such fold, another split or another label space (the message says which).
+    """
+    run = Path(run)
+    read_run_info(run)  # a clear error when it is not a run directory
+    d = fold_dir(run, fold)
+    best = d / "best.pt"
+    if not best.is_file() or not (d / "oof.csv").is_file():
+        raise CheckpointError(f"teacher {run} has no trained fold {fold} ({best}); the student's fold {fold} needs "
+                              f"the teachers' fold {fold}: train it (maskcls train --folds {fold}) or distill other "
+                              "folds with --folds")
+    theirs = set(read_oof_file(d / "oof.csv")["image_id"].astype(str))
+    ours = set(valid_ids.astype(str))
+    if theirs != ours:
+        raise CheckpointError(f"teacher {run} was validated on other images in fold {fold} ({len(theirs ^ ours)} "
+                              "differ): it was trained on another split, so it may have seen the student's "
+                              "validation images; use teachers trained on the same prepared directory and folds")
+    meta = load_checkpoint(best, fallback=False)["meta"]
+    if not _same_task(Task.from_meta(meta), task):
+        raise CheckpointError(f"teacher {run} predicts other classes ({', '.join(meta['class_names'][:4])}, …) than "
+                              f"the student's task ({', '.join(task.class_names[:4])}, …)")
+    return best
+
+
+@torch.no_grad()
+def teacher_probs(path: Path, prep: Prepared, rows: pd.DataFrame, *, tta: str = "none", temperature: float = 1.0,
+                  device: torch.device | None = None, batch_size: int = 64, workers: int = 0) -> np.ndarray:
+    """One teacher checkpoint's class probabilities (N×K, fp32) of manifest ``rows`` at ``temperature``, with its
+    own preprocessing; ``tta='hflip'`` averages the photo and its mirror."""
+    ck = load_checkpoint(path, fallback=False)
+    meta, cfg = ck["meta"], config_from_dict(ck["config"])
+    pp, task = Preprocessing(**meta["preprocessing"]), Task.from_meta(meta)
+    model, _ = build_model(meta["model_name"], num_outputs=task.outputs(meta["heads"]), pretrained="none",
+                           mean=pp.mean, std=pp.std, image_size=pp.image_size)
+    model.load_state_dict(ck["model"])
+    device = device or torch.device("cpu")
+    model = model.to(device).eval()
+    ds = make_dataset(prep, rows, cfg.data, pp, training=False, seed=0)
+    kind = resolve_loader(cfg.data)[1]
+    loader = build_loader(ds, batch_size=batch_size, sampler=range(len(ds)), workers=workers, kind=kind)
+    out = []
+    for x, _, _ in track(loader, desc=f"teacher {path.parent.parent.name}", enabled=True):
+        x = x.to(device)
+        views = [x, torch.flip(x, dims=[3])] if tta == "hflip" else [x]
+        p = sum(probabilities(model(v).float() / temperature, task, meta["heads"]) for v in views) / len(views)
+        out.append(p.cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, task.num_classes), np.float32)
+
+
+def ensemble_teacher_probs(cfg: Config, prep: Prepared, fold: int, train_rows: pd.DataFrame,
+                           valid_rows: pd.DataFrame, *, device: torch.device | None = None) -> np.ndarray:
+    """The teachers' (``cfg.distill``) averaged fold-``fold`` probabilities of ``train_rows``, in their order."""
+    d = cfg.distill
+    if not d.teachers:
+        raise ConfigError("distill.teachers is empty; give at least one teacher run (maskcls distill --teacher RUN)")
+    paths = [teacher_checkpoint(r, fold, valid_ids=valid_rows["image_id"], task=prep.task) for r in d.teachers]
+    workers = resolve_loader(cfg.data)[0]
+    total = None
+    for p in paths:
+        q = teacher_probs(p, prep, train_rows, tta=d.tta, temperature=d.temperature, device=device,
+                          batch_size=cfg.train.valid_batch_size, workers=workers)
+        total = q if total is None else total + q
+    return total / len(paths)
+
+
+def attach_teachers(trainer: FoldTrainer) -> None:
+    """Make ``trainer``'s fold learn from its teachers: their probabilities of its training rows, looked up by
+    row position for every batch, and a :class:`DistillLoss` around the fold's criterion."""
+    ctx, setup = trainer.ctx, trainer.setup
+    cfg = ctx.cfg
+    if setup.mixer is not None:
+        raise ConfigError("distillation learns each training image's teacher probabilities, which MixUp/CutMix "
+                          "would mix away: set data.mixup, data.cutmix and data.vcutmix to 0 with distill.teachers")
+    rows = trainer.data.train_rows
+    probs = ensemble_teacher_probs(cfg, ctx.prep, trainer.fold, rows, trainer.data.valid_rows, device=ctx.acc.device)
+    labels = trainer.data.train_labels
+    agree = float((probs.argmax(1) == labels).mean()) if len(labels) else float("nan")
+    log.info("fold %d: %d teacher(s) (tta %s, T=%g) on %d training images; their argmax agrees with the labels on "
+             "%.1f %%", trainer.fold, len(cfg.distill.teachers), cfg.distill.tta, cfg.distill.temperature, len(rows),
+             100 * agree)
+    counts = np.bincount(labels, minlength=ctx.task.num_classes)
+    # plain soft cross-entropy (per head): the teachers' probabilities already carry their own loss's class
+    # weighting, and weighting them again would pull the student away from them
+    soft = build_loss(dataclasses.replace(cfg.loss, name="ce", label_smoothing=0.0), task=ctx.task,
+                      heads=cfg.model.heads, class_counts=counts).to(ctx.acc.device)
+    setup.criterion = DistillLoss(setup.criterion, soft, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature)
+    table = torch.from_numpy(probs)
+
+    def soft_targets(y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return y, table[idx.cpu()].to(y.device)
+    setup.soft_targets = soft_targets
