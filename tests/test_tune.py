@@ -140,6 +140,23 @@ def test_a_seeded_rerun_draws_new_points_and_repeats_itself(tmp_path):
     assert first == again
 
 
+def test_median_pruner_never_prunes_the_first_epoch():
+    """Steps are 1-based epochs; epoch 1 is mostly warm-up (on agegender6dev its F1 spreads 0.24-0.40 over seeds
+    of one config), so the median pruner may stop a trial from epoch 2 on, never at epoch 1."""
+    from maskcls.tune.study import make_pruner
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", steps=3))
+    for _ in range(5):
+        t = study.ask()
+        for step in (1, 2, 3):
+            t.report(0.8, step)
+        study.tell(t, 0.8)
+    low = study.ask()
+    low.report(0.1, 1)
+    assert not low.should_prune()
+    low.report(0.1, 2)
+    assert low.should_prune()
+
+
 def test_storage_urls_and_redaction(tmp_path):
     from maskcls.tune.storage import redact, storage_url
     assert storage_url(None, tmp_path) == f"sqlite:///{(tmp_path / 'study.db').resolve()}"

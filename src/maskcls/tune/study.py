@@ -75,7 +75,7 @@ def make_pruner(choice: str | BasePruner, *, steps: int) -> BasePruner:
     if isinstance(choice, BasePruner):
         return choice
     if choice == "median":
-        return MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        return MedianPruner(n_startup_trials=5, n_warmup_steps=2)  # steps are 1-based epochs: epoch 1 is never pruned
     if choice == "hyperband":
         return HyperbandPruner(min_resource=1, max_resource=max(steps, 1))
     if choice == "none":
