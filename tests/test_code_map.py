@@ -9,7 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "maskcls"
 MAX_LINES = 310  # "~300 lines": a module that needs more says why in LONG_MODULES
-LONG_MODULES: dict[str, str] = {}
+LONG_MODULES: dict[str, str] = {
+    "engine/lr_find.py": "the sweep, its stopping rule, the two suggestion rules and their plot: one command's parts",
+}
 
 # Which top-level parts a part may import (besides itself). Core modules import only core.
 CORE = {"config", "config_io", "task", "errors", "fsutil", "progress"}
