@@ -87,4 +87,7 @@ def test_bench_serve_prints_every_configuration_and_the_speedup(tiny_run, tmp_pa
     peer = next(label for label in labels if label.startswith("peer"))
     last = out.strip().splitlines()[-1]
     assert re.fullmatch(r"serve speedup vs naive server: \d+\.\d\d", last)
-    assert float(last.split()[-1]) == pytest.approx(numbers[default, 8] / numbers[peer, 8], abs=0.006)
+    # the table prints requests/s to 0.1, so the ratio recomputed from it is that exact only within the rounding
+    d, p = numbers[default, 8], numbers[peer, 8]
+    slack = (d + 0.05) / max(p - 0.05, 1e-9) - d / p + 0.006
+    assert float(last.split()[-1]) == pytest.approx(d / p, abs=slack)
