@@ -55,6 +55,11 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return snap
 
 
+def file_snapshot(folder: Path) -> dict[str, tuple]:
+    """:func:`snapshot` of the files only (a folder's own mtime changes with any temporary file in it)."""
+    return {k: v for k, v in snapshot(folder).items() if v[0] != "dir"}
+
+
 # --------------------------------------------------------------------------- pixels
 def pattern(h: int = H, w: int = W) -> np.ndarray:
     """An asymmetric picture: red left half, blue right half, green top quarter.

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bad_inputs import snapshot
+from bad_inputs import file_snapshot, snapshot
 from helpers import tiny, train
 from maskcls.cli import main
 
@@ -24,11 +24,6 @@ def run(prepared_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "run"
     train(prepared_dir, out, tiny(train={"epochs": 1, "mixed_precision": "no"}))
     return out
-
-
-def _files(folder: Path) -> dict:
-    """sha256, mtime and size of the files in ``folder`` (its own mtime changes with any temporary file)."""
-    return {k: v for k, v in snapshot(folder).items() if v[0] != "dir"}
 
 
 def _refused(capsys, argv: list[str], reason: str) -> None:
@@ -89,12 +84,12 @@ def test_export_that_disagrees_with_pytorch_fails_and_leaves_no_file(run, tmp_pa
     import maskcls.infer.export as export
     out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.ts")
     assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 0
-    earlier = _files(tmp_path)
+    earlier = file_snapshot(tmp_path)
     real = export.run_exported
     monkeypatch.setattr(export, "run_exported", lambda path, x, fmt=None: real(path, x, fmt=fmt) + 3e-4)
     _refused(capsys, ["export", str(run), "--format", fmt, "--out", str(out)],
              "differs from the PyTorch model by 3.00e-04 on a check batch (more than 1e-04)")
-    assert _files(tmp_path) == earlier  # the earlier export stays, no temporary file is left
+    assert file_snapshot(tmp_path) == earlier  # the earlier export stays, no temporary file is left
     fresh = tmp_path / f"fresh.{out.suffix[1:]}"
     _refused(capsys, ["export", str(run), "--format", fmt, "--out", str(fresh)], "nothing was written")
     assert not fresh.exists() and not fresh.with_suffix(".json").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bad_inputs import snapshot
+from bad_inputs import file_snapshot
 from helpers import tiny, train
 from maskcls.cli import main
 
@@ -18,11 +18,6 @@ def run(prepared_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("int8") / "run"
     train(prepared_dir, out, tiny(train={"epochs": 1, "mixed_precision": "no"}))
     return out
-
-
-def _files(folder: Path) -> dict:
-    """sha256, mtime and size of the files in ``folder`` (its own mtime changes with any temporary file)."""
-    return {k: v for k, v in snapshot(folder).items() if v[0] != "dir"}
 
 
 def _delta(text: str) -> float:
@@ -65,13 +60,13 @@ def test_int8_refused_exactly_when_the_drop_exceeds_the_margin(run, tmp_path, ca
     spec = json.loads(first.with_suffix(".json").read_text())["validation"]
     drop = spec["macro_f1_fp32"] - spec["macro_f1_int8"]
     capsys.readouterr()
-    before = _files(tmp_path)
+    before = file_snapshot(tmp_path)
     refused = tmp_path / "b.onnx"
     assert main(["export", str(run), "--int8", f"--max-drop={drop - 1e-9!r}", "--calib-images", "40",
                  "--out", str(refused)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("maskcls: error: int8 macro F1 delta:") and "nothing was written" in err, err
-    assert _files(tmp_path) == before and not refused.exists() and not refused.with_suffix(".json").exists()
+    assert file_snapshot(tmp_path) == before and not refused.exists() and not refused.with_suffix(".json").exists()
     assert not list(tmp_path.glob(".*.tmp"))
     assert main(["export", str(run), "--int8", f"--max-drop={drop + 1e-9!r}", "--calib-images", "40",
                  "--out", str(refused)]) == 0
