@@ -160,6 +160,9 @@ class DistillConfig:
                       min=0.0, max=1.0)
     temperature: float = _f(1.0, "Softmax temperature of teachers and student in the soft loss (which is scaled by "
                             "T squared, Hinton et al.).", min=0.1, max=20.0)
+    unlabelled: bool = _f(False, "Also train on the prepared directory's evaluation images (no labels; `maskcls "
+                          "distill --unlabelled`), with the fold-f teachers' probabilities as their only target; "
+                          "validation stays on labelled images.")
 
 
 @dataclass

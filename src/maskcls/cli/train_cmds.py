@@ -45,11 +45,15 @@ def register(subs) -> None:
 
     s = sub(subs, "distill", "train a student on the averaged probabilities of teacher runs (one model's cost)",
              "maskcls distill prepared --teacher runs/a-1 --teacher runs/a-2 --tta hflip --folds 0\n"
-             "maskcls distill prepared --teacher runs/a-1 --set distill.alpha=0.5 --set distill.temperature=2")
+             "maskcls distill prepared --teacher runs/a-1 --set distill.alpha=0.5 --set distill.temperature=2\n"
+             "maskcls distill prepared --teacher runs/a-1 --teacher runs/a-2 --unlabelled   # + the eval images")
     s.add_argument("dir", help="prepared directory the teachers trained on (the same folds)")
     s.add_argument("--teacher", action="append", required=True, metavar="RUN",
                    help="a teacher run directory (repeatable; the student of fold f learns their fold-f models)")
     s.add_argument("--tta", choices=("none", "hflip"), help="teachers' test-time augmentation (distill.tta)")
+    s.add_argument("--unlabelled", action="store_true",
+                   help="also train on the prepared directory's unlabelled evaluation images, from the teachers' "
+                        "probabilities alone (distill.unlabelled)")
     add_config_args(s)
     s.add_argument("--folds", default="all", help="'all', one fold '0', or a list '0,2'")
     s.add_argument("--run-dir", help="new run directory (default runs/<name>-<n>)")
@@ -175,6 +179,8 @@ def cmd_distill(args) -> int:
     overrides = [*args.overrides, "distill.teachers=" + json.dumps([str(Path(t).resolve()) for t in args.teacher])]
     if args.tta:
         overrides.append(f"distill.tta={args.tta}")
+    if args.unlabelled:
+        overrides.append("distill.unlabelled=true")
     cfg = load_config(args.config, overrides)
     prep = load_prepared(args.dir)
     report = write_report_safely if cfg.run.report else None

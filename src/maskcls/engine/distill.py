@@ -17,6 +17,16 @@ The loss: ``alpha · L(z, labels) + (1 − alpha) · T² · CE(z / T, p_T)``: L 
 cross-entropy (per head for a multi-head student, with loss.head_weights) against the teachers' probabilities
 p_T at temperature T, i.e. KL(p_T ‖ student) plus a constant; no class weights and no label smoothing there, since
 the teachers' probabilities already carry their own loss's. Validation loss is L alone.
+
+Unlabelled images (``distill.unlabelled``, ``maskcls distill --unlabelled``): the prepared directory's evaluation
+images (split ``eval``) join every fold's training set after its labelled rows, with the teachers' probabilities
+as their only target: their label is −1 in the loss, whose hard part counts them as 0 (it is L over the labelled
+rows times their share of the batch, so a labelled image weighs the same whatever else shares its batch). Their
+probabilities come from the same fold-f teacher models as the labelled rows': a teacher's other folds were
+trained on the student's validation images, and what they say about any image carries those labels into the
+student, whose validation F1 would then no longer be honest. Validation stays on the fold's labelled rows. In
+the loader they carry the teachers' argmax as label, which is what training accuracy/F1 and
+``data.sampler=balanced`` count them as. The prepared directory is only read (unlike ``maskcls pseudo``).
 """
 from __future__ import annotations
 
@@ -30,19 +40,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import Config, DataConfig
 from ..config_io import config_from_dict
+from ..data.dataset import ImageDataset
 from ..data.loader import build_loader
 from ..data.preprocessing import Preprocessing
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models.factory import build_model
 from ..models.heads import probabilities
 from ..prep.prepared import Prepared
 from ..progress import track
 from ..task import Task
 from .checkpoint import load_checkpoint
-from .fold_data import make_dataset, resolve_loader
+from .fold_data import FoldData, make_dataset, resolve_loader
 from .losses import build_loss
+from .optim import param_groups
 from .rundir import fold_dir, read_oof_file, read_run_info
 
 if TYPE_CHECKING:
@@ -55,7 +67,8 @@ class DistillLoss(nn.Module):
     """``alpha`` · ``hard``(logits, labels) + (1 − ``alpha``) · T² · ``soft``(logits / T, teacher probabilities).
 
     The target is ``(labels, probabilities)`` in training (what :func:`attach_teachers` feeds the loop) and the
-    labels alone in validation, where the loss is ``hard``'s.
+    labels alone in validation, where the loss is ``hard``'s. A label −1 marks an unlabelled image: ``hard`` runs
+    on the labelled rows only, times their share of the batch (an unlabelled row's hard term is 0).
     """
 
     def __init__(self, hard: nn.Module, soft: nn.Module, *, alpha: float, temperature: float):
@@ -68,8 +81,16 @@ class DistillLoss(nn.Module):
         labels, teacher = target
         loss = (1 - self.alpha) * self.t ** 2 * self.soft(logits / self.t, teacher)
         if self.alpha > 0:
-            loss = loss + self.alpha * self.hard(logits, labels)
+            loss = loss + self.alpha * self._hard(logits, labels)
         return loss
+
+    def _hard(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        known = labels >= 0
+        if bool(known.all()):
+            return self.hard(logits, labels)
+        if not bool(known.any()):
+            return logits.sum() * 0.0  # no labelled row in this batch: nothing to learn from labels
+        return self.hard(logits[known], labels[known]) * known.float().mean()
 
 
 def _same_task(a: Task, b: Task) -> bool:
@@ -146,29 +167,107 @@ def ensemble_teacher_probs(cfg: Config, prep: Prepared, fold: int, train_rows: p
     return total / len(paths)
 
 
+class _Joined:
+    """Two image sources read as one (an :class:`~maskcls.data.dataset.ImageSource`): ``first``'s images, then
+    ``second``'s."""
+
+    def __init__(self, first, second):
+        self.first, self.second, self.n = first, second, len(first)
+
+    def __len__(self) -> int:
+        return self.n + len(self.second)
+
+    def read(self, i: int) -> np.ndarray:
+        return self.first.read(i) if i < self.n else self.second.read(i - self.n)
+
+    def name(self, i: int) -> str:
+        return self.first.name(i) if i < self.n else self.second.name(i - self.n)
+
+
+def unlabelled_rows(prep: Prepared, data: DataConfig, training: pd.DataFrame) -> pd.DataFrame:
+    """The evaluation rows of ``prep`` that ``distill.unlabelled`` adds to training (those already in
+    ``training``, as pseudo-labelled copies, are left out).
+
+    Raises:
+        DataError: ``prep`` has no evaluation images, or some are missing on disk.
+        ConfigError: ``data.cache`` is on (the crop cache holds the labelled images only).
+    """
+    rows = prep.eval_rows()
+    if not len(rows):
+        raise DataError(f"distill.unlabelled (--unlabelled): {prep.dir} holds no evaluation images (manifest rows "
+                        "with split 'eval') to distill on; prepare a directory that includes them (the competition "
+                        "layout's eval/info.csv, or rows with split=eval in a CSV manifest), or drop --unlabelled")
+    if data.cache:
+        raise ConfigError("distill.unlabelled: the crop cache (data.cache) holds the labelled training images only, "
+                          "so the evaluation images would be seen through another crop; set data.cache=false")
+    dup = rows["image_id"].astype(str).isin(set(training["image_id"].astype(str)))
+    if dup.any():
+        log.info("distill.unlabelled: %d evaluation images are already in training (pseudo-labelled); not added "
+                 "again", int(dup.sum()))
+    rows = rows[~dup.to_numpy()]
+    prep.check_images(rows)
+    return rows
+
+
+def with_unlabelled(data: FoldData, prep: Prepared, rows: pd.DataFrame, labels: np.ndarray, cfg: DataConfig,
+                    pp: Preprocessing, *, rank: int = 0, world: int = 1) -> FoldData:
+    """``data`` with ``rows`` appended to its training set (augmented like the labelled rows, which keep their
+    positions 0..n−1 and so their augmentation), served with ``labels``; validation unchanged."""
+    first = data.loading.train_ds
+    extra = make_dataset(prep, rows, cfg, pp, training=True, seed=first.seed, labels=labels)
+    both = ImageDataset(_Joined(first.source, extra.source), np.concatenate([first.labels, extra.labels]),
+                        first.transform, seed=first.seed)
+    loading = dataclasses.replace(data.loading, train_ds=both)
+    train, valid = loading.loaders(data.fold, rank, world)
+    return dataclasses.replace(data, train_rows=pd.concat([data.train_rows, rows]), train_labels=both.labels,
+                               train_loader=train, valid_loader=valid, loading=loading)
+
+
+def _restart_schedule(trainer: FoldTrainer):
+    """The fold's lr schedule built again for its (longer) training loader. Nothing has stepped yet: the
+    optimizer's lrs go back to what :func:`~.optim.param_groups` gave them and the scheduler's keys are
+    removed, so the new schedule is the one ``maskcls train`` would build for that loader."""
+    from .fold import _scheduler
+    cfg, opt = trainer.ctx.cfg, trainer.setup.optimizer
+    fresh = param_groups(trainer.setup.model, lr=cfg.optim.lr, head_lr_mult=cfg.optim.head_lr_mult)
+    for group, new in zip(opt.param_groups, fresh):
+        group["lr"] = new["lr"]
+        for key in ("initial_lr", "max_lr", "min_lr"):
+            group.pop(key, None)
+    return _scheduler(opt, cfg, len(trainer.data.train_loader))
+
+
 def attach_teachers(trainer: FoldTrainer) -> None:
-    """Make ``trainer``'s fold learn from its teachers: their probabilities of its training rows, looked up by
-    row position for every batch, and a :class:`DistillLoss` around the fold's criterion."""
+    """Make ``trainer``'s fold learn from its teachers: their probabilities of its training rows (and with
+    ``distill.unlabelled`` of the evaluation rows, appended to its training set), looked up by row position for
+    every batch, and a :class:`DistillLoss` around the fold's criterion."""
     ctx, setup = trainer.ctx, trainer.setup
     cfg = ctx.cfg
     if setup.mixer is not None:
         raise ConfigError("distillation learns each training image's teacher probabilities, which MixUp/CutMix "
                           "would mix away: set data.mixup, data.cutmix and data.vcutmix to 0 with distill.teachers")
     rows = trainer.data.train_rows
-    probs = ensemble_teacher_probs(cfg, ctx.prep, trainer.fold, rows, trainer.data.valid_rows, device=ctx.acc.device)
-    labels = trainer.data.train_labels
-    agree = float((probs.argmax(1) == labels).mean()) if len(labels) else float("nan")
-    log.info("fold %d: %d teacher(s) (tta %s, T=%g) on %d training images; their argmax agrees with the labels on "
-             "%.1f %%", trainer.fold, len(cfg.distill.teachers), cfg.distill.tta, cfg.distill.temperature, len(rows),
-             100 * agree)
+    extra = unlabelled_rows(ctx.prep, cfg.data, rows) if cfg.distill.unlabelled else rows.iloc[:0]
+    probs = ensemble_teacher_probs(cfg, ctx.prep, trainer.fold, pd.concat([rows, extra]), trainer.data.valid_rows,
+                                   device=ctx.acc.device)
+    labels, n = trainer.data.train_labels, len(rows)
+    agree = float((probs[:n].argmax(1) == labels).mean()) if n else float("nan")
+    log.info("fold %d: %d teacher(s) (tta %s, T=%g) on %d training images%s; their argmax agrees with the labels "
+             "on %.1f %%", trainer.fold, len(cfg.distill.teachers), cfg.distill.tta, cfg.distill.temperature, n,
+             f" and {len(extra)} unlabelled evaluation images" if len(extra) else "", 100 * agree)
     counts = np.bincount(labels, minlength=ctx.task.num_classes)
     # plain soft cross-entropy (per head): the teachers' probabilities already carry their own loss's class
     # weighting, and weighting them again would pull the student away from them
     soft = build_loss(dataclasses.replace(cfg.loss, name="ce", label_smoothing=0.0), task=ctx.task,
                       heads=cfg.model.heads, class_counts=counts).to(ctx.acc.device)
     setup.criterion = DistillLoss(setup.criterion, soft, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature)
+    if len(extra):
+        trainer.data = with_unlabelled(trainer.data, ctx.prep, extra, probs[n:].argmax(1), cfg.data, ctx.pp,
+                                       rank=ctx.acc.process_index, world=ctx.acc.num_processes)
+        setup.scheduler = _restart_schedule(trainer)
     table = torch.from_numpy(probs)
 
     def soft_targets(y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return y, table[idx.cpu()].to(y.device)
+        # rows from position n on are unlabelled: −1 keeps them out of the hard loss
+        return torch.where(idx.to(y.device) < n, y, -1), table[idx.cpu()].to(y.device)
     setup.soft_targets = soft_targets
