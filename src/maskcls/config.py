@@ -136,6 +136,8 @@ class OptimConfig:
                              "real dev sets; docs/quality.md).", min=0.0)
     momentum: float = _f(0.9, "SGD momentum.", min=0.0, max=1.0)
     nesterov: bool = _f(True, "SGD Nesterov momentum.")
+    fused: bool = _f(False, "torch's fused optimizer kernel (one call per parameter group, CPU and CUDA) instead "
+                     "of the per-tensor loop; not bit-equal to the loop (docs/benchmarks.md, time to accuracy).")
 
 
 @dataclass

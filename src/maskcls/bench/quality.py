@@ -70,12 +70,21 @@ class SeedResult:
     run_dir: str
 
 
+# Keys added after results were first cached, each with the value that trains exactly as before the key
+# existed: at that value the key is left out of the cache key, so earlier results stay valid (a new key would
+# otherwise retrain every cached configuration). Add a key here only when that value changes nothing at all.
+NEUTRAL_SINCE_ADDED = {("optim", "fused"): False, ("distill", "unlabelled"): False}
+
+
 def _key(cfg: Config, name: str, prep) -> str:
     """What a result depends on: every config section but ``run`` (names, folders, trackers), the set, the split,
     and the precision that actually trains (``auto`` is bf16 on one CPU and fp32 on another)."""
     from ..engine.accel import resolve_precision
-    settings = {k: v for k, v in cfg.to_dict().items() if k != "run"}
-    settings["train"] = {**settings["train"], "mixed_precision": resolve_precision(cfg.train.mixed_precision)}
+    settings = {k: dict(v) for k, v in cfg.to_dict().items() if k != "run"}
+    settings["train"]["mixed_precision"] = resolve_precision(cfg.train.mixed_precision)
+    for (section, key), neutral in NEUTRAL_SINCE_ADDED.items():
+        if section in settings and settings[section].get(key, neutral) == neutral:
+            settings[section].pop(key, None)
     blob = json.dumps({"config": settings, "set": name, "manifest": prep.meta.get("manifest_sha1"),
                        "fold": FOLD}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]

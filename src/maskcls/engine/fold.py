@@ -129,7 +129,8 @@ class FoldTrainer:
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(param_groups(model, lr=cfg.optim.lr, head_lr_mult=cfg.optim.head_lr_mult),
                                     name=cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                    momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+                                    momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
+                                    fused=cfg.optim.fused)
         scheduler = _scheduler(optimizer, cfg, len(self.data.train_loader))
         if cfg.train.compile:
             model = torch.compile(model)

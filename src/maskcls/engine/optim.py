@@ -29,15 +29,20 @@ def param_groups(model: torch.nn.Module, *, lr: float, head_lr_mult: float = 1.0
 
 
 def build_optimizer(params, *, name: str = "adamw", lr: float = 3e-4, weight_decay: float = 0.0,
-                    momentum: float = 0.9, nesterov: bool = True) -> torch.optim.Optimizer:
-    """Adam / AdamW / SGD (momentum, Nesterov) with weight decay; ``params`` may be param groups."""
+                    momentum: float = 0.9, nesterov: bool = True, fused: bool = False) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD (momentum, Nesterov) with weight decay; ``params`` may be param groups.
+
+    ``fused``: torch's fused kernel (one call per parameter group instead of a loop over tensors; CPU and
+    CUDA). Its arithmetic is not bit-equal to the loop's, so a fused run does not reproduce a loop run.
+    """
+    kw = {"fused": True} if fused else {}
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kw)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kw)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                               weight_decay=weight_decay)
+                               weight_decay=weight_decay, **kw)
     raise ConfigError(f"optim.name={name!r}; choose one of adamw, adam, sgd")
 
 
