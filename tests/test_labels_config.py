@@ -141,3 +141,9 @@ def test_dotted_key_at_the_top_of_a_config_file_says_to_nest_it(tmp_path):
     cfg_file.write_text("train: 3\n")
     with pytest.raises(ConfigError, match=r"'train' must be a section holding keys"):
         load_config(cfg_file)
+
+
+def test_unlabelled_distillation_without_teachers_is_refused():
+    with pytest.raises(ConfigError, match="distill.unlabelled needs teacher runs"):
+        load_config(None, ["distill.unlabelled=true"])
+    assert load_config(None, ["distill.unlabelled=true", "distill.teachers=[runs/a]"]).distill.unlabelled
