@@ -35,7 +35,7 @@ def test_int8_export_writes_model_json_and_delta(run, capsys):
     model = run / "export" / "model.int8.onnx"
     spec = json.loads(model.with_suffix(".json").read_text())
     assert spec["precision"] == "int8" and spec["written_by"] == "maskcls export"
-    assert spec["calibration"]["images"] == 40 and spec["calibration"]["method"] == "minmax"
+    assert spec["calibration"]["images"] == 40 and spec["calibration"]["method"] == "entropy"
     assert spec["calibration"]["fold"] == spec["validation"]["fold"] == 0
     v = spec["validation"]
     assert round(v["macro_f1_int8"] - v["macro_f1_fp32"], 4) == delta
@@ -78,3 +78,69 @@ def test_int8_flags_checked(run, capsys):
     assert "--int8 quantizes an ONNX model" in capsys.readouterr().err
     assert main(["export", str(run), "--force"]) == 2
     assert "--force belongs to --int8" in capsys.readouterr().err
+
+
+def _graph(branches: int):
+    """image → [Conv → Relu → Conv → Add(residual) → Conv → GlobalAveragePool → Flatten → Gemm] per branch → Mean."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    nodes, inits, outs = [], [], []
+    rng = np.random.default_rng(0)
+
+    def w(name, *shape):
+        inits.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name))
+        return name
+    for b in range(branches):
+        p = f"b{b}_"
+        nodes += [helper.make_node("Conv", ["image", w(p + "w1", 4, 3, 3, 3)], [p + "c1"], name=p + "conv1"),
+                  helper.make_node("Relu", [p + "c1"], [p + "r1"], name=p + "relu1"),
+                  helper.make_node("Conv", [p + "r1", w(p + "w2", 4, 4, 1, 1)], [p + "c2"], name=p + "conv2"),
+                  helper.make_node("Add", [p + "c2", p + "r1"], [p + "a"], name=p + "add"),
+                  helper.make_node("Conv", [p + "a", w(p + "w3", 8, 4, 1, 1)], [p + "c3"], name=p + "conv3"),
+                  helper.make_node("GlobalAveragePool", [p + "c3"], [p + "g"], name=p + "pool"),
+                  helper.make_node("Flatten", [p + "g"], [p + "f"], name=p + "flatten"),
+                  helper.make_node("Gemm", [p + "f", w(p + "fc", 2, 8)], [p + "o"], name=p + "fc", transB=1)]
+        outs.append(p + "o")
+    nodes.append(helper.make_node("Sum", outs, ["probs"], name="sum"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 2])], inits)
+    return onnx.helper.make_model(g)
+
+
+def test_fp32_nodes_keep_the_first_and_last_layers_of_every_branch():
+    """Layers count along each fold's branch: --fp32-first 1 keeps each stem conv (and its activation) fp32,
+    --fp32-last 1 the conv before each classifier, what follows and the non-conv nodes that lead only to it;
+    the head (classifier onwards) always."""
+    from maskcls.infer.quantize import fp32_nodes, tail_nodes
+    m = _graph(branches=2)
+    assert set(tail_nodes(m)) == {"b0_fc", "b1_fc", "sum"}
+    assert set(fp32_nodes(m)) == set(tail_nodes(m))
+    head = {"b0_fc", "b1_fc", "sum"}
+    assert set(fp32_nodes(m, first=1)) == head | {"b0_conv1", "b0_relu1", "b1_conv1", "b1_relu1"}
+    assert set(fp32_nodes(m, first=2)) == head | {f"b{b}_{n}" for b in (0, 1) for n in ("conv1", "relu1", "conv2",
+                                                                                          "add")}
+    # the residual Add feeds only the fp32 conv3, so it stays fp32 too
+    assert set(fp32_nodes(m, last=1)) == head | {f"b{b}_{n}" for b in (0, 1) for n in ("add", "conv3", "pool",
+                                                                                          "flatten")}
+
+
+def test_int8_entropy_with_a_short_last_batch_and_fp32_layers(run, tmp_path, capsys):
+    """40 calibration images in batches of 16 (the last one short) used to raise ValueError in ONNX Runtime's
+    histogram calibrator; now entropy calibrates on them. The JSON records the fp32 layers, and the stem conv of
+    the INT8 graph reads fp32 (no DequantizeLinear before it) while later convs read quantized tensors."""
+    import onnx
+
+    from maskcls.infer.quantize import DEFAULT_FP32_FIRST
+    out = tmp_path / "e.onnx"
+    assert main(["export", str(run), "--int8", "--force", "--calib-images", "40", "--calib-method", "entropy",
+                 "--out", str(out)]) == 0
+    _delta(capsys.readouterr().out)
+    spec = json.loads(out.with_suffix(".json").read_text())
+    assert spec["calibration"]["method"] == "entropy"
+    assert spec["quantization"]["fp32_first_layers"] == DEFAULT_FP32_FIRST >= 1
+    assert spec["quantization"]["fp32_last_layers"] == 0
+    graph = onnx.load(str(out)).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert made_by.get(convs[0].input[0]) != "DequantizeLinear"
+    assert made_by.get(convs[-1].input[0]) == "DequantizeLinear"
