@@ -127,10 +127,12 @@ def test_hard_loss_ignores_unlabelled_rows():
 
 
 def _trainer(colours: Path, permuted: Path, scratch: Path, **sections):
+    from maskcls.engine.accel import process_state_restored
     from maskcls.engine.lr_find import _setup  # the fold's trainer exactly as `maskcls train` builds it
     cfg = tiny(**{**EASY, **sections}, distill={"teachers": [str(permuted)], "alpha": 0.5, "unlabelled": True})
     scratch.mkdir()
-    return _setup(cfg, load_prepared(colours), 0, scratch), cfg
+    with process_state_restored():  # _setup's accelerator turns on deterministic mode; later tests expect it off
+        return _setup(cfg, load_prepared(colours), 0, scratch), cfg
 
 
 def test_unlabelled_eval_rows_train_on_the_teachers_probabilities_never_validate(colours, permuted, tmp_path):

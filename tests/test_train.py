@@ -320,11 +320,12 @@ def test_training_leaves_the_process_as_it_found_it(prepared_dir, tmp_path, monk
     import logging
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     torch.use_deterministic_algorithms(False)
+    torch.utils.deterministic.fill_uninitialized_memory = True  # torch's default, whatever earlier tests left
     torch.backends.cudnn.benchmark = False
     logging.getLogger("maskcls").setLevel(logging.INFO)
     train(prepared_dir, tmp_path, train={"epochs": 1, "deterministic": True})
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark is False
-    assert torch.utils.deterministic.fill_uninitialized_memory is True  # torch's default, put back
+    assert torch.utils.deterministic.fill_uninitialized_memory is True  # put back
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     assert logging.getLogger("maskcls").level == logging.INFO
 
