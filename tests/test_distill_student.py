@@ -159,7 +159,7 @@ def test_unlabelled_eval_rows_train_on_the_teachers_probabilities_never_validate
 
 @pytest.mark.parametrize("sched", ["cosine_warmup", "onecycle"])
 def test_unlabelled_schedule_spans_the_longer_epoch(colours, permuted, tmp_path, sched):
-    """The schedule is rebuilt for the extended loader: the lrs it gives equal a fresh one's for that length."""
+    """The schedule is built for the extended loader: the lrs it gives equal a fresh one's for that length."""
     trainer, cfg = _trainer(colours, permuted, tmp_path / "s", sched={"name": sched})
     batches = len(trainer.data.train_loader)
     assert batches == -(-(len(fold_rows(load_prepared(colours), 0)[0]) + 9) // cfg.train.batch_size)

@@ -54,11 +54,10 @@ from ..task import Task
 from .checkpoint import load_checkpoint
 from .fold_data import FoldData, make_dataset, resolve_loader
 from .losses import build_loss
-from .optim import param_groups
 from .rundir import fold_dir, read_oof_file, read_run_info
 
 if TYPE_CHECKING:
-    from .fold import FoldTrainer
+    from .fold import FoldTrainer, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -223,49 +222,50 @@ def with_unlabelled(data: FoldData, prep: Prepared, rows: pd.DataFrame, labels: 
                                train_loader=train, valid_loader=valid, loading=loading)
 
 
-def _restart_schedule(trainer: FoldTrainer):
-    """The fold's lr schedule built again for its (longer) training loader. Nothing has stepped yet: the
-    optimizer's lrs go back to what :func:`~.optim.param_groups` gave them and the scheduler's keys are
-    removed, so the new schedule is the one ``maskcls train`` would build for that loader."""
-    from .fold import _scheduler
-    cfg, opt = trainer.ctx.cfg, trainer.setup.optimizer
-    fresh = param_groups(trainer.setup.model, lr=cfg.optim.lr, head_lr_mult=cfg.optim.head_lr_mult)
-    for group, new in zip(opt.param_groups, fresh):
-        group["lr"] = new["lr"]
-        for key in ("initial_lr", "max_lr", "min_lr"):
-            group.pop(key, None)
-    return _scheduler(opt, cfg, len(trainer.data.train_loader))
+@dataclasses.dataclass
+class TeacherTargets:
+    """The teachers' probabilities of a fold's training rows, by row position; rows from ``labelled`` on are
+    the unlabelled evaluation images that ``distill.unlabelled`` appended."""
+    probs: np.ndarray
+    labelled: int
 
 
-def attach_teachers(trainer: FoldTrainer) -> None:
-    """Make ``trainer``'s fold learn from its teachers: their probabilities of its training rows (and with
-    ``distill.unlabelled`` of the evaluation rows, appended to its training set), looked up by row position for
-    every batch, and a :class:`DistillLoss` around the fold's criterion."""
-    ctx, setup = trainer.ctx, trainer.setup
+def teacher_targets(ctx: RunContext, fold: int, data: FoldData) -> tuple[FoldData, TeacherTargets]:
+    """The teachers' probabilities of ``data``'s training rows, and with ``distill.unlabelled`` ``data`` with the
+    evaluation rows appended to its training set. Called before the fold builds its loss, optimizer and lr
+    schedule, so that these see the training set the student trains on."""
     cfg = ctx.cfg
-    if setup.mixer is not None:
+    if cfg.data.mixup > 0 or cfg.data.cutmix > 0 or cfg.data.vcutmix > 0:
         raise ConfigError("distillation learns each training image's teacher probabilities, which MixUp/CutMix "
                           "would mix away: set data.mixup, data.cutmix and data.vcutmix to 0 with distill.teachers")
-    rows = trainer.data.train_rows
+    rows = data.train_rows
     extra = unlabelled_rows(ctx.prep, cfg.data, rows) if cfg.distill.unlabelled else rows.iloc[:0]
-    probs = ensemble_teacher_probs(cfg, ctx.prep, trainer.fold, pd.concat([rows, extra]), trainer.data.valid_rows,
+    probs = ensemble_teacher_probs(cfg, ctx.prep, fold, pd.concat([rows, extra]), data.valid_rows,
                                    device=ctx.acc.device)
-    labels, n = trainer.data.train_labels, len(rows)
-    agree = float((probs[:n].argmax(1) == labels).mean()) if n else float("nan")
+    n = len(rows)
+    agree = float((probs[:n].argmax(1) == data.train_labels).mean()) if n else float("nan")
     log.info("fold %d: %d teacher(s) (tta %s, T=%g) on %d training images%s; their argmax agrees with the labels "
-             "on %.1f %%", trainer.fold, len(cfg.distill.teachers), cfg.distill.tta, cfg.distill.temperature, n,
+             "on %.1f %%", fold, len(cfg.distill.teachers), cfg.distill.tta, cfg.distill.temperature, n,
              f" and {len(extra)} unlabelled evaluation images" if len(extra) else "", 100 * agree)
-    counts = np.bincount(labels, minlength=ctx.task.num_classes)
+    if len(extra):
+        data = with_unlabelled(data, ctx.prep, extra, probs[n:].argmax(1), cfg.data, ctx.pp,
+                               rank=ctx.acc.process_index, world=ctx.acc.num_processes)
+    return data, TeacherTargets(probs, n)
+
+
+def attach_teachers(trainer: FoldTrainer, targets: TeacherTargets) -> None:
+    """Make ``trainer``'s fold learn from its teachers: ``targets`` (:func:`teacher_targets`) looked up by row
+    position for every batch, and a :class:`DistillLoss` around the fold's criterion."""
+    ctx, setup = trainer.ctx, trainer.setup
+    cfg = ctx.cfg
+    n = targets.labelled
+    counts = np.bincount(trainer.data.train_labels[:n], minlength=ctx.task.num_classes)
     # plain soft cross-entropy (per head): the teachers' probabilities already carry their own loss's class
     # weighting, and weighting them again would pull the student away from them
     soft = build_loss(dataclasses.replace(cfg.loss, name="ce", label_smoothing=0.0), task=ctx.task,
                       heads=cfg.model.heads, class_counts=counts).to(ctx.acc.device)
     setup.criterion = DistillLoss(setup.criterion, soft, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature)
-    if len(extra):
-        trainer.data = with_unlabelled(trainer.data, ctx.prep, extra, probs[n:].argmax(1), cfg.data, ctx.pp,
-                                       rank=ctx.acc.process_index, world=ctx.acc.num_processes)
-        setup.scheduler = _restart_schedule(trainer)
-    table = torch.from_numpy(probs)
+    table = torch.from_numpy(targets.probs)
 
     def soft_targets(y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # rows from position n on are unlabelled: −1 keeps them out of the hard loss

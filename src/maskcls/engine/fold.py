@@ -125,6 +125,10 @@ class FoldTrainer:
                                   old_age=ages).sharded(acc.process_index, acc.num_processes)
         counts = np.bincount(self.data.train_labels, minlength=task.num_classes)
         criterion = build_loss(cfg.loss, task=task, heads=cfg.model.heads, class_counts=counts).to(acc.device)
+        teachers = None
+        if cfg.distill.teachers:  # before the schedule: distill.unlabelled lengthens the training set
+            from .distill import teacher_targets
+            self.data, teachers = teacher_targets(ctx, fold, self.data)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(param_groups(model, lr=cfg.optim.lr, head_lr_mult=cfg.optim.head_lr_mult),
@@ -142,9 +146,9 @@ class FoldTrainer:
                                 mixer=make_mixer(cfg.data, num_classes=task.num_classes, task=task),
                                 ema=make_ema(unwrap_model(model), t) if t.ema else None)
         self.averager = make_averager(t, self.dir)
-        if cfg.distill.teachers:  # the criterion learns from the teachers' probabilities of the training rows
+        if teachers is not None:  # the criterion learns from the teachers' probabilities of the training rows
             from .distill import attach_teachers
-            attach_teachers(self)
+            attach_teachers(self, teachers)
         self.checkpoints = FoldCheckpoints(self.dir, config=cfg.to_dict())
         self.state = FoldState()
         self.weights = info.weights
