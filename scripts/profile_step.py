@@ -251,6 +251,46 @@ def compile_ab(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
     return "\n".join(lines)
 
 
+def layout_ab(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
+    """channels_last (NHWC, maskcls' ``train.channels_last`` default) against contiguous NCHW (what timm's
+    train.py runs without ``--channels-last``) training steps of the default model on random uint8 images,
+    interleaved step by step, under train.deterministic as maskcls sets it (NaN fill off). Two copies of one
+    model, each with its own AdamW, so that both see the same weights' cost."""
+    import copy
+    import statistics
+    import time
+
+    from maskcls.models.factory import build_model
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    base, _ = build_model(cfg.model.name, num_outputs=18, pretrained="none", image_size=cfg.data.image_size)
+    size = cfg.data.image_size
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    y = torch.randint(0, 18, (batch,))
+    layouts = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+    models = {k: copy.deepcopy(base).to(memory_format=f).train() for k, f in layouts.items()}
+    inputs = {k: x.contiguous(memory_format=f) for k, f in layouts.items()}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    times: dict = {k: [] for k in models}
+    for r in range(rounds + 1):  # round 0 warms both up
+        for k in (list(models) if r % 2 else list(models)[::-1]):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                xb = inputs[k].float().div_(255)
+                loss = torch.nn.functional.cross_entropy(models[k](xb).float(), y)
+            loss.backward()
+            opts[k].step()
+            opts[k].zero_grad(set_to_none=True)
+            if r:
+                times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(t) for k, t in times.items()}
+    lines = [f"## memory layout A/B, precision {precision}: {rounds} interleaved steps each, batch {batch}, "
+             f"{size} px, median ms/step (speed-up vs channels_last, maskcls' default)"]
+    for k, m in med.items():
+        lines.append(f"  {k:<14} {1e3 * m:7.1f} ms  {batch / m:6.1f} img/s  x{med['channels_last'] / m:.2f}")
+    return "\n".join(lines)
+
+
 def patch_adamw(impl: str) -> None:
     """torch.optim.AdamW with ``foreach=True`` or ``fused=True`` for every optimizer built after this
     (maskcls' build_optimizer looks the class up on torch.optim at call time); a measurement, not a change."""
@@ -284,6 +324,9 @@ def main() -> int:
                     help="AdamW's implementation (default: torch's choice, a per-tensor loop on CPU)")
     ap.add_argument("--compile-rounds", type=int, default=0,
                     help="instead of the profile: eager vs torch.compile, this many interleaved steps (compile_ab)")
+    ap.add_argument("--layout-rounds", type=int, default=0,
+                    help="instead of the profile: channels_last vs contiguous NCHW, this many interleaved steps "
+                         "(layout_ab)")
     a = ap.parse_args()
     torch.utils.deterministic.fill_uninitialized_memory = a.fill_uninitialized == "on"
     if a.adamw != "default":
@@ -297,6 +340,9 @@ def main() -> int:
         for p in a.precision or ["no", "bf16"]:
             if a.compile_rounds:
                 parts.append(compile_ab(cfg, p, batch=a.batch, rounds=a.compile_rounds))
+                continue
+            if a.layout_rounds:
+                parts.append(layout_ab(cfg, p, batch=a.batch, rounds=a.layout_rounds))
                 continue
             if a.ab_rounds:
                 parts.append(ab_steps(cfg, p, batch=a.batch, rounds=a.ab_rounds))
