@@ -65,9 +65,23 @@ def read_run_info(run: str | Path) -> dict:
     return info
 
 
+# Keys whose default changed after some runs were written without them: such a run trained with the old
+# value, which its config.yaml then lacks (every later config.yaml holds every key). train.ema: on by
+# default since 2026-12-03; it was off, and a run written before the key existed had no EMA.
+KEYS_OLD_DEFAULTS = {("train", "ema"): False}
+
+
 def read_run_config(run: str | Path) -> Config:
-    """The run's typed config (config.yaml as train wrote it)."""
-    return read_config(Path(run) / "config.yaml")
+    """The run's typed config (config.yaml as train wrote it); a key the file lacks whose default changed
+    since takes the value the run was trained with (``KEYS_OLD_DEFAULTS``), so that --resume continues it."""
+    import yaml
+    path = Path(run) / "config.yaml"
+    cfg = read_config(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    for (section, key), old in KEYS_OLD_DEFAULTS.items():
+        if key not in (raw.get(section) or {}):
+            setattr(getattr(cfg, section), key, old)
+    return cfg
 
 
 def fold_dir(run: Path, fold: int) -> Path:
