@@ -204,41 +204,60 @@ def ab_steps(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
     return "\n".join(lines)
 
 
-def compile_ab(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
-    """Eager against ``torch.compile`` (inductor) training steps of the default model on random uint8 images,
-    interleaved step by step, under train.deterministic as maskcls sets it (NaN fill off). The compiled side's
-    first forward+backward (the compile, on this machine's cores) is timed apart, with the steps it takes the
-    compiled model to earn it back."""
-    import copy
+def _interleaved_steps(models: dict, inputs: dict, y, precision: str, *, rounds: int, warm: int,
+                       after: dict | None = None) -> tuple[dict, dict]:
+    """Training steps of each of ``models`` (name -> module, each with its own AdamW) on its ``inputs[name]``,
+    interleaved step by step with the order alternating per round, so that every side runs under the same
+    load. Rounds before ``warm`` are not timed; round 0's step is returned apart (the first step: a compile's
+    cost). ``after[name]``: called after that side's optimizer step, inside its timed step (an EMA update).
+    Returns the median seconds per step of each side and its first step's seconds."""
     import statistics
     import time
 
-    from maskcls.models.factory import build_model
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    eager, _ = build_model(cfg.model.name, num_outputs=18, pretrained="none", image_size=cfg.data.image_size)
-    eager = eager.to(memory_format=torch.channels_last).train()
-    models = {"eager": eager, "compiled": torch.compile(copy.deepcopy(eager))}
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
-    size = cfg.data.image_size
-    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 18, (batch,))
     times: dict = {k: [] for k in models}
     first: dict = {}
-    for r in range(rounds + 2):  # rounds 0-1 warm up (the compile happens in round 0)
+    for r in range(rounds + warm):
         for k in (list(models) if r % 2 else list(models)[::-1]):
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = torch.nn.functional.cross_entropy(models[k](x).float(), y)
+                loss = torch.nn.functional.cross_entropy(models[k](inputs[k]).float(), y)
             loss.backward()
             opts[k].step()
             opts[k].zero_grad(set_to_none=True)
+            if after and k in after:
+                after[k]()
             dt = time.perf_counter() - t0
             if r == 0:
                 first[k] = dt
-            elif r > 1:
+            if r >= warm:
                 times[k].append(dt)
-    med = {k: statistics.median(t) for k, t in times.items()}
+    return {k: statistics.median(t) for k, t in times.items()}, first
+
+
+def _ab_model(cfg: Config):
+    """The default backbone with an 18-class head and random weights, under train.deterministic as maskcls
+    sets it (NaN fill off); the model takes uint8 images and normalises them itself."""
+    from maskcls.models.factory import build_model
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    model, _ = build_model(cfg.model.name, num_outputs=18, pretrained="none", image_size=cfg.data.image_size)
+    return model
+
+
+def compile_ab(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
+    """Eager against ``torch.compile`` (inductor) training steps of the default model on random uint8 images,
+    interleaved step by step. The compiled side's first forward+backward (the compile, on this machine's
+    cores) is timed apart, with the steps it takes the compiled model to earn it back."""
+    import copy
+
+    eager = _ab_model(cfg).to(memory_format=torch.channels_last).train()
+    models = {"eager": eager, "compiled": torch.compile(copy.deepcopy(eager))}
+    size = cfg.data.image_size
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 18, (batch,))
+    # rounds 0-1 warm up (the compile happens in round 0)
+    med, first = _interleaved_steps(models, dict.fromkeys(models, x), y, precision, rounds=rounds, warm=2)
     gain = med["eager"] - med["compiled"]
     lines = [f"## torch.compile A/B, precision {precision}: {rounds} interleaved steps each, batch {batch}, "
              f"{size} px, median ms/step"]
@@ -254,40 +273,48 @@ def compile_ab(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
 def layout_ab(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
     """channels_last (NHWC, maskcls' ``train.channels_last`` default) against contiguous NCHW (what timm's
     train.py runs without ``--channels-last``) training steps of the default model on random uint8 images,
-    interleaved step by step, under train.deterministic as maskcls sets it (NaN fill off). Two copies of one
-    model, each with its own AdamW, so that both see the same weights' cost."""
+    interleaved step by step. Two copies of one model, each with its own AdamW, so that both see the same
+    weights' cost."""
     import copy
-    import statistics
-    import time
 
-    from maskcls.models.factory import build_model
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    base, _ = build_model(cfg.model.name, num_outputs=18, pretrained="none", image_size=cfg.data.image_size)
+    base = _ab_model(cfg)
     size = cfg.data.image_size
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     y = torch.randint(0, 18, (batch,))
     layouts = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
     models = {k: copy.deepcopy(base).to(memory_format=f).train() for k, f in layouts.items()}
     inputs = {k: x.contiguous(memory_format=f) for k, f in layouts.items()}
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
-    times: dict = {k: [] for k in models}
-    for r in range(rounds + 1):  # round 0 warms both up
-        for k in (list(models) if r % 2 else list(models)[::-1]):
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                xb = inputs[k].float().div_(255)
-                loss = torch.nn.functional.cross_entropy(models[k](xb).float(), y)
-            loss.backward()
-            opts[k].step()
-            opts[k].zero_grad(set_to_none=True)
-            if r:
-                times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(t) for k, t in times.items()}
+    med, _ = _interleaved_steps(models, inputs, y, precision, rounds=rounds, warm=1)  # round 0 warms both up
     lines = [f"## memory layout A/B, precision {precision}: {rounds} interleaved steps each, batch {batch}, "
              f"{size} px, median ms/step (speed-up vs channels_last, maskcls' default)"]
     for k, m in med.items():
         lines.append(f"  {k:<14} {1e3 * m:7.1f} ms  {batch / m:6.1f} img/s  x{med['channels_last'] / m:.2f}")
+    return "\n".join(lines)
+
+
+def ema_ab(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
+    """Training steps without and with the EMA of the weights (``train.ema``: timm's ModelEmaV3 updated after
+    every optimizer step, as maskcls' loop does), interleaved step by step: the per-step cost of the EMA."""
+    import copy
+
+    from maskcls.config import TrainConfig
+    from maskcls.engine.fold import make_ema
+
+    base = _ab_model(cfg).to(memory_format=torch.channels_last).train()
+    size = cfg.data.image_size
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 18, (batch,))
+    models = {"no EMA": base, "EMA": copy.deepcopy(base)}
+    ema = make_ema(models["EMA"], TrainConfig(ema=True))
+    step = iter(range(1 << 30))
+    med, _ = _interleaved_steps(models, dict.fromkeys(models, x), y, precision, rounds=rounds, warm=1,
+                                after={"EMA": lambda: ema.update(models["EMA"], step=next(step))})
+    lines = [f"## EMA A/B, precision {precision}: {rounds} interleaved steps each, batch {batch}, {size} px, "
+             "median ms/step (speed-up vs no EMA)"]
+    for k, m in med.items():
+        lines.append(f"  {k:<7} {1e3 * m:7.1f} ms  {batch / m:6.1f} img/s  x{med['no EMA'] / m:.2f}")
+    lines.append(f"  EMA update: {1e3 * (med['EMA'] - med['no EMA']):+.1f} ms per step "
+                 f"({100 * (med['EMA'] / med['no EMA'] - 1):+.1f} %)")
     return "\n".join(lines)
 
 
@@ -327,6 +354,9 @@ def main() -> int:
     ap.add_argument("--layout-rounds", type=int, default=0,
                     help="instead of the profile: channels_last vs contiguous NCHW, this many interleaved steps "
                          "(layout_ab)")
+    ap.add_argument("--ema-rounds", type=int, default=0,
+                    help="instead of the profile: steps without vs with the EMA update (train.ema), this many "
+                         "interleaved steps (ema_ab)")
     a = ap.parse_args()
     torch.utils.deterministic.fill_uninitialized_memory = a.fill_uninitialized == "on"
     if a.adamw != "default":
@@ -343,6 +373,9 @@ def main() -> int:
                 continue
             if a.layout_rounds:
                 parts.append(layout_ab(cfg, p, batch=a.batch, rounds=a.layout_rounds))
+                continue
+            if a.ema_rounds:
+                parts.append(ema_ab(cfg, p, batch=a.batch, rounds=a.ema_rounds))
                 continue
             if a.ab_rounds:
                 parts.append(ab_steps(cfg, p, batch=a.batch, rounds=a.ab_rounds))
