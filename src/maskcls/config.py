@@ -111,7 +111,8 @@ class TrainConfig:
                               "the training old_age): 3 drops 27-29 and 57-59. 0 = none.", min=0, max=10)
     ema: bool = _f(True, "Keep an exponential moving average of the weights (timm's ModelEmaV3); it is what is "
                    "validated and saved in best.pt. On by default: +6.6 to +7.3 points at epoch 1 on the real dev "
-                   "sets, best epoch +0.88 (mask3dev) and +0.07 (agegender6dev, 5 seeds; docs/quality.md).")
+                   "sets, best epoch +0.88 (mask3dev) and +0.07 (agegender6dev, 5 seeds) at 3 epochs; at 8 epochs "
+                   "-0.54 at the best epoch, level at the last (docs/quality.md): false for long runs.")
     ema_decay: float = _f(0.9998, "EMA decay ceiling; the decay warms up from 0 (1 - (1 + step)^-0.75), so short "
                           "runs average over their last few dozen steps.", min=0.0, max=1.0)
     average: Literal["none", "last", "top"] = _f(
