@@ -296,6 +296,7 @@ def ema_ab(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
     """Training steps without and with the EMA of the weights (``train.ema``: timm's ModelEmaV3 updated after
     every optimizer step, as maskcls' loop does), interleaved step by step: the per-step cost of the EMA."""
     import copy
+    import itertools
 
     from maskcls.config import TrainConfig
     from maskcls.engine.fold import make_ema
@@ -306,7 +307,7 @@ def ema_ab(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
     y = torch.randint(0, 18, (batch,))
     models = {"no EMA": base, "EMA": copy.deepcopy(base)}
     ema = make_ema(models["EMA"], TrainConfig(ema=True))
-    step = iter(range(1 << 30))
+    step = itertools.count()
     med, _ = _interleaved_steps(models, dict.fromkeys(models, x), y, precision, rounds=rounds, warm=1,
                                 after={"EMA": lambda: ema.update(models["EMA"], step=next(step))})
     lines = [f"## EMA A/B, precision {precision}: {rounds} interleaved steps each, batch {batch}, {size} px, "

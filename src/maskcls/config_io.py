@@ -190,11 +190,19 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
-def read_config(path: str | Path) -> Config:
-    """The Config in a YAML file written by maskcls (a run's config.yaml); errors name the file."""
+def read_config(path: str | Path, *, missing: dict[tuple[str, str], object] | None = None) -> Config:
+    """The Config in a YAML file written by maskcls (a run's config.yaml); errors name the file.
+
+    ``missing``: (section, key) -> the value to use where the file lacks that key (instead of today's
+    default; for a file written before the key existed)."""
     p = Path(path)
     try:
-        return config_from_dict(load_yaml(p.read_text()) or {})
+        raw = load_yaml(p.read_text()) or {}
+        for (section, key), value in (missing or {}).items() if isinstance(raw, dict) else ():
+            sec = raw.get(section) or {}
+            if isinstance(sec, dict) and key not in sec:
+                raw[section] = {**sec, key: value}
+        return config_from_dict(raw)
     except FileNotFoundError:
         raise FileNotFoundError(f"{p} not found; is {p.parent} a run directory written by `maskcls train`?") from None
     except yaml.YAMLError as e:

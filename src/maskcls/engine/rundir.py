@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
-from ..config_io import dump_yaml, load_yaml, read_config
+from ..config_io import dump_yaml, read_config
 from ..errors import CheckpointError
 from ..fsutil import atomic_write_json, atomic_write_text, load_json
 from ..task import Task
@@ -74,13 +74,7 @@ KEYS_OLD_DEFAULTS = {("train", "ema"): False}
 def read_run_config(run: str | Path) -> Config:
     """The run's typed config (config.yaml as train wrote it); a key the file lacks whose default changed
     since takes the value the run was trained with (``KEYS_OLD_DEFAULTS``), so that --resume continues it."""
-    path = Path(run) / "config.yaml"
-    cfg = read_config(path)
-    raw = load_yaml(path.read_text()) or {}
-    for (section, key), old in KEYS_OLD_DEFAULTS.items():
-        if key not in (raw.get(section) or {}):
-            setattr(getattr(cfg, section), key, old)
-    return cfg
+    return read_config(Path(run) / "config.yaml", missing=KEYS_OLD_DEFAULTS)
 
 
 def fold_dir(run: Path, fold: int) -> Path:
