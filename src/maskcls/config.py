@@ -184,6 +184,11 @@ class LossConfig:
                              "measured (docs/benchmarks.md).", min=0.0, max=2.0)
     head_weights: Optional[list[float]] = _f(None, "multi heads: weight of each attribute's loss, in the task's "
                                              "order (mask, gender, age); null = equal weights.")
+    age_sigma: float = _f(0.0, "Soft age-group targets for training, from the raw ages: each photo's age target is "
+                          "the share of N(age + 0.5, sigma^2) in each group (sigma in years), so a 29-year-old "
+                          "counts partly as 30-59; other attributes stay one-hot; validation keeps the hard labels. "
+                          "Needs raw ages (the competition layout, a CSV with age in years). 0 = hard labels.",
+                          min=0.0, max=30.0)
 
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")

@@ -32,6 +32,7 @@ from .metrics import EpochMetrics
 from .mixing import make_mixer
 from .optim import build_optimizer, build_scheduler, param_groups
 from .rundir import fold_dir, write_lr_csv, write_metrics_csv, write_oof
+from .soft_ages import age_soft_targets, soft_target_lookup
 from .trackers import RunTrackers
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,10 @@ class FoldTrainer:
         if teachers is not None:  # the criterion learns from the teachers' probabilities of the training rows
             from .distill import attach_teachers
             attach_teachers(self, teachers)
+        if cfg.loss.age_sigma > 0:  # soft age-group targets from the raw ages (training rows only)
+            table = age_soft_targets(self.data.train_rows, self.data.train_labels, task, cfg.loss.age_sigma,
+                                     ages.old_age or task.old_age or 60)
+            self.setup.soft_targets = soft_target_lookup(table)
         self.checkpoints = FoldCheckpoints(self.dir, config=cfg.to_dict())
         self.state = FoldState()
         self.weights = info.weights

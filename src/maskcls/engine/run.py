@@ -41,6 +41,7 @@ from .rundir import (
     summarize_run,
     write_run_files,
 )
+from .soft_ages import check_age_sigma
 from .tracker_plan import plan_trackers
 from .trackers import RunTrackers
 
@@ -69,6 +70,7 @@ def _resolve(cfg: Config, prep: Prepared, acc: Accelerator, folds: list[int]) ->
     size_kwargs(info, cfg.model.name, pp.image_size)  # a fixed-size model that cannot take this size
     _check_weights(cfg.model.name, cfg.model.pretrained)
     _check_batch_fits(cfg.train.batch_size, prep, folds, acc.num_processes)
+    check_age_sigma(cfg, task, prep.train_rows())
     if cfg.data.faces:
         from ..prep.faces import load_face_crops
         load_face_crops(prep.dir)  # missing or stale crops: say so now
