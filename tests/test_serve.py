@@ -566,7 +566,8 @@ def real_run(prepared_dir, tmp_path_factory) -> Path:
 def test_real_run_onnx_equals_predict_and_torch(real_run, synth_root):
     from maskcls.infer.predict import predict_images
     paths = sorted((synth_root / "eval" / "images").iterdir())[:4]
-    want = predict_images(real_run, [str(p) for p in paths], folds="all")
+    # serve answers from one view of each photo (latency); predict's default follows the run's train.valid_tta
+    want = predict_images(real_run, [str(p) for p in paths], folds="all", tta="none")
     answers = {}
     for backend in ("onnx", "torch"):
         app = create_app(real_run, ServeOptions(folds="all", backend=backend))

@@ -182,8 +182,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def config_from_dict(data: dict) -> Config:
-    """A checked Config from a nested dict (a run's config.yaml, a checkpoint's config)."""
+def config_from_dict(data: dict, *, missing: dict[tuple[str, str], object] | None = None) -> Config:
+    """A checked Config from a nested dict (a run's config.yaml, a checkpoint's config).
+
+    ``missing``: (section, key) -> the value to use where ``data`` lacks that key (instead of today's
+    default; for a config written before the key existed)."""
+    for (section, key), value in (missing or {}).items() if isinstance(data, dict) else ():
+        sec = data.get(section) or {}
+        if isinstance(sec, dict) and key not in sec:
+            data = {**data, section: {**sec, key: value}}
     cfg = Config()
     apply_dict(cfg, data)
     validate(cfg)
@@ -197,12 +204,7 @@ def read_config(path: str | Path, *, missing: dict[tuple[str, str], object] | No
     default; for a file written before the key existed)."""
     p = Path(path)
     try:
-        raw = load_yaml(p.read_text()) or {}
-        for (section, key), value in (missing or {}).items() if isinstance(raw, dict) else ():
-            sec = raw.get(section) or {}
-            if isinstance(sec, dict) and key not in sec:
-                raw[section] = {**sec, key: value}
-        return config_from_dict(raw)
+        return config_from_dict(load_yaml(p.read_text()) or {}, missing=missing)
     except FileNotFoundError:
         raise FileNotFoundError(f"{p} not found; is {p.parent} a run directory written by `maskcls train`?") from None
     except yaml.YAMLError as e:

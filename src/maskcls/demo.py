@@ -60,7 +60,7 @@ def run_demo(out: str | Path = "demo-out", *, people: int = 120, epochs: int | N
     cfg = demo_config(epochs, out / "runs")
     summary = step("train", lambda: run_training(cfg, load_prepared(out / "prepared"), folds=[0]))
     run = Path(summary["run_dir"])
-    sub = step("predict", lambda: predict_submission(run, tta="hflip"))
+    sub = step("predict", lambda: predict_submission(run))
     eval_f1 = _score(out / "data", Path(sub["submission"]))
     report = step("report", lambda: write_report(run))
     total = time.time() - t0

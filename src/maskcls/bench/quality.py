@@ -73,7 +73,8 @@ class SeedResult:
 # Keys added after results were first cached, each with the value that trains exactly as before the key
 # existed: at that value the key is left out of the cache key, so earlier results stay valid (a new key would
 # otherwise retrain every cached configuration). Add a key here only when that value changes nothing at all.
-NEUTRAL_SINCE_ADDED = {("optim", "fused"): False, ("distill", "unlabelled"): False, ("loss", "age_sigma"): 0.0}
+NEUTRAL_SINCE_ADDED = {("optim", "fused"): False, ("distill", "unlabelled"): False, ("loss", "age_sigma"): 0.0,
+                       ("train", "valid_tta"): "none"}
 
 
 def _key(cfg: Config, name: str, prep) -> str:

@@ -72,11 +72,12 @@ class EpochPoint:
 
 def budget_config(base: Config | None, budget: Budget) -> Config:
     """``base`` (default: the defaults) at ``budget``, with the precision resolved on this machine (so that
-    the child trains in exactly what timm is told; ``MASKCLS_CPU_BF16`` is honoured here)."""
+    the child trains in exactly what timm is told; ``MASKCLS_CPU_BF16`` is honoured here), validating one view
+    (``train.valid_tta=none``): timm's checkpoints are scored on one view, and the two F1s must be alike."""
     from ..engine.accel import resolve_precision
     cfg = base or Config()
     return replace(cfg, data=replace(cfg.data, image_size=budget.image_size),
-                   train=replace(cfg.train, epochs=budget.epochs, seed=budget.seed,
+                   train=replace(cfg.train, epochs=budget.epochs, seed=budget.seed, valid_tta="none",
                                  mixed_precision=resolve_precision(budget.precision)))
 
 

@@ -24,7 +24,10 @@ def register(subs) -> None:
     s.add_argument("--out", help="submission CSV, or a directory for submission.csv (default RUN/submission.csv; "
                    "never overwritten)")
     s.add_argument("--folds", default="all", help="'all', 'best', or a list '0,1'")
-    s.add_argument("--tta", default="none", choices=["none", "hflip"])
+    s.add_argument("--tta", default="auto", choices=["auto", "none", "hflip"],
+                   help="test-time augmentation: hflip averages each photo with its mirror image; auto (default) = "
+                        "what the run validated with (train.valid_tta, hflip since 2026-12-03), which its "
+                        "out-of-fold scores and decision offsets saw")
     s.add_argument("--json", action="store_true", help="JSON lines output for images (the plain output escapes "
                    "backslashes, tabs, newlines and control characters in file names: \\t, \\n, \\x1b)")
     s.add_argument("--batch-size", type=int_range(1), default=None,

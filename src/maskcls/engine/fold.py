@@ -145,7 +145,7 @@ class FoldTrainer:
                                 accum_steps=t.accum_steps, clip_grad=t.clip_grad, channels_last=t.channels_last,
                                 max_batches=t.max_train_batches,
                                 mixer=make_mixer(cfg.data, num_classes=task.num_classes, task=task),
-                                ema=make_ema(unwrap_model(model), t) if t.ema else None)
+                                ema=make_ema(unwrap_model(model), t) if t.ema else None, valid_tta=t.valid_tta)
         self.averager = make_averager(t, self.dir)
         if teachers is not None:  # the criterion learns from the teachers' probabilities of the training rows
             from .distill import attach_teachers

@@ -52,6 +52,7 @@ class EpochSetup:
     ema: object | None = None
     soft_targets: object | None = None
     train_size: int = 0  # progressive resizing: this epoch's training side in px (0 = as loaded)
+    valid_tta: str = "none"  # train.valid_tta: "hflip" validates the mean of each image and its mirror image
 
     @property
     def validated(self) -> torch.nn.Module:
@@ -167,8 +168,9 @@ def train_one_epoch(s: EpochSetup, loader, *, epoch: int, lr_log: list | None = 
 
 @torch.no_grad()
 def predict_probs(model, loader, accelerator, *, task: Task, heads: Heads, channels_last: bool = True,
-                  criterion=None, desc: str = "valid") -> tuple[np.ndarray, np.ndarray, float]:
-    """Probabilities for every sample of a (possibly sharded) loader, gathered on all ranks.
+                  criterion=None, desc: str = "valid", tta: str = "none") -> tuple[np.ndarray, np.ndarray, float]:
+    """Probabilities for every sample of a (possibly sharded) loader, gathered on all ranks; with
+    ``tta="hflip"`` the mean of each image's and its mirror image's (the loss is the unflipped view's).
 
     Returns (row positions, probabilities N×K, summed loss). Each rank's shard is disjoint and
     gathered by position, so no sample is counted twice.
@@ -182,6 +184,8 @@ def predict_probs(model, loader, accelerator, *, task: Task, heads: Heads, chann
             if criterion is not None and (y >= 0).all():
                 loss_sum += criterion(logits, y.to(accelerator.device)).item() * len(y)
             p = probabilities(logits, task, heads)
+            if tta == "hflip":
+                p = (p + probabilities(model(torch.flip(x, dims=[3])).float(), task, heads)) / 2
         idx_parts.append(idx.numpy())
         prob_parts.append(p.cpu().numpy())
     idx = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
@@ -196,10 +200,12 @@ def predict_probs(model, loader, accelerator, *, task: Task, heads: Heads, chann
 
 
 def evaluate(s: EpochSetup, loader, labels: np.ndarray, *, desc: str = "valid") -> tuple[EpochMetrics, np.ndarray]:
-    """Validation metrics of ``s.validated`` over the whole set (exact macro F1), and the probabilities."""
+    """Validation metrics of ``s.validated`` over the whole set (exact macro F1, with ``s.valid_tta``), and the
+    probabilities."""
     t0 = time.perf_counter()
     idx, probs, loss_sum = predict_probs(s.validated, loader, s.accelerator, task=s.task, heads=s.heads,
-                                         channels_last=s.channels_last, criterion=s.criterion, desc=desc)
+                                         channels_last=s.channels_last, criterion=s.criterion, desc=desc,
+                                         tta=s.valid_tta)
     if len(idx) != len(labels) or (idx != np.arange(len(labels))).any():
         raise RuntimeError(f"validation gathered {len(idx)} rows for {len(labels)} images: rows lost or duplicated")
     cm = confusion(labels, probs.argmax(1), s.task.num_classes)

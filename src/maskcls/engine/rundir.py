@@ -67,8 +67,9 @@ def read_run_info(run: str | Path) -> dict:
 
 # Keys whose default changed after some runs were written without them: such a run trained with the old
 # value, which its config.yaml then lacks (every later config.yaml holds every key). train.ema: on by
-# default since 2026-12-03; it was off, and a run written before the key existed had no EMA.
-KEYS_OLD_DEFAULTS = {("train", "ema"): False}
+# default since 2026-12-03; it was off, and a run written before the key existed had no EMA. train.valid_tta:
+# hflip by default since 2026-12-03; before the key existed validation (and so oof.csv) saw one view.
+KEYS_OLD_DEFAULTS = {("train", "ema"): False, ("train", "valid_tta"): "none"}
 
 
 def read_run_config(run: str | Path) -> Config:

@@ -22,6 +22,7 @@ from ..engine.metrics import confusion, macro_f1
 from ..engine.rundir import read_oof, read_run_info
 from ..errors import ConfigError, DataError, did_you_mean
 from ..fsutil import atomic_write_json, free_name
+from .loading import TTA_REQUESTS, check_tta, resolve_tta
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +71,18 @@ def check_weights_method(weights: str) -> EnsembleWeights:
 
 
 def predict_runs(runs: list[str | Path], *, data: str | None = None, out: str | None = None, folds: str = "all",
-                 tta: str = "none", weights: EnsembleWeights = "equal", tune_bias: TuneBias = "auto",
+                 tta: str = "auto", weights: EnsembleWeights = "equal", tune_bias: TuneBias = "auto",
                  batch_size: int | None = None) -> dict:
     """The submission of several runs' averaged probabilities; see the module docstring."""
     from .predict import _submission_rows, eval_probabilities, run_and_data, submission_path, write_submission
     check_weights_method(weights)
     check_tune_bias(tune_bias)
     runs = [Path(r) for r in runs]
-    probs, info, task, prep = [], None, None, None
+    check_tta(tta, TTA_REQUESTS)
+    probs, info, task, prep, views = [], None, None, None, []
     for run in runs:
         loaded, prep, _ = run_and_data(run, folds=folds, data=data)
+        views.append(resolve_tta(tta, loaded))  # 'auto': each run's own train.valid_tta
         rows, run_info = _submission_rows(prep)
         if info is not None and not run_info.equals(info):
             raise DataError(f"{run} predicts other evaluation images than {runs[0]} (their ids or order differ); "
@@ -87,7 +90,7 @@ def predict_runs(runs: list[str | Path], *, data: str | None = None, out: str | 
         if task is not None and loaded[0].task != task:
             raise DataError(f"{run} has another label space than {runs[0]}; ensemble runs of one task only")
         info, task = run_info, loaded[0].task
-        probs.append(eval_probabilities(loaded, prep, rows, tta=tta, batch_size=batch_size))
+        probs.append(eval_probabilities(loaded, prep, rows, tta=views[-1], batch_size=batch_size))
     k = task.num_classes
     oof = common_oof(runs, k)
     w = np.full(len(runs), 1 / len(runs))
@@ -119,7 +122,8 @@ def predict_runs(runs: list[str | Path], *, data: str | None = None, out: str | 
         sub["class_name"] = [task.class_names[c] for c in sub["ans"]]
     out_path = write_submission(sub, ens, submission_path(runs[0], out) if out else
                                 free_name(runs[0] / "ensemble-submission.csv"))
-    report.update({"runs": [str(r) for r in runs], "weights": [round(float(x), 3) for x in w], "tta": tta,
+    report.update({"runs": [str(r) for r in runs], "weights": [round(float(x), 3) for x in w],
+                   "tta": views[0] if len(set(views)) == 1 else ",".join(views),
                    "decision_offsets": offsets is not None})
     atomic_write_json(out_path.with_name(out_path.stem + ".ensemble.json"), report)
     return {"submission": str(out_path), "rows": len(sub), **report}

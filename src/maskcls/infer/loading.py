@@ -18,6 +18,7 @@ from ..config import Config
 from ..config_io import config_from_dict
 from ..data.preprocessing import Preprocessing
 from ..engine.checkpoint import load_checkpoint
+from ..engine.rundir import KEYS_OLD_DEFAULTS
 from ..errors import CheckpointError, ConfigError, did_you_mean
 from ..models.factory import MaskClsNet, build_model
 from ..models.heads import probabilities
@@ -29,11 +30,23 @@ Tta = Literal["none", "hflip"]
 TTA_CHOICES: tuple[str, ...] = typing.get_args(Tta)
 
 
-def check_tta(tta: str) -> str:
-    """``tta`` if it is one of :data:`TTA_CHOICES`; else a ConfigError listing them (never a silent 'none')."""
-    if tta not in TTA_CHOICES:
-        raise ConfigError(f"tta={tta!r} is not a valid choice; choose one of {', '.join(TTA_CHOICES)}"
-                          f"{did_you_mean(str(tta), TTA_CHOICES)}")
+TTA_REQUESTS: tuple[str, ...] = ("auto", *TTA_CHOICES)  # what predict accepts: auto = the run's train.valid_tta
+
+
+def check_tta(tta: str, choices: tuple[str, ...] = TTA_CHOICES) -> str:
+    """``tta`` if it is one of ``choices``; else a ConfigError listing them (never a silent 'none')."""
+    if tta not in choices:
+        raise ConfigError(f"tta={tta!r} is not a valid choice; choose one of {', '.join(choices)}"
+                          f"{did_you_mean(str(tta), choices)}")
+    return tta
+
+
+def resolve_tta(tta: str, folds: list[LoadedFold]) -> Tta:
+    """The views prediction averages: 'auto' is those the run validated with (its ``train.valid_tta``; 'none' for a
+    run trained before that key existed), which its oof.csv and decision offsets saw; 'none' and 'hflip'
+    are themselves."""
+    if check_tta(tta, TTA_REQUESTS) == "auto":
+        return folds[0].cfg.train.valid_tta
     return tta
 
 
@@ -87,7 +100,7 @@ def select_folds(run: str | Path, spec: str = "all") -> dict[int, Path]:
 
 def load_fold(path: Path, fold: int) -> LoadedFold:
     ck = load_checkpoint(path)
-    meta, cfg = ck["meta"], config_from_dict(ck["config"])
+    meta, cfg = ck["meta"], config_from_dict(ck["config"], missing=KEYS_OLD_DEFAULTS)
     pp = meta["preprocessing"]
     task = Task.from_meta(meta)
     model, _ = build_model(meta["model_name"], num_outputs=task.outputs(meta["heads"]), pretrained="none",

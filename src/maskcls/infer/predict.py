@@ -26,7 +26,7 @@ from ..prep.prepare import prepare_for_prediction
 from ..prep.prepared import Prepared, load_prepared
 from ..progress import track
 from .export import export_run, onnx_session
-from .loading import LoadedFold, check_tta, ensemble_probs, load_folds
+from .loading import TTA_REQUESTS, LoadedFold, check_tta, ensemble_probs, load_folds, resolve_tta
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def eval_probabilities(loaded: list, prep: Prepared, rows: pd.DataFrame, *, tta:
 
 
 def predict_submission(run: str | Path, *, data: str | Path | None = None, out: str | Path | None = None,
-                       folds: str = "all", tta: str = "none", tune_bias: TuneBias = "auto", backend: Backend = "torch",
+                       folds: str = "all", tta: str = "auto", tune_bias: TuneBias = "auto", backend: Backend = "torch",
                        **loading: int | None) -> dict:
     """Predict the evaluation images of ``data``; write the submission and the probabilities beside it.
 
@@ -138,7 +138,8 @@ def predict_submission(run: str | Path, *, data: str | Path | None = None, out: 
         out: the submission file, or an existing directory to write ``submission.csv`` into
             (default ``RUN/submission.csv``); an existing file is never overwritten (-2, -3, … suffixes).
         folds: 'all', 'best' or a list like '0,2'.
-        tta: 'none' or 'hflip'.
+        tta: 'auto' (the views the run validated with, ``train.valid_tta``: what its oof.csv and decision
+            offsets saw), 'none' or 'hflip'.
         tune_bias: 'auto' applies the run's decision offsets (decision.json) when they raised the
             cross-fitted out-of-fold macro F1, 'on' always, 'off' never (plain argmax).
         backend: 'torch', 'onnx' or 'onnx-int8' (see the module docstring).
@@ -147,10 +148,12 @@ def predict_submission(run: str | Path, *, data: str | Path | None = None, out: 
     """
     run = Path(run)
     check_tune_bias(tune_bias)
+    check_tta(tta, TTA_REQUESTS)
     check_backend(backend)
     if set(loading) - {"batch_size", "num_workers"}:
         raise TypeError(f"predict_submission() got unexpected keyword arguments {sorted(loading)}")
     loaded, prep, made = run_and_data(run, folds=folds, data=data)
+    tta = resolve_tta(tta, loaded)
     rows, sub = _submission_rows(prep)
     offsets = read_offsets(run, tune_bias, k=loaded[0].task.num_classes)
     model = exported_model(run, loaded, backend)
@@ -255,10 +258,13 @@ def expand_images(items: list[str]) -> list[str]:
     return out
 
 
-def predict_images(run: str | Path, items: list[str], *, folds: str = "all", tta: str = "none",
+def predict_images(run: str | Path, items: list[str], *, folds: str = "all", tta: str = "auto",
                    batch_size: int = 32, backend: Backend = "torch") -> list[dict]:
-    """Predict arbitrary image files; unreadable ones get an ``error`` entry, the rest proceed."""
+    """Predict arbitrary image files; unreadable ones get an ``error`` entry, the rest proceed (``tta``: as
+    :func:`predict_submission`'s)."""
+    check_tta(tta, TTA_REQUESTS)
     loaded = load_folds(run, folds)
+    tta = resolve_tta(tta, loaded)
     model = exported_model(run, loaded, backend)
     meta = loaded[0].meta
     paths = expand_images(items)

@@ -17,6 +17,7 @@ import yaml
 
 from ..config import Config
 from ..config_io import config_from_dict
+from ..engine.rundir import KEYS_OLD_DEFAULTS
 from ..errors import CheckpointError, ConfigError, DataError
 from ..task import Task
 
@@ -90,7 +91,7 @@ def _read_fold(fold_dir: Path) -> FoldFiles:
 def _typed_config(text: str) -> Config | None:
     try:
         data = yaml.safe_load(text) or {}
-        return config_from_dict(data) if isinstance(data, dict) and data else None
+        return config_from_dict(data, missing=KEYS_OLD_DEFAULTS) if isinstance(data, dict) and data else None
     except (yaml.YAMLError, ConfigError) as exc:
         log.warning("report: config.yaml does not match this maskcls's configuration (%s); "
                     "showing it as text only", str(exc).splitlines()[0])
