@@ -151,3 +151,17 @@ def test_bad_timm_repo_is_a_one_line_error(prepared_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "cannot read HEAD:train.py" in err and "pytorch-image-models" in err
     assert not (tmp_path / "o" / "maskcls").exists()  # it failed before any training started
+
+
+def test_maskcls_side_validates_one_view_like_timms_checkpoints():
+    """timm's checkpoints are scored on one view, so maskcls' side must not average in the mirror image (the
+    default train.valid_tta=hflip would lift its F1 column by a point for nothing it trained)."""
+    from maskcls.bench.time_to_f1 import Budget, budget_config
+    from maskcls.config import Config
+    assert Config().train.valid_tta == "hflip"
+    cfg = budget_config(None, Budget())
+    assert cfg.train.valid_tta == "none" and cfg.data.image_size == 128 and cfg.train.epochs == 3
+    base = Config()
+    base.optim.lr = 5e-4
+    assert budget_config(base, Budget()).train.valid_tta == "none"
+    assert budget_config(base, Budget()).optim.lr == 5e-4
