@@ -47,7 +47,7 @@ from ..data.loader import build_loader
 from ..data.preprocessing import Preprocessing
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.factory import build_model
-from ..models.heads import probabilities
+from ..models.heads import probabilities, tta_views
 from ..prep.prepared import Prepared
 from ..progress import track
 from ..task import Task
@@ -144,7 +144,7 @@ def teacher_probs(path: Path, prep: Prepared, rows: pd.DataFrame, *, tta: str = 
     out = []
     for x, _, _ in track(loader, desc=f"teacher {path.parent.parent.name}", enabled=True):
         x = x.to(device)
-        views = [x, torch.flip(x, dims=[3])] if tta == "hflip" else [x]
+        views = tta_views(x, tta)
         p = sum(probabilities(model(v).float() / temperature, task, meta["heads"]) for v in views) / len(views)
         out.append(p.cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, task.num_classes), np.float32)

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from ..models.factory import unwrap_model
-from ..models.heads import Heads, probabilities
+from ..models.heads import Heads, probabilities, tta_views
 from ..progress import progress, track
 from ..task import Task
 from .metrics import EpochMetrics, confusion
@@ -180,12 +180,10 @@ def predict_probs(model, loader, accelerator, *, task: Task, heads: Heads, chann
     for x, y, idx in track(loader, desc=desc, enabled=accelerator.is_main_process):
         x = _to_device(x, accelerator.device, channels_last)
         with accelerator.autocast():
-            logits = model(x).float()
+            logits = [model(v).float() for v in tta_views(x, tta)]  # the photo first: the loss is its
             if criterion is not None and (y >= 0).all():
-                loss_sum += criterion(logits, y.to(accelerator.device)).item() * len(y)
-            p = probabilities(logits, task, heads)
-            if tta == "hflip":
-                p = (p + probabilities(model(torch.flip(x, dims=[3])).float(), task, heads)) / 2
+                loss_sum += criterion(logits[0], y.to(accelerator.device)).item() * len(y)
+            p = sum(probabilities(z, task, heads) for z in logits) / len(logits)
         idx_parts.append(idx.numpy())
         prob_parts.append(p.cpu().numpy())
     idx = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)

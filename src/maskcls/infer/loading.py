@@ -21,7 +21,7 @@ from ..engine.checkpoint import load_checkpoint
 from ..engine.rundir import KEYS_OLD_DEFAULTS
 from ..errors import CheckpointError, ConfigError, did_you_mean
 from ..models.factory import MaskClsNet, build_model
-from ..models.heads import probabilities
+from ..models.heads import probabilities, tta_views
 from ..prep.folds import parse_fold_list
 from ..progress import track
 from ..task import Task
@@ -150,7 +150,7 @@ def ensemble_probs(folds: list[LoadedFold], loader, *, tta: Tta = "none", device
     out = []
     for x, _, _ in track(loader, desc="predict", enabled=progress):
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        views = [x, torch.flip(x, dims=[3])] if tta == "hflip" else [x]
+        views = tta_views(x, tta)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             p = sum(probabilities(m(v).float(), task, heads) for m in models for v in views)
             p = p / (len(models) * len(views))

@@ -25,6 +25,12 @@ def check_heads(heads: str) -> Heads:
     return heads
 
 
+def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The views of an image batch (N×C×H×W) that test-time augmentation averages: the batch itself, and with
+    ``tta="hflip"`` its mirror image (faces are left-right symmetric)."""
+    return [x, torch.flip(x, dims=[3])] if tta == "hflip" else [x]
+
+
 def probabilities(logits: torch.Tensor, task: Task, heads: Heads) -> torch.Tensor:
     """Class probabilities (B×K, float32) from the network's logits."""
     logits = logits.float()
