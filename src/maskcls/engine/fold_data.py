@@ -162,17 +162,25 @@ class TrainingAges:
         if not ages:
             return np.ones(len(rows), bool)
         key = "train.drop_ages" if self.drop else "train.drop_age_margin"
-        if task.attribute("age") is None:
-            raise ConfigError(f"{key} needs raw ages in years, but this task has no age attribute (classes "
-                              f"{_some_classes(task)}): remove {key} (prepare a CSV with an `age` "
-                              "column in years, or the competition layout, to use it)")
+        require_raw_ages(key, f"remove {key}", task, rows)
         years = rows["age_years"].to_numpy(np.int64)
         labelled = (rows["split"] == "train").to_numpy()
-        if (years[labelled] < 0).any():
-            raise ConfigError(f"{key} needs raw ages in years, but {int((years[labelled] < 0).sum())} training "
-                              "rows have only an age group (the CSV's age column held groups): remove "
-                              f"{key}, or prepare from a CSV whose `age` column holds years")
         return ~np.isin(years, ages) | ~labelled
+
+
+def require_raw_ages(what: str, fix: str, task: Task, rows: pd.DataFrame) -> None:
+    """What needs each labelled training row's age in years (``train.drop_ages``, ``loss.age_sigma``): a
+    ConfigError naming ``what`` and ``fix`` when the task has no age attribute, or when labelled ``rows``
+    (pseudo-labelled ones have no raw age and are not asked) hold only an age group."""
+    if task.attribute("age") is None:
+        raise ConfigError(f"{what} needs raw ages in years, but this task has no age attribute (classes "
+                          f"{_some_classes(task)}): {fix} (prepare a CSV with an `age` column in years, or the "
+                          "competition layout, to use it)")
+    years = rows["age_years"].to_numpy(np.int64)[(rows["split"] == "train").to_numpy()]
+    if (years < 0).any():
+        raise ConfigError(f"{what} needs raw ages in years, but {int((years < 0).sum())} training rows have only "
+                          f"an age group (the CSV's age column held groups): {fix}, or prepare from a CSV whose "
+                          "`age` column holds years")
 
 
 def check_batch_fits(batch_size: int, train_images: int, *, fold: int, world: int) -> None:

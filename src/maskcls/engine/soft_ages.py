@@ -19,6 +19,7 @@ import torch
 from ..config import Config
 from ..errors import ConfigError
 from ..task import Task
+from .fold_data import require_raw_ages
 
 
 def group_shares(years: np.ndarray, sigma: float, thresholds: tuple[int, ...]) -> np.ndarray:
@@ -56,16 +57,7 @@ def check_age_sigma(cfg: Config, task: Task, rows: pd.DataFrame) -> None:
     sigma = cfg.loss.age_sigma
     if sigma <= 0:
         return
-    if task.attribute("age") is None:
-        raise ConfigError(f"loss.age_sigma={sigma:g} needs raw ages in years, but this task has no age attribute "
-                          f"(classes {', '.join(task.class_names[:4])}{'…' if task.num_classes > 4 else ''}): "
-                          "set loss.age_sigma=0 (prepare a CSV with an `age` column in years, or the competition "
-                          "layout, to use it)")
-    years = rows["age_years"].to_numpy(np.int64)[(rows["split"] == "train").to_numpy()]
-    if (years < 0).any():
-        raise ConfigError(f"loss.age_sigma={sigma:g} needs raw ages in years, but {int((years < 0).sum())} "
-                          "training rows have only an age group (the CSV's age column held groups): set "
-                          "loss.age_sigma=0, or prepare from a CSV whose `age` column holds years")
+    require_raw_ages(f"loss.age_sigma={sigma:g}", "set loss.age_sigma=0", task, rows)
     if cfg.data.mixup > 0 or cfg.data.cutmix > 0 or cfg.data.vcutmix > 0:
         raise ConfigError("loss.age_sigma gives each training image its own soft target, which MixUp/CutMix would "
                           "not carry: set data.mixup, data.cutmix and data.vcutmix to 0, or loss.age_sigma=0")
