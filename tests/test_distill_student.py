@@ -20,10 +20,11 @@ from helpers import config, tiny
 from helpers import train as train_run
 from maskcls.cli import main
 from maskcls.config import DataConfig
-from maskcls.engine.distill import DistillLoss, teacher_probs, unlabelled_rows
+from maskcls.engine.distill import DistillLoss, unlabelled_rows
 from maskcls.engine.fold_data import fold_rows
 from maskcls.engine.losses import MultiHeadLoss
 from maskcls.engine.optim import build_scheduler
+from maskcls.engine.teachers import teacher_probs
 from maskcls.errors import ConfigError
 from maskcls.prep.prepare import prepare
 from maskcls.prep.prepared import load_prepared
@@ -96,6 +97,10 @@ def test_student_learns_the_teachers_permuted_classes_not_the_labels(colours, pe
     run = Path(train_run(colours, tmp_path / "soft", soft_only)["run_dir"])
     to_teacher, to_labels = _student_agreement(colours, run)
     assert to_teacher >= 0.9 and to_labels <= 0.05, (to_teacher, to_labels)
+    online = config(soft_only, distill={"teachers": [str(permuted)], "alpha": 0.0, "online": True})
+    run = Path(train_run(colours, tmp_path / "online", online)["run_dir"])
+    to_teacher, to_labels = _student_agreement(colours, run)
+    assert to_teacher >= 0.9 and to_labels <= 0.05, ("online", to_teacher, to_labels)
     hard_only = config(soft_only, distill={"teachers": [str(permuted)], "alpha": 1.0})
     run = Path(train_run(colours, tmp_path / "hard", hard_only)["run_dir"])
     to_teacher, to_labels = _student_agreement(colours, run)
@@ -126,10 +131,11 @@ def test_hard_loss_ignores_unlabelled_rows():
     assert got.item() == pytest.approx(multi(z[lab >= 0], lab[lab >= 0]).item() * 3 / 4, rel=1e-6)
 
 
-def _trainer(colours: Path, permuted: Path, scratch: Path, **sections):
+def _trainer(colours: Path, permuted: Path, scratch: Path, distill: dict | None = None, **sections):
     from maskcls.engine.accel import process_state_restored
     from maskcls.engine.lr_find import _setup  # the fold's trainer exactly as `maskcls train` builds it
-    cfg = tiny(**{**EASY, **sections}, distill={"teachers": [str(permuted)], "alpha": 0.5, "unlabelled": True})
+    cfg = tiny(**{**EASY, **sections}, distill={"teachers": [str(permuted)], "alpha": 0.5, "unlabelled": True,
+                                                **(distill or {})})
     scratch.mkdir()
     with process_state_restored():  # _setup's accelerator turns on deterministic mode; later tests expect it off
         return _setup(cfg, load_prepared(colours), 0, scratch), cfg
@@ -148,7 +154,7 @@ def test_unlabelled_eval_rows_train_on_the_teachers_probabilities_never_validate
     expect = np.concatenate([teacher_probs(best, prep, labelled), teacher_probs(best, prep, ev)])
     seen = []
     for _, y, idx in data.train_loader:
-        hard, soft = trainer.setup.soft_targets(y, idx)
+        hard, soft = trainer.setup.soft_targets(y, idx, None)
         assert torch.equal(hard < 0, idx >= n)  # exactly the eval rows are unlabelled to the loss
         assert torch.equal(hard[idx < n], torch.tensor(labelled["label"].to_numpy())[idx[idx < n]])
         assert np.allclose(soft.numpy(), expect[idx.numpy()], atol=1e-6)
@@ -206,3 +212,91 @@ def test_unlabelled_student_through_the_cli(colours, permuted, tmp_path):
     assert facts["train_images"] == len(labelled) + len(prep.eval_rows()) and facts["valid_images"] == len(valid)
     oof = (run / "fold0" / "oof.csv").read_text()
     assert not any(i in oof for i in prep.eval_rows()["image_id"])
+
+
+def _weights(trainer) -> dict[str, torch.Tensor]:
+    from maskcls.models.factory import unwrap_model
+    return {k: v.detach().cpu() for k, v in unwrap_model(trainer.setup.model).state_dict().items()}
+
+
+@pytest.mark.parametrize("how", ["pretrained", "teacher", "average"])
+def test_student_starts_from_its_teachers_weights(colours, permuted, tmp_path, how):
+    """distill.init: ``teacher`` starts the student from the first teacher's fold-0 weights, ``average`` from the
+    element-wise mean of all teachers' (here the permuted teacher and the one it was copied from, which differ in
+    their classifier rows only), ``pretrained`` from a fresh model."""
+    original = permuted.parent / "teacher"
+    teachers = [str(permuted), str(original)]
+    trainer, _ = _trainer(colours, permuted, tmp_path / "s", {"teachers": teachers, "init": how, "unlabelled": False})
+    got = _weights(trainer)
+    a, b = (torch.load(Path(t) / "fold0" / "best.pt", weights_only=True)["model"] for t in teachers)
+    head = "backbone.classifier.weight"
+    assert not torch.equal(a[head], b[head]), "precondition: the two teachers differ"
+    want = {"teacher": a, "average": {k: (a[k] + b[k]) / 2 if a[k].is_floating_point() else a[k] for k in a}}.get(how)
+    if want is None:
+        assert not torch.allclose(got[head], a[head]) and not torch.allclose(got[head], b[head])
+        return
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.allclose(got[k], want[k].to(got[k].dtype), atol=1e-6, rtol=0), k
+
+
+def test_student_init_refuses_a_teacher_of_other_inputs(permuted):
+    from maskcls.data.preprocessing import Preprocessing
+    from maskcls.engine.teachers import student_start
+    best = permuted / "fold0" / "best.pt"
+    meta = torch.load(best, weights_only=True)["meta"]
+    other = Preprocessing(**{**meta["preprocessing"], "image_size": meta["preprocessing"]["image_size"] * 2})
+    with pytest.raises(ConfigError, match=r"another preprocessing.*--config TEACHER/config.yaml.*distill.init="):
+        student_start([best], "teacher", model_name=meta["model_name"], heads=meta["heads"], pp=other)
+    with pytest.raises(ConfigError, match="another model"):
+        student_start([best], "average", model_name="resnet18", heads=meta["heads"],
+                      pp=Preprocessing(**meta["preprocessing"]))
+    assert student_start([best], "pretrained", model_name="resnet18", heads="single", pp=other) is None
+
+
+@pytest.mark.parametrize("tta", ["none", "hflip"])
+def test_online_teachers_label_each_batch_as_the_student_sees_it(colours, permuted, tmp_path, tta):
+    """distill.online: a batch's soft targets are the teacher's probabilities of that batch's (augmented) images,
+    not of the un-augmented photos; with hflip the mean over the images and their mirrors."""
+    from maskcls.engine.teachers import _load_teacher
+    trainer, _ = _trainer(colours, permuted, tmp_path / "s", {"online": True, "unlabelled": False, "tta": tta},
+                          data={**EASY["data"], "jitter_p": 1.0})
+    model, _, _ = _load_teacher(permuted / "fold0" / "best.pt", torch.device("cpu"))
+    x, y, idx = next(iter(trainer.data.train_loader))
+    hard, soft = trainer.setup.soft_targets(y, idx, x)
+    with torch.no_grad():
+        want = model(x).softmax(1)
+        if tta == "hflip":
+            want = (want + model(torch.flip(x, dims=[3])).softmax(1)) / 2
+    assert torch.equal(hard, y)
+    assert torch.allclose(soft, want, atol=1e-6)
+    other = x.clone()
+    other[0] = other[0].flip(1)  # another view of the first image: its target moves with it
+    moved = trainer.setup.soft_targets(y, idx, other)[1]
+    assert torch.allclose(moved[1:], soft[1:], atol=1e-6)
+
+
+def test_online_teachers_need_the_students_preprocessing(permuted):
+    from maskcls.data.preprocessing import Preprocessing
+    from maskcls.engine.teachers import OnlineTeachers
+    best = permuted / "fold0" / "best.pt"
+    meta = torch.load(best, weights_only=True)["meta"]
+    other = Preprocessing(**{**meta["preprocessing"], "image_size": meta["preprocessing"]["image_size"] * 2})
+    with pytest.raises(ConfigError, match=r"distill.online: .*another preprocessing.*distill.online=false"):
+        OnlineTeachers([best], task=Task.from_meta(meta), pp=other, tta="none", temperature=1.0,
+                       device=torch.device("cpu"))
+
+
+def test_online_warm_started_student_through_the_cli(colours, permuted, tmp_path):
+    """--online and --init reach the run's config; the student trains from the first teacher's weights, and a
+    checkpoint records where they came from."""
+    sets = ["model.name=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.num_workers=0",
+            "train.batch_size=8", "run.report=false", "train.epochs=1", "train.mixed_precision='no'"]
+    run = tmp_path / "student"
+    args = ["distill", str(colours), "--teacher", str(permuted), "--folds", "0", "--online", "--init", "teacher",
+            "--run-dir", str(run)]
+    assert main([*args, *sum((["--set", s] for s in sets), [])]) == 0
+    text = (run / "config.yaml").read_text()
+    assert "online: true" in text and "init: teacher" in text
+    meta = torch.load(run / "fold0" / "best.pt", weights_only=True)["meta"]
+    assert meta["weights"] == f"teacher {permuted.resolve()}"

@@ -170,6 +170,13 @@ class DistillConfig:
                       min=0.0, max=1.0)
     temperature: float = _f(1.0, "Softmax temperature of teachers and student in the soft loss (which is scaled by "
                             "T squared, Hinton et al.).", min=0.1, max=20.0)
+    online: bool = _f(False, "The teachers label every training batch as the student sees it (the same crop, flip "
+                      "and colour jitter: consistent teaching), at the cost of their forward passes at every step; "
+                      "false = their probabilities of the un-augmented photos, computed once when the fold starts.")
+    init: Literal["pretrained", "teacher", "average"] = _f(
+        "pretrained", "The student's starting weights: model.pretrained's (a fresh model), the first teacher's fold-f "
+        "weights (`teacher`), or the mean of all teachers' fold-f weights (`average`); the last two need teachers "
+        "of the student's model, heads and preprocessing.")
     unlabelled: bool = _f(False, "Also train on the prepared directory's evaluation images (no labels; `maskcls "
                           "distill --unlabelled`), with the fold-f teachers' probabilities as their only target; "
                           "validation stays on labelled images.")

@@ -46,11 +46,19 @@ def register(subs) -> None:
     s = sub(subs, "distill", "train a student on the averaged probabilities of teacher runs (one model's cost)",
              "maskcls distill prepared --teacher runs/a-1 --teacher runs/a-2 --tta hflip --folds 0\n"
              "maskcls distill prepared --teacher runs/a-1 --set distill.alpha=0.5 --set distill.temperature=2\n"
+             "maskcls distill prepared --teacher runs/a-1 --teacher runs/a-2 --online   # teachers see each batch\n"
+             "maskcls distill prepared --teacher runs/a-1 --teacher runs/a-2 --init average  # warm start\n"
              "maskcls distill prepared --teacher runs/a-1 --teacher runs/a-2 --unlabelled   # + the eval images")
     s.add_argument("dir", help="prepared directory the teachers trained on (the same folds)")
     s.add_argument("--teacher", action="append", required=True, metavar="RUN",
                    help="a teacher run directory (repeatable; the student of fold f learns their fold-f models)")
     s.add_argument("--tta", choices=("none", "hflip"), help="teachers' test-time augmentation (distill.tta)")
+    s.add_argument("--online", action="store_true",
+                   help="the teachers label every training batch as the student sees it, augmented (distill.online; "
+                        "costs their forward passes at every step)")
+    s.add_argument("--init", choices=("pretrained", "teacher", "average"),
+                   help="the student's starting weights: a fresh model's, the first teacher's, or the teachers' "
+                        "mean (distill.init)")
     s.add_argument("--unlabelled", action="store_true",
                    help="also train on the prepared directory's unlabelled evaluation images, from the teachers' "
                         "probabilities alone (distill.unlabelled)")
@@ -181,6 +189,10 @@ def cmd_distill(args) -> int:
         overrides.append(f"distill.tta={args.tta}")
     if args.unlabelled:
         overrides.append("distill.unlabelled=true")
+    if args.online:
+        overrides.append("distill.online=true")
+    if args.init:
+        overrides.append(f"distill.init={args.init}")
     cfg = load_config(args.config, overrides)
     prep = load_prepared(args.dir)
     report = write_report_safely if cfg.run.report else None

@@ -5,7 +5,9 @@ For the student of fold f the teachers are the fold-f models of the teacher runs
 split — checked: their fold-f validation images are the student's — so they never saw the images the student is
 validated on, and the student's validation F1 stays honest. Their probabilities of the student's training rows
 (each teacher with its own preprocessing, optionally with flip TTA; equal weights over runs and views) are
-computed in fp32 when the fold starts, again on resume (the same numbers).
+computed in fp32 when the fold starts, again on resume (the same numbers). With ``distill.online`` the teachers
+score each training batch as the student gets it, augmented, instead; ``distill.init`` starts the student from
+their weights (:mod:`.teachers` loads them).
 
 The probabilities are the K-class joint that :func:`~maskcls.models.heads.probabilities` gives for single and
 multi heads alike (a multi-head teacher's is the product of its heads'); a multi-head student's loss takes each
@@ -40,21 +42,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..config import Config, DataConfig
-from ..config_io import config_from_dict
+from ..config import DataConfig
 from ..data.dataset import ImageDataset
-from ..data.loader import build_loader
 from ..data.preprocessing import Preprocessing
-from ..errors import CheckpointError, ConfigError, DataError
-from ..models.factory import build_model
-from ..models.heads import probabilities, tta_views
+from ..errors import ConfigError, DataError
 from ..prep.prepared import Prepared
-from ..progress import track
-from ..task import Task
-from .checkpoint import load_checkpoint
-from .fold_data import FoldData, make_dataset, resolve_loader
+from .fold_data import FoldData, make_dataset
 from .losses import build_loss
-from .rundir import fold_dir, read_oof_file, read_run_info
+from .teachers import OnlineTeachers, ensemble_teacher_probs, teacher_checkpoints
 
 if TYPE_CHECKING:
     from .fold import FoldTrainer, RunContext
@@ -90,80 +85,6 @@ class DistillLoss(nn.Module):
         if not bool(known.any()):
             return logits.sum() * 0.0  # no labelled row in this batch: nothing to learn from labels
         return self.hard(logits[known], labels[known]) * known.float().mean()
-
-
-def _same_task(a: Task, b: Task) -> bool:
-    return list(a.class_names) == list(b.class_names) and [x.name for x in a.attributes] == [
-        x.name for x in b.attributes]
-
-
-def teacher_checkpoint(run: str | Path, fold: int, *, valid_ids: pd.Series, task: Task) -> Path:
-    """The fold-``fold`` best.pt of teacher ``run``, after checking that it was validated on exactly the
-    student's validation images (``valid_ids``: their manifest image ids) and predicts the same classes.
-
-    Raises:
-        CheckpointError: not a run, no such fold, another split or another label space (the message says which).
-    """
-    run = Path(run)
-    read_run_info(run)  # a clear error when it is not a run directory
-    d = fold_dir(run, fold)
-    best = d / "best.pt"
-    if not best.is_file() or not (d / "oof.csv").is_file():
-        raise CheckpointError(f"teacher {run} has no trained fold {fold} ({best}); the student's fold {fold} needs "
-                              f"the teachers' fold {fold}: train it (maskcls train --folds {fold}) or distill other "
-                              "folds with --folds")
-    theirs = set(read_oof_file(d / "oof.csv")["image_id"].astype(str))
-    ours = set(valid_ids.astype(str))
-    if theirs != ours:
-        raise CheckpointError(f"teacher {run} was validated on other images in fold {fold} ({len(theirs ^ ours)} "
-                              "differ): it was trained on another split, so it may have seen the student's "
-                              "validation images; use teachers trained on the same prepared directory and folds")
-    meta = load_checkpoint(best, fallback=False)["meta"]
-    if not _same_task(Task.from_meta(meta), task):
-        raise CheckpointError(f"teacher {run} predicts other classes ({', '.join(meta['class_names'][:4])}, …) than "
-                              f"the student's task ({', '.join(task.class_names[:4])}, …)")
-    return best
-
-
-@torch.no_grad()
-def teacher_probs(path: Path, prep: Prepared, rows: pd.DataFrame, *, tta: str = "none", temperature: float = 1.0,
-                  device: torch.device | None = None, batch_size: int = 64, workers: int = 0) -> np.ndarray:
-    """One teacher checkpoint's class probabilities (N×K, fp32) of manifest ``rows`` at ``temperature``, with its
-    own preprocessing; ``tta='hflip'`` averages the photo and its mirror."""
-    ck = load_checkpoint(path, fallback=False)
-    meta, cfg = ck["meta"], config_from_dict(ck["config"])
-    pp, task = Preprocessing(**meta["preprocessing"]), Task.from_meta(meta)
-    model, _ = build_model(meta["model_name"], num_outputs=task.outputs(meta["heads"]), pretrained="none",
-                           mean=pp.mean, std=pp.std, image_size=pp.image_size)
-    model.load_state_dict(ck["model"])
-    device = device or torch.device("cpu")
-    model = model.to(device).eval()
-    ds = make_dataset(prep, rows, cfg.data, pp, training=False, seed=0)
-    kind = resolve_loader(cfg.data)[1]
-    loader = build_loader(ds, batch_size=batch_size, sampler=range(len(ds)), workers=workers, kind=kind)
-    out = []
-    for x, _, _ in track(loader, desc=f"teacher {path.parent.parent.name}", enabled=True):
-        x = x.to(device)
-        views = tta_views(x, tta)
-        p = sum(probabilities(model(v).float() / temperature, task, meta["heads"]) for v in views) / len(views)
-        out.append(p.cpu().numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, task.num_classes), np.float32)
-
-
-def ensemble_teacher_probs(cfg: Config, prep: Prepared, fold: int, train_rows: pd.DataFrame,
-                           valid_rows: pd.DataFrame, *, device: torch.device | None = None) -> np.ndarray:
-    """The teachers' (``cfg.distill``) averaged fold-``fold`` probabilities of ``train_rows``, in their order."""
-    d = cfg.distill
-    if not d.teachers:
-        raise ConfigError("distill.teachers is empty; give at least one teacher run (maskcls distill --teacher RUN)")
-    paths = [teacher_checkpoint(r, fold, valid_ids=valid_rows["image_id"], task=prep.task) for r in d.teachers]
-    workers = resolve_loader(cfg.data)[0]
-    total = None
-    for p in paths:
-        q = teacher_probs(p, prep, train_rows, tta=d.tta, temperature=d.temperature, device=device,
-                          batch_size=cfg.train.valid_batch_size, workers=workers)
-        total = q if total is None else total + q
-    return total / len(paths)
 
 
 class _Joined:
@@ -225,9 +146,10 @@ def with_unlabelled(data: FoldData, prep: Prepared, rows: pd.DataFrame, labels: 
 @dataclasses.dataclass
 class TeacherTargets:
     """The teachers' probabilities of a fold's training rows, by row position; rows from ``labelled`` on are
-    the unlabelled evaluation images that ``distill.unlabelled`` appended."""
+    the unlabelled evaluation images that ``distill.unlabelled`` appended. ``paths``: the teachers' checkpoints."""
     probs: np.ndarray
     labelled: int
+    paths: list[Path] = dataclasses.field(default_factory=list)
 
 
 def teacher_targets(ctx: RunContext, fold: int, data: FoldData) -> tuple[FoldData, TeacherTargets]:
@@ -238,19 +160,27 @@ def teacher_targets(ctx: RunContext, fold: int, data: FoldData) -> tuple[FoldDat
     if cfg.data.mixup > 0 or cfg.data.cutmix > 0 or cfg.data.vcutmix > 0:
         raise ConfigError("distillation learns each training image's teacher probabilities, which MixUp/CutMix "
                           "would mix away: set data.mixup, data.cutmix and data.vcutmix to 0 with distill.teachers")
-    rows = data.train_rows
+    rows, online = data.train_rows, cfg.distill.online
     extra = unlabelled_rows(ctx.prep, cfg.data, rows) if cfg.distill.unlabelled else rows.iloc[:0]
-    probs = ensemble_teacher_probs(cfg, ctx.prep, fold, pd.concat([rows, extra]), data.valid_rows,
-                                   device=ctx.acc.device)
+    paths = teacher_checkpoints(cfg, ctx.prep, fold, data.valid_rows)
     n = len(rows)
-    agree = float((probs[:n].argmax(1) == data.train_labels).mean()) if n else float("nan")
-    log.info("fold %d: %d teacher(s) (tta %s, T=%g) on %d training images%s; their argmax agrees with the labels "
-             "on %.1f %%", fold, len(cfg.distill.teachers), cfg.distill.tta, cfg.distill.temperature, n,
-             f" and {len(extra)} unlabelled evaluation images" if len(extra) else "", 100 * agree)
+    # online, the teachers label every batch as it comes; the unlabelled rows still need a label for the loader
+    probs = ensemble_teacher_probs(cfg, ctx.prep, fold, extra if online else pd.concat([rows, extra]),
+                                   data.valid_rows, device=ctx.acc.device, paths=paths) if len(extra) or not online \
+        else np.zeros((0, ctx.task.num_classes), np.float32)
+    if online:
+        log.info("fold %d: %d teacher(s) (tta %s, T=%g) label every training batch as the student sees it (online)%s",
+                 fold, len(paths), cfg.distill.tta, cfg.distill.temperature,
+                 f"; {len(extra)} unlabelled evaluation images join training" if len(extra) else "")
+    else:
+        agree = float((probs[:n].argmax(1) == data.train_labels).mean()) if n else float("nan")
+        log.info("fold %d: %d teacher(s) (tta %s, T=%g) on %d training images%s; their argmax agrees with the "
+                 "labels on %.1f %%", fold, len(paths), cfg.distill.tta, cfg.distill.temperature, n,
+                 f" and {len(extra)} unlabelled evaluation images" if len(extra) else "", 100 * agree)
     if len(extra):
-        data = with_unlabelled(data, ctx.prep, extra, probs[n:].argmax(1), cfg.data, ctx.pp,
+        data = with_unlabelled(data, ctx.prep, extra, probs[len(probs) - len(extra):].argmax(1), cfg.data, ctx.pp,
                                rank=ctx.acc.process_index, world=ctx.acc.num_processes)
-    return data, TeacherTargets(probs, n)
+    return data, TeacherTargets(probs, n, paths)
 
 
 def attach_teachers(trainer: FoldTrainer, targets: TeacherTargets) -> None:
@@ -265,9 +195,13 @@ def attach_teachers(trainer: FoldTrainer, targets: TeacherTargets) -> None:
     soft = build_loss(dataclasses.replace(cfg.loss, name="ce", label_smoothing=0.0), task=ctx.task,
                       heads=cfg.model.heads, class_counts=counts).to(ctx.acc.device)
     setup.criterion = DistillLoss(setup.criterion, soft, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature)
+    d = cfg.distill
+    online = OnlineTeachers(targets.paths, task=ctx.task, pp=ctx.pp, tta=d.tta, temperature=d.temperature,
+                            device=ctx.acc.device, channels_last=cfg.train.channels_last) if d.online else None
     table = torch.from_numpy(targets.probs)
 
-    def soft_targets(y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def soft_targets(y: torch.Tensor, idx: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # rows from position n on are unlabelled: −1 keeps them out of the hard loss
-        return torch.where(idx.to(y.device) < n, y, -1), table[idx.cpu()].to(y.device)
+        labels = torch.where(idx.to(y.device) < n, y, -1)
+        return labels, online(x) if online is not None else table[idx.cpu()].to(y.device)
     setup.soft_targets = soft_targets

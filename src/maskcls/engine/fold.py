@@ -129,7 +129,16 @@ class FoldTrainer:
         teachers = None
         if cfg.distill.teachers:  # before the schedule: distill.unlabelled lengthens the training set
             from .distill import teacher_targets
+            from .teachers import student_start
             self.data, teachers = teacher_targets(ctx, fold, self.data)
+            start = student_start(teachers.paths, cfg.distill.init, model_name=cfg.model.name,
+                                  heads=cfg.model.heads, pp=ctx.pp)
+            if start is not None:  # distill.init: the student starts from its teachers' weights
+                model.load_state_dict(start)
+                info.weights = (f"teacher {cfg.distill.teachers[0]}" if cfg.distill.init == "teacher" else
+                                f"average of teachers {', '.join(cfg.distill.teachers)}")
+                log.info("fold %d: the student starts from its teachers' weights (distill.init=%s)", fold,
+                         cfg.distill.init)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(param_groups(model, lr=cfg.optim.lr, head_lr_mult=cfg.optim.head_lr_mult),

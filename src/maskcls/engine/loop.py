@@ -35,7 +35,8 @@ class EpochSetup:
     ``max_batches``: stop each training epoch after this many batches (0 = all).
     ``mixer``: MixUp/CutMix (:mod:`.mixing`); the criterion then sees soft targets.
     ``ema``: a timm ModelEmaV3 updated after every optimizer step; it is what gets validated.
-    ``soft_targets``: distillation (:mod:`.distill`): (labels, row positions) → what the criterion gets.
+    ``soft_targets``: distillation (:mod:`.distill`), soft age targets: (labels, row positions, the batch's
+    images as the model gets them) → what the criterion gets.
     """
     model: torch.nn.Module
     criterion: torch.nn.Module
@@ -114,7 +115,7 @@ def train_step(s: EpochSetup, x: torch.Tensor, y: torch.Tensor, *, sync: bool, w
         x = _resize(x, s.train_size, s.channels_last)
     x, target = mix_batch(s.mixer, x, y)
     if s.soft_targets is not None:  # ``idx``: the batch's row positions in the training set
-        target = s.soft_targets(y, idx)
+        target = s.soft_targets(y, idx, x)
     # DDP must skip the gradient all-reduce on every micro-batch but the window's last
     with acc.no_sync(s.model) if not sync else contextlib.nullcontext():
         with acc.autocast():

@@ -67,9 +67,10 @@ def check_age_sigma(cfg: Config, task: Task, rows: pd.DataFrame) -> None:
 
 
 def soft_target_lookup(table: np.ndarray):
-    """``EpochSetup.soft_targets`` for a per-row target table: (labels, row positions) → the rows' targets."""
+    """``EpochSetup.soft_targets`` for a per-row target table: (labels, row positions, images) → the rows'
+    targets."""
     t = torch.from_numpy(table)
 
-    def soft_targets(y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def soft_targets(y: torch.Tensor, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         return t[idx.cpu()].to(y.device)
     return soft_targets
