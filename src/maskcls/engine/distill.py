@@ -164,10 +164,11 @@ def teacher_targets(ctx: RunContext, fold: int, data: FoldData) -> tuple[FoldDat
     extra = unlabelled_rows(ctx.prep, cfg.data, rows) if cfg.distill.unlabelled else rows.iloc[:0]
     paths = teacher_checkpoints(cfg, ctx.prep, fold, data.valid_rows)
     n = len(rows)
-    # online, the teachers label every batch as it comes; the unlabelled rows still need a label for the loader
-    probs = ensemble_teacher_probs(cfg, ctx.prep, fold, extra if online else pd.concat([rows, extra]),
-                                   data.valid_rows, device=ctx.acc.device, paths=paths) if len(extra) or not online \
-        else np.zeros((0, ctx.task.num_classes), np.float32)
+    # Online, the teachers label every batch as it comes and only the unlabelled rows are scored now (the
+    # loader still needs a label for them); offline, every row is. Either way the unlabelled rows come last.
+    scored = extra if online else pd.concat([rows, extra])
+    probs = ensemble_teacher_probs(cfg, ctx.prep, fold, scored, data.valid_rows, device=ctx.acc.device,
+                                   paths=paths) if len(scored) else np.zeros((0, ctx.task.num_classes), np.float32)
     if online:
         log.info("fold %d: %d teacher(s) (tta %s, T=%g) label every training batch as the student sees it (online)%s",
                  fold, len(paths), cfg.distill.tta, cfg.distill.temperature,
