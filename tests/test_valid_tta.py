@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from helpers import tiny, train
 from maskcls.config import Config
@@ -42,7 +43,10 @@ def test_hflip_is_the_mean_of_the_photo_and_its_mirror():
     x = torch.rand(6, 3, 8, 8)
     x[:3, ..., :4] += 2.0  # light on the left of half of the photos
     loader = [(x, torch.zeros(6, dtype=torch.long), torch.arange(6))]
-    acc = Accelerator(cpu=True)
+    # fp32, pinned: the comparison is at 1e-6, and Accelerate's process-wide state may still hold an
+    # earlier test's bf16 (a training with train.mixed_precision=auto on an AVX512-BF16 CPU)
+    AcceleratorState._reset_state(reset_partial_state=False)
+    acc = Accelerator(cpu=True, mixed_precision="no")
     kw = dict(task=task, heads="multi", channels_last=False)
     _, one, _ = predict_probs(model, loader, acc, **kw)
     _, both, _ = predict_probs(model, loader, acc, tta="hflip", **kw)
