@@ -9,8 +9,8 @@ def register(subs) -> None:
              "maskcls bench loader --images 300\nmaskcls bench stats\nmaskcls bench train\n"
              "maskcls bench faces\nmaskcls bench memory --images 20000\n"
              "maskcls bench workers                                # training epochs, 1 loader worker vs 2\n"
-             "maskcls bench quality --seeds 2                      # real dev sets, fixed budget\n"
-             "maskcls bench quality --set data.sampler=balanced    # a variant against the defaults\n"
+             "maskcls bench quality                                # real dev sets, 3 folds out of fold, quick\n"
+             "maskcls bench quality --budget standard --set train.ema=false   # a variant against the defaults\n"
              "maskcls bench serve --run runs/mobilenetv2_100-1 --requests 2000    # vs the server a user would write\n"
              "maskcls bench time-to-f1 .cache/quality/prepared/mask3dev --timm-repo GITDIR   # vs timm's train.py\n"
              "maskcls bench predict --run runs/mobilenetv2_100-1 --images 2000   # torch vs onnx vs onnx-int8")
@@ -21,7 +21,12 @@ def register(subs) -> None:
     s.add_argument("--workers", type=int_range(0), default=2)
     q = s.add_argument_group("quality")
     q.add_argument("--data", default=".cache/devdata", help="folder of the development sets (<set>/manifest.csv)")
-    q.add_argument("--seeds", type=int_range(1, 10), default=2, help="training seeds per set")
+    q.add_argument("--budget", choices=["quick", "standard"], default="quick",
+                   help="quick = 128 px, 3 epochs (screening); standard = 128 px, 10 epochs (decisions)")
+    q.add_argument("--folds", type=int_range(1, 5), default=3,
+                   help="folds 0..N-1 trained and pooled into one out-of-fold macro F1")
+    q.add_argument("--seeds", type=int_range(1, 10), default=1, help="training seeds per fold")
+    q.add_argument("--first-seed", type=int_range(0), default=None, help="the first seed (default: train.seed)")
     q.add_argument("--sets", default="mask3dev,agegender6dev", help="comma-separated development sets")
     q.add_argument("--work", default=".cache/quality", help="prepared sets, runs and cached results")
     q.add_argument("--fresh", action="store_true", help="retrain even when a cached result exists")
@@ -99,13 +104,14 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 
 
 def _bench_quality(args) -> int:
-    from ..bench.quality import BUDGET, bench_quality
+    from ..bench.quality import bench_quality, get_budget
     from ..config_io import load_config
-    budget = [f"data.image_size={BUDGET['image_size']}", f"train.epochs={BUDGET['epochs']}"]
+    budget = get_budget(args.budget).overrides()
     variant = load_config(args.config, budget + args.overrides) if (args.config or args.overrides) else None
-    label = " ".join(args.overrides) or str(args.config)
+    label = " ".join(([f"-c {args.config}"] if args.config else []) + args.overrides)
     r = bench_quality(data_dir=args.data, seeds=args.seeds, variant=variant, variant_label=label,
-                      sets=tuple(s for s in args.sets.split(",") if s), work=args.work, fresh=args.fresh)
+                      sets=tuple(s for s in args.sets.split(",") if s), work=args.work, fresh=args.fresh,
+                      budget=args.budget, folds=args.folds, first_seed=args.first_seed)
     print(r["text"])
     return 0
 
