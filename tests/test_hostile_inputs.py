@@ -184,7 +184,7 @@ def test_start_failing_after_the_directory_exists_removes_it(prepared_dir, tmp_p
     import maskcls.engine.run as run_mod
 
     class Failing:
-        def __init__(self, ctx, fold):
+        def __init__(self, ctx, fold, callbacks=()):
             assert (ctx.run / "config.yaml").exists(), "the directory exists at this point"
             raise DataError("a failure inside the fold's set-up")
     monkeypatch.setattr(run_mod, "FoldTrainer", Failing)

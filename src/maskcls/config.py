@@ -85,6 +85,11 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = _f(30, "Epochs per fold (reference: 30).", min=1, max=10000)
+    time: float = _f(0.0, "Wall-clock budget in minutes for the whole run, shared evenly by its folds (Ultralytics' "
+                     "time=); 0 = off. When set it decides the length instead of train.epochs: the first steps are "
+                     "timed, the optimizer steps that fit are planned (re-planned after every epoch), and the "
+                     "schedule, warm-up and EMA are stretched to that length; the fold then ends validated, with "
+                     "best.pt and oof.csv, as any other.", min=0.0, max=1e6)
     batch_size: int = _f(30, "Training batch per process (reference: 30).", min=1, max=4096)
     valid_batch_size: int = _f(60, "Validation/prediction batch (reference: 60).", min=1, max=8192)
     valid_tta: Literal["none", "hflip"] = _f(

@@ -232,6 +232,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.std values must be > 0")
     if cfg.loss.head_weights is not None and (not cfg.loss.head_weights or min(cfg.loss.head_weights) < 0):
         raise ConfigError("loss.head_weights needs one non-negative number per attribute head, or null")
+    if cfg.train.time > 0 and cfg.sched.name == "onecycle":
+        raise ConfigError("train.time stretches the schedule to the steps that fit the budget, and sched.name=onecycle "
+                          "has a fixed length: use sched.name=cosine_warmup (the default) with train.time")
     if cfg.distill.unlabelled and not cfg.distill.teachers:
         raise ConfigError("distill.unlabelled needs teacher runs: use `maskcls distill PREPARED --teacher RUN "
                           "--unlabelled` (or set distill.teachers)")

@@ -75,6 +75,7 @@ class ResolvedFacts:
     trackers: str
     run_dir: str
     steps_per_epoch: dict[str, FoldFacts] = field(default_factory=dict)  # by fold number, as a string
+    time_minutes: float = 0.0  # train.time: the whole run's budget (0 = the epochs decide)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +112,7 @@ def resolved_facts(cfg: Config, pp: Preprocessing, runtime: RuntimeFacts, *, num
         cache=data.cache, preset=pp.preset, batch_per_process=train.batch_size, processes=runtime.processes,
         accum_steps=train.accum_steps, effective_batch=train.batch_size * runtime.processes * train.accum_steps,
         loader=data.loader, workers=data.num_workers, folds=list(folds), num_folds=num_folds, epochs=train.epochs,
-        trackers=trackers, run_dir=str(Path(run).resolve()))
+        trackers=trackers, run_dir=str(Path(run).resolve()), time_minutes=train.time)
 
 
 def fold_facts(*, train_images: int, valid_images: int, batches: int, accum_steps: int,
@@ -130,6 +131,14 @@ def _vec(v: list[float]) -> str:
     return "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
 
 
+def _length(r: ResolvedFacts) -> str:
+    if not r.time_minutes:
+        return f"{r.epochs} epochs"
+    per = r.time_minutes / max(1, len(r.folds))
+    return (f"time budget {r.time_minutes:g} min ({per:.1f} min per fold; train.epochs is not used: the steps that "
+            "fit are planned from the first steps' speed)")
+
+
 def banner_lines(r: ResolvedFacts, *, first_fold: int, resume: bool = False) -> list[str]:
     """The banner's lines for the facts ``r`` (with the first fold's steps)."""
     n = r.processes
@@ -144,7 +153,7 @@ def banner_lines(r: ResolvedFacts, *, first_fold: int, resume: bool = False) -> 
         f"  batch     {r.batch_per_process} per process x {n} process{'es' if n != 1 else ''} x "
         f"{r.accum_steps} accumulation = {r.effective_batch} effective",
         f"  loader    {r.loader}, {r.workers} workers, preset {r.preset}",
-        f"  folds     {','.join(map(str, r.folds))} of {r.num_folds}, {r.epochs} epochs"
+        f"  folds     {','.join(map(str, r.folds))} of {r.num_folds}, {_length(r)}"
         + (f"; {fold_line(first_fold, steps)}" if steps else ""),
         f"  trackers  {r.trackers}",
         f"  run dir   {r.run_dir}",

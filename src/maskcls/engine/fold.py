@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
 from .. import __version__
-from ..config import Config, TrainConfig
+from ..config import Config
 from ..data.loader import set_epoch
 from ..data.preprocessing import Preprocessing
 from ..models.factory import build_model, unwrap_model
@@ -24,13 +27,15 @@ from ..prep.prepared import Prepared
 from ..task import Task
 from .accel import seed_everything
 from .averaging import finish_average, make_averager
+from .callbacks import Callback, Callbacks
 from .checkpoint import FoldCheckpoints, Trainable
+from .ema import make_ema
 from .fold_data import TrainingAges, fold_data
 from .loop import EpochSetup, TrainingDiverged, evaluate, progressive_size, steps_per_epoch, train_one_epoch
 from .losses import build_loss
 from .metrics import EpochMetrics
 from .mixing import make_mixer
-from .optim import build_optimizer, build_scheduler, param_groups
+from .optim import build_optimizer, build_scheduler, param_groups, set_schedule_length
 from .rundir import fold_dir, write_lr_csv, write_metrics_csv, write_oof
 from .soft_ages import age_soft_targets, soft_target_lookup
 from .trackers import RunTrackers
@@ -63,6 +68,7 @@ class FoldState:
     lrs: list[float] = field(default_factory=list)     # lr after every optimizer step
     status: str = "running"     # running | done | stopped | diverged
     average: dict | None = None  # train.average's result (averaging.finish_average), once computed
+    extras: dict = field(default_factory=dict)  # what callbacks keep across a resume, by callback
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,8 +114,10 @@ def metrics_row(epoch: int, tm: EpochMetrics, vm: EpochMetrics, lr: float, task:
 class FoldTrainer:
     """Builds everything fold ``fold`` needs; :meth:`run` trains it (or continues it) to the end."""
 
-    def __init__(self, ctx: RunContext, fold: int):
+    def __init__(self, ctx: RunContext, fold: int, callbacks: Sequence[Callback] = ()):
         self.ctx, self.fold, self.dir = ctx, fold, fold_dir(ctx.run, fold)
+        self.callbacks = Callbacks(callbacks)
+        self.stop_epoch = self.stop_fold = False  # set by callbacks (see .callbacks)
         cfg, acc, task = ctx.cfg, ctx.acc, ctx.task
         if acc.is_main_process:
             self.dir.mkdir(exist_ok=True)
@@ -145,16 +153,21 @@ class FoldTrainer:
                                     name=cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                     momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
                                     fused=cfg.optim.fused)
-        scheduler = _scheduler(optimizer, cfg, len(self.data.train_loader))
+        t = cfg.train
+        self.steps_per_epoch = steps_per_epoch(len(self.data.train_loader), t.accum_steps, t.max_train_batches)
+        self.epochs = t.epochs  # the fold's length; a callback may change it (set_total_steps)
+        scheduler = build_scheduler(optimizer, cfg.sched, steps_per_epoch=self.steps_per_epoch, epochs=t.epochs,
+                                    base_lr=cfg.optim.lr)
         if cfg.train.compile:
             model = torch.compile(model)
         model, optimizer = acc.prepare(model, optimizer)
-        t = cfg.train
         self.setup = EpochSetup(model, criterion, optimizer, scheduler, acc, task=task, heads=cfg.model.heads,
                                 accum_steps=t.accum_steps, clip_grad=t.clip_grad, channels_last=t.channels_last,
                                 max_batches=t.max_train_batches,
                                 mixer=make_mixer(cfg.data, num_classes=task.num_classes, task=task),
-                                ema=make_ema(unwrap_model(model), t) if t.ema else None, valid_tta=t.valid_tta)
+                                ema=make_ema(unwrap_model(model), t) if t.ema else None, valid_tta=t.valid_tta,
+                                on_step=lambda step: self.callbacks.on_step_end(self, step),
+                                should_stop=lambda: self.stop_epoch)
         self.averager = make_averager(t, self.dir)
         if teachers is not None:  # the criterion learns from the teachers' probabilities of the training rows
             from .distill import attach_teachers
@@ -172,6 +185,35 @@ class FoldTrainer:
         s = self.setup
         return Trainable(s.model, s.optimizer, s.scheduler, scaler=self.ctx.acc.scaler, ema=s.ema,
                          averager=self.averager)
+
+    # ------------------------------------------------------------------ for callbacks
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of this fold so far (resumed ones included)."""
+        return len(self.state.lrs)
+
+    @property
+    def single_process(self) -> bool:
+        return self.ctx.acc.num_processes == 1
+
+    def agree(self, value):
+        """Rank 0's ``value`` on every rank (decisions taken from one process's clock)."""
+        if self.single_process:
+            return value
+        box = [value]
+        broadcast_object_list(box)
+        return box[0]
+
+    def valid_views_per_step(self) -> float:
+        """A validation pass in training-step units: validated images x views / images per optimizer step."""
+        t = self.ctx.cfg.train
+        views = 2 if t.valid_tta == "hflip" else 1
+        return len(self.data.valid_rows) * views / max(1, t.batch_size * t.accum_steps * self.ctx.acc.num_processes)
+
+    def set_total_steps(self, total: int) -> None:
+        """Make the fold ``total`` optimizer steps long: the schedule is stretched to it, the epochs follow."""
+        set_schedule_length(self.setup.scheduler, total)
+        self.epochs = max(1, math.ceil(total / self.steps_per_epoch))
 
     # ------------------------------------------------------------------ state on disk
     def _resume(self) -> None:
@@ -191,10 +233,11 @@ class FoldTrainer:
 
     # ------------------------------------------------------------------ epochs
     def _end_epoch(self, epoch: int, tm: EpochMetrics, vm: EpochMetrics, probs: np.ndarray) -> None:
-        cfg, acc = self.ctx.cfg, self.ctx.acc
+        acc = self.ctx.acc
         lr = self.setup.optimizer.param_groups[0]["lr"]
         row = metrics_row(epoch, tm, vm, lr, self.ctx.task)
         best = self.state.record(row, vm.f1, vm.acc)
+        self.callbacks.on_epoch_end(self, epoch, row)
         if not acc.is_main_process:
             return
         if self.averager is not None:  # before last.pt, which records what it holds
@@ -207,14 +250,15 @@ class FoldTrainer:
         write_metrics_csv(self.dir / "metrics.csv", self.state.history)
         write_lr_csv(self.dir / "lr.csv", self.state.lrs)
         self.ctx.trackers.log_epoch(self.fold, row)
-        log.info(epoch_line(self.fold, epoch, cfg.train.epochs, tm, vm, lr, best))
+        log.info(epoch_line(self.fold, epoch, self.epochs, tm, vm, lr, best))
 
     def _epoch(self, epoch: int) -> tuple[EpochMetrics, EpochMetrics, np.ndarray]:
-        t = self.ctx.cfg.train
         set_epoch(self.data.train_loader, epoch)
+        self.stop_epoch = False
+        self.callbacks.on_epoch_start(self, epoch)
         self.setup.train_size = progressive_size(self.ctx.pp.image_size, self.ctx.cfg.data.progressive, epoch,
-                                                 t.epochs)
-        where = f"fold {self.fold} epoch {epoch + 1}/{t.epochs}"
+                                                 self.epochs)
+        where = f"fold {self.fold} epoch {epoch + 1}/{self.epochs}"
         at = f" at {self.setup.train_size}px" if self.setup.train_size != self.ctx.pp.image_size else ""
         tm = train_one_epoch(self.setup, self.data.train_loader, epoch=epoch, lr_log=self.state.lrs,
                              desc=f"{where} train{at}")
@@ -231,8 +275,10 @@ class FoldTrainer:
         if self.state.status in ("done", "stopped"):
             return self.state.result()
         self.ctx.trackers.start_fold(self.fold, self.dir)
+        self.callbacks.on_fold_start(self)
         try:
-            for epoch in range(self.state.epoch, cfg.train.epochs):
+            epoch = self.state.epoch
+            while epoch < self.epochs and not self.stop_fold:
                 try:
                     tm, vm, probs = self._epoch(epoch)
                 except TrainingDiverged as e:
@@ -241,6 +287,7 @@ class FoldTrainer:
                     self.state.status = "diverged"
                     break
                 self._end_epoch(epoch, tm, vm, probs)
+                epoch += 1
                 if cfg.train.patience and self.state.bad_epochs >= cfg.train.patience:
                     log.info("fold %d: no better validation F1 for %d epochs; stopping early", self.fold,
                              self.state.bad_epochs)
@@ -248,6 +295,7 @@ class FoldTrainer:
                     break
             else:
                 self.state.status = "done"
+            self.callbacks.on_fold_end(self)
             if self.averager is not None and self.state.status in ("done", "stopped") and not self.state.average:
                 self.state.average = finish_average(self)
             if acc.is_main_process:  # the same state with its final status; last.prev.pt stays the epoch before
@@ -258,17 +306,3 @@ class FoldTrainer:
             self.ctx.trackers.end_fold(self.fold)
         acc.wait_for_everyone()
         return self.state.result()
-
-
-def _scheduler(optimizer, cfg: Config, train_batches: int):
-    """The lr schedule over the whole fold, in optimizer steps (batches / accumulation per epoch)."""
-    t = cfg.train
-    return build_scheduler(optimizer, cfg.sched, steps_per_epoch=steps_per_epoch(train_batches, t.accum_steps,
-                                                                                 t.max_train_batches),
-                           epochs=t.epochs, base_lr=cfg.optim.lr)
-
-
-def make_ema(model, train: TrainConfig):
-    """timm's ModelEmaV3 of ``model`` with a warmed-up decay: 1 − (1 + step)^−3/4, capped at ``train.ema_decay``."""
-    from timm.utils import ModelEmaV3
-    return ModelEmaV3(model, decay=train.ema_decay, use_warmup=True, warmup_power=0.75)

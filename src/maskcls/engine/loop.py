@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -54,6 +55,8 @@ class EpochSetup:
     soft_targets: object | None = None
     train_size: int = 0  # progressive resizing: this epoch's training side in px (0 = as loaded)
     valid_tta: str = "none"  # train.valid_tta: "hflip" validates the mean of each image and its mirror image
+    on_step: Callable[[int], None] | None = None  # after every optimizer step, with the fold's steps so far
+    should_stop: Callable[[], bool] | None = None  # asked after every optimizer step: end the epoch there
 
     @property
     def validated(self) -> torch.nn.Module:
@@ -97,6 +100,8 @@ def _optimizer_step(s: EpochSetup, lr_log: list | None) -> None:
         lr_log.append(s.optimizer.param_groups[0]["lr"])
     if s.ema is not None:
         s.ema.update(unwrap_model(s.model), step=len(lr_log) if lr_log is not None else None)
+    if s.on_step is not None:
+        s.on_step(len(lr_log) if lr_log is not None else 0)
 
 
 def train_step(s: EpochSetup, x: torch.Tensor, y: torch.Tensor, *, sync: bool, window: int,
@@ -160,6 +165,8 @@ def train_one_epoch(s: EpochSetup, loader, *, epoch: int, lr_log: list | None = 
         elapsed = time.perf_counter() - t0
         bar.update(1, loss=f"{loss_sum / seen:.4f}", acc=f"{np.trace(cm) / seen:.3f}",
                    img_s=f"{seen * acc.num_processes / max(elapsed, 1e-9):.1f}")
+        if sync and s.should_stop is not None and s.should_stop():
+            break
     bar.close()
     totals = acc.reduce(torch.tensor(np.append(cm.ravel(), [loss_sum, seen]), dtype=torch.float64,
                                      device=acc.device), reduction="sum").cpu().numpy()

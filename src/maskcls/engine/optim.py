@@ -46,6 +46,43 @@ def build_optimizer(params, *, name: str = "adamw", lr: float = 3e-4, weight_dec
     raise ConfigError(f"optim.name={name!r}; choose one of adamw, adam, sgd")
 
 
+class WarmupCosine:
+    """The lr factor of step ``s``: a linear warm-up, then a cosine from 1 to ``floor`` at step ``total``.
+
+    A callable object, not a closure, so that LambdaLR's state dict carries its attributes: a run whose length
+    was changed while it trained (``train.time``, :meth:`set_total`) resumes with the same schedule.
+    """
+
+    def __init__(self, total: int, warmup: int, floor: float):
+        self.total, self.floor = max(1, int(total)), float(floor)
+        self.warmup_asked = self.warmup = int(warmup)
+
+    def set_total(self, total: int) -> None:
+        """A new length, found while training (``train.time``): the warm-up asked for, but never more than a fifth
+        of the new length, so that a short budget still spends most of its steps past the warm-up."""
+        self.total = max(1, int(total))
+        self.warmup = min(self.warmup_asked, self.total // 5)
+
+    def __call__(self, s: int) -> float:
+        if s < self.warmup:
+            return (s + 1) / self.warmup
+        t = (s - self.warmup) / max(1, self.total - self.warmup)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def set_schedule_length(scheduler, total: int) -> bool:
+    """Stretch ``scheduler`` to ``total`` optimizer steps, keeping its step count; False when its length is fixed
+    (cosine_restarts has periods, not a length; none is flat)."""
+    lambdas = getattr(scheduler, "lr_lambdas", [])
+    stretchable = [f for f in lambdas if isinstance(f, WarmupCosine)]
+    for f in stretchable:
+        f.set_total(total)
+    if stretchable:  # the current lr follows the new curve at once, not at the next step
+        for group, base, f in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, lambdas):
+            group["lr"] = base * f(scheduler.last_epoch)
+    return bool(stretchable)
+
+
 def build_scheduler(optimizer, sched: SchedConfig, *, steps_per_epoch: int, epochs: int, base_lr: float):
     """A scheduler whose ``step()`` is called after every optimizer step.
 
@@ -66,14 +103,7 @@ def build_scheduler(optimizer, sched: SchedConfig, *, steps_per_epoch: int, epoc
         mult = [g["lr"] / base_lr if base_lr > 0 else 1.0 for g in optimizer.param_groups]
         return OneCycleLR(optimizer, max_lr=[max_lr * m for m in mult], total_steps=total)
     if name == "cosine_warmup":
-        warm = int(round(warmup_epochs * steps_per_epoch))
-
-        def f(s: int) -> float:
-            if s < warm:
-                return (s + 1) / warm
-            t = (s - warm) / max(1, total - warm)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-        return LambdaLR(optimizer, f)
+        return LambdaLR(optimizer, WarmupCosine(total, int(round(warmup_epochs * steps_per_epoch)), floor))
     if name == "cosine_restarts":
         period0 = max(1, T_0 * steps_per_epoch)
 

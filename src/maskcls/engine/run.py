@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
@@ -29,6 +29,7 @@ from ..models.weights import check_package_weights
 from ..prep.prepared import Prepared, load_prepared
 from .accel import make_accelerator, process_state_restored
 from .banner import ResolvedFacts, RuntimeFacts, banner_lines, fold_facts, fold_line, resolved_facts
+from .callbacks import Callback
 from .decision import tune_run
 from .fold import FoldTrainer, RunContext
 from .fold_data import check_batch_fits, fold_rows, resolve_loader, resolve_preprocessing
@@ -42,6 +43,7 @@ from .rundir import (
     write_run_files,
 )
 from .soft_ages import check_age_sigma
+from .time_budget import TimeBudget
 from .tracker_plan import plan_trackers
 from .trackers import RunTrackers
 
@@ -123,7 +125,7 @@ def _start_run(cfg: Config, prep: Prepared, folds: list[int], run_dir: Path | No
 @process_state_restored()
 def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None, run_dir: str | Path | None = None,
                  resume: bool = False, on_summary: Callable[[Path], None] | None = None,
-                 on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+                 on_epoch_end: Callable[[int, dict], None] | None = None, callbacks: Sequence[Callback] = ()) -> dict:
     """Train ``folds`` (default: all) of ``prep`` and return summary.json's content plus ``run_dir``.
 
     Args:
@@ -138,6 +140,7 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
             a tracker artifact.
         on_epoch_end: called on rank 0 with (fold, metrics.csv row) after every epoch's checkpoint; it may
             raise to stop the run (``maskcls tune`` reports to Optuna and raises ``optuna.TrialPruned``).
+        callbacks: extensions (:class:`~.callbacks.Callback`) every fold calls before those the config makes.
     Raises:
         RunInterrupted: on Ctrl-C, after the summary of what was saved is written.
     """
@@ -164,7 +167,7 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
                      trackers=RunTrackers(plan, run, enabled=acc.is_main_process, on_epoch=on_epoch_end))
     summary = None
     try:
-        results, interrupted = _train_folds(ctx, fold_list)
+        results, interrupted = _train_folds(ctx, fold_list, list(callbacks))
         if acc.is_main_process:
             finished = not interrupted and all(r["status"] in ("done", "stopped") for r in results.values())
             oof = read_oof(run, results)
@@ -186,12 +189,12 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
     return {**(summary or {}), "run_dir": str(run), "is_main": acc.is_main_process}
 
 
-def _train_folds(ctx: RunContext, fold_list: list[int]) -> tuple[dict[int, dict], bool]:
+def _train_folds(ctx: RunContext, fold_list: list[int], extra: list[Callback]) -> tuple[dict[int, dict], bool]:
     results: dict[int, dict] = {}
     interrupted, resolved = False, None
     try:
         for f in fold_list:
-            trainer = FoldTrainer(ctx, f)
+            trainer = FoldTrainer(ctx, f, callbacks=extra + fold_callbacks(ctx.cfg, len(fold_list)))
             resolved = _announce(ctx, trainer, resolved, fold_list)
             results[f] = trainer.run()
     except KeyboardInterrupt:
@@ -201,6 +204,14 @@ def _train_folds(ctx: RunContext, fold_list: list[int]) -> tuple[dict[int, dict]
     for f in fold_list:
         results.setdefault(f, {"best_f1": None, "status": "interrupted" if interrupted else "pending"})
     return results, interrupted
+
+
+def fold_callbacks(cfg: Config, folds: int) -> list[Callback]:
+    """The extensions a fold trains with, from the config."""
+    callbacks: list[Callback] = []
+    if cfg.train.time > 0:
+        callbacks.append(TimeBudget(cfg.train.time * 60 / folds))
+    return callbacks
 
 
 def _announce(ctx: RunContext, trainer: FoldTrainer, resolved: ResolvedFacts | None,
