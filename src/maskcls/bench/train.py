@@ -7,8 +7,8 @@
 * ours bf16 — the same under bf16 autocast (``train.mixed_precision=bf16``).
 
 The closing ``train speedup`` line is for the precision ``train.mixed_precision=auto``
-picks on this machine (:func:`maskcls.engine.accel.resolve_precision`): bf16 where the CPU
-has native bf16 (AVX512-BF16 or AMX), fp32 elsewhere, since emulated bf16 is far slower.
+picks on this machine (:func:`maskcls.engine.accel.resolve_precision`): fp32 on a CPU, since
+bf16 autocast cost macro F1 on the real development sets (``MASKCLS_CPU_BF16=1`` makes it bf16).
 
 Synthetic tensors isolate the compute path from data loading (``bench loader`` measures
 that). The reference and our fp32 loop take their timed steps alternately, so load from
@@ -68,10 +68,10 @@ def bench_train(*, images: int = 120, batch_size: int = 30, model_name: str = "e
         "text"}``; ``text`` ends with ``train speedup vs reference: X.XX`` for the ``auto``
         precision.
     """
-    from ..engine.accel import cpu_has_native_bf16
+    from ..engine.accel import cpu_has_native_bf16, resolve_precision
     from ..models.factory import build_model
     native = cpu_has_native_bf16()
-    auto = "bf16" if native else "fp32"
+    auto = "bf16" if resolve_precision("auto") == "bf16" else "fp32"
     torch.manual_seed(0)
     nb = max(1, -(-images // batch_size))
     if bf16_batches is None:
@@ -106,10 +106,11 @@ def bench_train(*, images: int = 120, batch_size: int = 30, model_name: str = "e
         bf16.step(u8[i], ys[i])
 
     bf16_rate = bf16.rate
-    ours = bf16_rate if native else fp32_rate
-    note = ("native bf16 (AVX512-BF16/AMX): mixed_precision=auto trains in bf16" if native else
-            f"no native bf16 on this CPU (AVX512-BF16/AMX absent): bf16 is emulated, timed on "
-            f"{bf16.images} images only; mixed_precision=auto trains in fp32")
+    ours = bf16_rate if auto == "bf16" else fp32_rate
+    note = ("native bf16 (AVX512-BF16/AMX): train.mixed_precision=bf16 is the faster choice here, at a cost in F1 "
+            "(docs/quality.md)" if native else
+            f"no native bf16 on this CPU (AVX512-BF16/AMX absent): bf16 is emulated, timed on {bf16.images} images "
+            "only")
     text = "\n".join([
         f"model {model_name} at {image_size}px, batch {batch_size}, {nb * batch_size} timed images per fp32 loop "
         f"(after 1 warm-up batch), {torch.get_num_threads()} threads, torch {torch.__version__}",
