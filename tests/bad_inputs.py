@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -588,6 +589,117 @@ def run_json_prepared_null(run: Path) -> str:
     return "run.json"
 
 
+# --------------------------------------------------------------------------- fourth round (issue 39)
+def csv_one_image_per_class(root: Path):
+    """12 images of 12 classes, each its own person: no class can be in both parts of 2 folds."""
+    return _write(root, csv_base(root).assign(label=range(N_CSV), group=[f"p{i}" for i in range(N_CSV)])), {}
+
+
+def onnx_stand_in(path: Path, *, classes: int, size: int, probabilities: bool = True) -> Path:
+    """A small ONNX graph with an export's interface (uint8 'image' N×3×S×S in, 'probs' N×K out) that is not the
+    run's model: another run's export, as far as predict and serve can tell from its outside."""
+    import torch
+
+    class StandIn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, classes)
+
+        def forward(self, x):
+            z = self.fc(x.float().mean((2, 3)) / 255)
+            return z.softmax(1) if probabilities else z
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # the exporter's deprecation notes, as maskcls export silences them
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
+        torch.onnx.export(StandIn().eval(), (torch.zeros(1, 3, size, size, dtype=torch.uint8),), str(path),
+                          dynamo=False, input_names=["image"], output_names=["probs"],
+                          dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}}, opset_version=17)
+    return path
+
+
+# Exported files that are not what they claim. Each takes a run directory whose export/model.onnx and model.json an
+# export just wrote, damages one file and returns its path in the run.
+def _spec(run: Path) -> dict:
+    import json
+    return json.loads((run / "export" / "model.json").read_text())
+
+
+def _stand_in(run: Path, *, classes: int | None = None, size: int | None = None, **kw) -> str:
+    spec = _spec(run)
+    onnx_stand_in(run / "export" / "model.onnx", classes=classes or len(spec["output"]["class_names"]),
+                  size=size or spec["input"]["height"], **kw)
+    return "export/model.onnx"
+
+
+def model_three_classes(run: Path) -> str:
+    return _stand_in(run, classes=3)
+
+
+def model_other_input_size(run: Path) -> str:
+    return _stand_in(run, size=2 * _spec(run)["input"]["height"])
+
+
+def model_logits(run: Path) -> str:
+    return _stand_in(run, probabilities=False)
+
+
+def model_and_json_of_another_run(run: Path) -> str:
+    import json
+    spec = _spec(run)
+    (run / "export" / "model.json").write_text(json.dumps({**spec, "output": {
+        **spec["output"], "class_names": ["cat", "dog", "bird"]}}))
+    return _stand_in(run, classes=3)
+
+
+def model_json_other_mean(run: Path) -> str:
+    import json
+    import re
+    spec = _spec(run)
+    pre = spec["preprocessing"]
+    inside = re.sub(r"mean=\[[^\]]*\]", "mean=[0.5, 0.5, 0.5]", pre["inside_model"])
+    (run / "export" / "model.json").write_text(json.dumps({**spec, "preprocessing": {**pre, "inside_model": inside}}))
+    return "export/model.json"
+
+
+def model_garbage(run: Path) -> str:
+    (run / "export" / "model.onnx").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+    return "export/model.onnx"
+
+
+def int8_garbage_without_json(run: Path) -> str:
+    (run / "export" / "model.int8.onnx").write_bytes(b"\x08\x07garbage" * 100)
+    return "export/model.int8.onnx"
+
+
+# Study folders that are not a study's. Each makes STUDY_DIR (or what lies there); returns the file that must not
+# change, and the flags the command needs.
+def tune_foreign_sqlite(study_dir: Path) -> tuple[Path, list[str]]:
+    import sqlite3
+    study_dir.mkdir(parents=True)
+    with sqlite3.connect(study_dir / "study.db") as db:
+        db.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("INSERT INTO customers (name) VALUES ('Ada')")
+    return study_dir / "study.db", []
+
+
+def tune_garbage_db(study_dir: Path) -> tuple[Path, list[str]]:
+    study_dir.mkdir(parents=True)
+    (study_dir / "study.db").write_bytes(np.random.default_rng(1).integers(0, 256, 5000, np.uint8).tobytes())
+    return study_dir / "study.db", []
+
+
+def tune_foreign_journal(study_dir: Path) -> tuple[Path, list[str]]:
+    study_dir.mkdir(parents=True)
+    (study_dir / "study.journal").write_text("2024-05-01 12:00 backup done\n")
+    return study_dir / "study.journal", ["--storage", "journal"]
+
+
+def tune_study_dir_is_a_file(study_dir: Path) -> tuple[Path, list[str]]:
+    study_dir.parent.mkdir(parents=True, exist_ok=True)
+    study_dir.write_text("my notes\n")
+    return study_dir, []
+
+
 def no_file(*_):
     """Cases made inside their test (a server, a command line): nothing to write beforehand."""
 
@@ -628,6 +740,16 @@ T_EXPORT_OWN = "test_export_never_overwrites_files_it_did_not_write"
 T_EXPORT_DEV = "test_export_refuses_devices_pipes_and_links"
 T_EXPORT_TOL = "test_export_that_disagrees_with_pytorch_fails_and_leaves_no_file"
 T_PRED_NAMES = "test_plain_predict_output_escapes_control_characters_in_names"
+T_MODEL = "test_exported_file_not_of_the_run_is_refused_before_it_answers"
+T_TS = "test_damaged_torchscript_file_is_one_line_naming_it"
+T_SUFFIX = "test_export_out_paths"
+T_INT8_NONE = "test_int8_export_that_would_quantize_nothing_is_refused"
+T_INT8_PREDICT = "test_predict_int8_refusal_names_predicts_own_fixes"
+T_TUNE_FILE = "test_study_file_that_is_not_a_study_is_refused_unchanged"
+T_TUNE_FIXED = "test_resuming_a_study_with_other_fixed_settings_is_refused"
+T_TUNE_TOTAL = "test_workers_sharing_a_study_run_exactly_the_trials_asked"
+T_TUNE_CTRL_C = "test_ctrl_c_on_a_tune_worker_is_one_line"
+T_SMALL = "test_set_too_small_for_its_folds_is_one_warning_and_lr_find_runs"
 
 CASES: list[Case] = [
     Case("RGBA PNG", "96x128 pattern, bottom half alpha 0", "handled",
@@ -896,6 +1018,44 @@ CASES: list[Case] = [
          tests=(T_EXPORT_TOL,)),
     Case("predict: newline and tab in file names", "photos named 'a\\nb.jpg' and 'c\\td.jpg'", "handled",
          "plain output escapes them (\\n, \\t): one line per image", "predict", no_file, tests=(T_PRED_NAMES,)),
+    # ---- fourth round (issue 39): models that are not what they claim, other programs' files, tiny datasets
+    Case("export replaced by another run's (3 classes)", "RUN/export/model.onnx overwritten by a 3-class graph, its "
+         "JSON kept", "refused", "predict --backend onnx and serve --model: one line, the file answers 3 values where "
+         "the run has 18 classes, and the export command (was: 'wear / male / <30 … 0.990', exit 0)", "model",
+         model_three_classes, reason=r"answers 3 value\(s\) per image where the run's task has 18 classes",
+         tests=(T_MODEL,)),
+    Case("export and JSON of another run", "model.onnx and model.json of a 3-class run copied in", "refused",
+         "the same: its JSON names 3 classes, the run has 18", "model", model_and_json_of_another_run,
+         reason=r"its JSON names 3 classes \(cat, dog, bird, …\) where the run has 18", tests=(T_MODEL,)),
+    Case("export of another input size", "a graph taking 128 px images for a 64 px run", "refused",
+         "the same: it does not take the run's input (uint8 1x3x64x64)", "model", model_other_input_size,
+         reason=r"does not take the run's input, uint8 images 1x3x64x64", tests=(T_MODEL,)),
+    Case("export answering logits", "an 18-output graph without its softmax", "refused",
+         "the same: its outputs are not class probabilities (they do not sum to 1)", "model", model_logits,
+         reason=r"outputs are not class probabilities", tests=(T_MODEL,)),
+    Case("export JSON with another normalisation", "model.json's mean edited to [0.5, 0.5, 0.5]", "refused",
+         "the same: its JSON normalises with another mean than the run's", "model", model_json_other_mean,
+         reason=r"normalises with mean=\[0\.5, 0\.5, 0\.5\] where the run's mean is", tests=(T_MODEL,)),
+    Case("model.onnx of garbage bytes", "3000 random bytes, its JSON kept", "refused",
+         "one line naming the file: not a readable ONNX model, export it again (was ONNX Runtime's InvalidProtobuf "
+         "traceback)", "model", model_garbage, reason=r"is not a readable ONNX model \(INVALID_PROTOBUF",
+         tests=(T_MODEL,)),
+    Case("model.int8.onnx of garbage, no JSON", "RUN/export/model.int8.onnx of garbage, no model.int8.json",
+         "refused", "one line: no export description beside it, so what it holds is unknown; move it away and export "
+         "(was: 'holds folds None')", "model", int8_garbage_without_json,
+         reason=r"has no export description beside it", tests=(T_MODEL,)),
+    Case("TorchScript file of garbage", "a .ts file of garbage bytes run as an export", "refused",
+         "one line naming it: not a readable TorchScript model", "model", no_file, tests=(T_TS,)),
+    Case("export --int8 --fp32-first 500", "on a model of far fewer layers", "refused",
+         "one line: every layer would stay fp32, nothing quantized; no file written (was a file labelled INT8)",
+         "model", no_file, tests=(T_INT8_NONE,)),
+    Case("predict --backend onnx-int8 refused by --max-drop", "the INT8 model made on the spot loses too much",
+         "refused", "one line with predict's own fix (--backend onnx) and the calibrations not yet tried (was: "
+         "'--force', which predict has not, and '--calib-method entropy', the one used)", "model", no_file,
+         tests=(T_INT8_PREDICT,)),
+    Case("export --format onnx --out m.pt", "a TorchScript suffix for an ONNX file", "refused",
+         "one line: 'an ONNX model file ends in .onnx' (was 'a onnx model file')", "model", no_file,
+         tests=(T_SUFFIX,)),
 ]
 
 

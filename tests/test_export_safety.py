@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,48 @@ def test_export_that_disagrees_with_pytorch_fails_and_leaves_no_file(run, tmp_pa
     assert main(["export", str(run), "--format", fmt, "--out", str(fresh)]) == 0  # within the tolerance
     assert np.isclose(json.loads(fresh.with_suffix(".json").read_text())["check"]["max_abs_diff_vs_pytorch"], 5e-5,
                       rtol=0.01)
+
+
+# ----------------------------------------------------------------------------- model files (issue 39)
+def _model_cases():
+    from bad_inputs import cases, no_file
+    return [c for c in cases(roles=("model",)) if c.make is not no_file]
+
+
+@pytest.mark.parametrize("case", _model_cases(), ids=lambda c: c.name)
+def test_exported_file_not_of_the_run_is_refused_before_it_answers(case, run, synth_root, tmp_path, capsys):
+    """An exported file that is not what it claims (another run's, another input size, logits, garbage, no JSON) is
+    refused by predict and by serve before it answers: one line naming it and the export that makes it again."""
+    pytest.importorskip("fastapi")
+    import shutil
+
+    from maskcls.infer.export import export_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)  # each case damages its own copy of the run
+    export_run(copy)  # RUN/export/model.onnx and model.json, as a user had them
+    damaged = case.make(copy)
+    int8 = "int8" in damaged
+    model = copy / "export" / ("model.int8.onnx" if int8 else "model.onnx")
+    before = snapshot(copy)
+    image = sorted((synth_root / "eval" / "images").iterdir())[0]
+    assert main(["predict", str(copy), str(image), "--backend", "onnx-int8" if int8 else "onnx"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith("maskcls: error:") and len(err.strip().splitlines()) == 1 and not captured.out, err
+    assert str(model) in err and re.search(case.reason, err) and f"maskcls export {copy}" in err, err
+    assert snapshot(copy) == before  # nothing written, nothing exported over the user's file
+    assert main(["serve", str(copy), "--int8"] if int8 else ["serve", "--model", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("maskcls: error:") and len(err.strip().splitlines()) == 1, err
+    assert model.name in err or model.with_suffix(".json").name in err, err
+    assert snapshot(copy) == before
+
+
+def test_damaged_torchscript_file_is_one_line_naming_it(tmp_path):
+    from maskcls.errors import CheckpointError
+    from maskcls.infer.export import run_exported
+    bad = tmp_path / "model.ts"
+    bad.write_bytes(b"not a zip archive" * 50)
+    message = rf"{re.escape(str(bad))} is not a readable TorchScript model"
+    with pytest.warns(FutureWarning), pytest.raises(CheckpointError, match=message):
+        run_exported(bad, np.zeros((1, 3, 8, 8), np.uint8))

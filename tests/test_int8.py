@@ -144,3 +144,34 @@ def test_int8_entropy_with_a_short_last_batch_and_fp32_layers(run, tmp_path, cap
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert made_by.get(convs[0].input[0]) != "DequantizeLinear"
     assert made_by.get(convs[-1].input[0]) == "DequantizeLinear"
+
+
+# ----------------------------------------------------------------------------- issue 39
+def test_int8_export_that_would_quantize_nothing_is_refused(run, tmp_path, capsys):
+    """--fp32-first beyond the model's depth keeps every layer fp32: refused before calibrating, and no file
+    labelled INT8 is written (it used to be, with nothing quantized)."""
+    out = tmp_path / "none.onnx"
+    assert main(["export", str(run), "--int8", "--fp32-first", "500", "--calib-images", "10", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("maskcls: error: --fp32-first 500 --fp32-last 0 keep all ") and len(err.splitlines()) == 1
+    assert "nothing would be quantized, so no INT8 file was written" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_int8_refusal_names_predicts_own_fixes(run, synth_root, tmp_path, capsys, monkeypatch):
+    """predict --backend onnx-int8 makes a missing INT8 model under the default --max-drop; refused, its line gives
+    predict's fix and the calibrations not tried, not export's --force (predict has none) nor the method it used."""
+    import shutil
+
+    import maskcls.infer.quantize as quantize
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+    monkeypatch.setattr(quantize, "score_models", lambda paths, loader, k: [0.9, 0.5])  # INT8 loses 0.4
+    image = sorted((synth_root / "eval" / "images").iterdir())[0]
+    assert main(["predict", str(copy), str(image), "--backend", "onnx-int8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("maskcls: error: --backend onnx-int8 made the INT8 model now, and it was refused: int8 "
+                          "macro F1 delta: -0.4000") and len(err.splitlines()) == 1, err
+    assert "predict with --backend onnx (fp32)" in err and "--int8 --calib-method minmax`" in err, err
+    assert "--calib-method entropy" not in err and "keep it with --force" not in err, err
+    assert not (copy / "export" / "model.int8.onnx").exists()

@@ -123,11 +123,12 @@ def test_export_out_paths(tmp_path, capsys):
     assert export_path(run, "onnx", tmp_path / "models") == tmp_path / "models" / "model.onnx"
     assert export_path(run, "onnx", tmp_path / "mask-v2") == tmp_path / "mask-v2.onnx"
     assert export_path(run, "torchscript", tmp_path / "m.pt") == tmp_path / "m.pt"
-    with pytest.raises(ConfigError, match=r"ends in \.onnx, not \.pt.*--out .*m\.onnx, or --format torchscript"):
+    message = r": an ONNX model file ends in \.onnx, not \.pt.*--out .*m\.onnx, or --format torchscript"
+    with pytest.raises(ConfigError, match=message):
         export_path(run, "onnx", tmp_path / "m.pt")
     assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
-    assert "ends in .ts or .pt or .torchscript, not .onnx" in err and "--format onnx" in err
+    assert "a TorchScript model file ends in .ts or .pt or .torchscript, not .onnx" in err and "--format onnx" in err
     assert not run.exists()
 
 

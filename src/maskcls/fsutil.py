@@ -83,7 +83,7 @@ def read_json(path: str | Path) -> dict | None:
     file whose damage must not go unnoticed use :func:`load_json`)."""
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
 
 

@@ -97,7 +97,7 @@ def _options(args, token: str | None):
 def _model_file(args):
     """The exported file to serve (--int8, --model), checked before anything listens; None: the run's folds."""
     from ..errors import ConfigError
-    from ..serve.exported import int8_path, read_spec
+    from ..serve.exported import check_exported, int8_path
     if args.int8 and args.model:
         raise ConfigError("give --int8 (RUN/export/model.int8.onnx) or --model PATH.onnx, not both")
     if not args.int8 and not args.model:
@@ -109,7 +109,7 @@ def _model_file(args):
     if args.int8 and not args.run_dir:
         raise ConfigError("--int8 serves RUN/export/model.int8.onnx: give the run directory")
     path = int8_path(args.run_dir) if args.int8 else args.model
-    read_spec(path)
+    check_exported(path)
     return path
 
 

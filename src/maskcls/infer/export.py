@@ -27,6 +27,7 @@ from ..fsutil import atomic_path, atomic_write_json
 from ..models.heads import probabilities
 from ..task import Task
 from .loading import LoadedFold, load_folds
+from .model_check import export_command, load_torchscript, open_onnx
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def _example(size: int, n: int = 2) -> torch.Tensor:
 
 
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".ts", ".pt", ".torchscript")}
+A_MODEL_FILE = {"onnx": "an ONNX model file", "torchscript": "a TorchScript model file"}
 
 
 def export_path(run: str | Path, fmt: str, out: str | Path | None) -> Path:
@@ -80,7 +82,7 @@ def export_path(run: str | Path, fmt: str, out: str | Path | None) -> Path:
     suffix = out.suffix.lower()
     if suffix not in SUFFIXES[fmt]:
         other = [f for f, s in SUFFIXES.items() if suffix in s]
-        raise ConfigError(f"--out {out}: a {fmt} model file ends in {' or '.join(SUFFIXES[fmt])}, not {out.suffix}; "
+        raise ConfigError(f"--out {out}: {A_MODEL_FILE[fmt]} ends in {' or '.join(SUFFIXES[fmt])}, not {out.suffix}; "
                           f"use --out {out.with_suffix(SUFFIXES[fmt][0])}"
                           + (f", or --format {other[0]}" if other else ""))
     return out
@@ -94,14 +96,19 @@ def _check_writable_target(path: Path) -> None:
                           "(or a folder for model.<ext>)")
 
 
+def is_export_spec(spec) -> bool:
+    """Whether ``spec`` (a parsed JSON) is what an export wrote beside its model (this version's or an older one's)."""
+    return isinstance(spec, dict) and (spec.get("written_by") == WRITER
+                                       or {"format", "input", "output", "check"} <= spec.keys())
+
+
 def _is_export_spec(path: Path) -> bool:
-    """Whether ``path`` is the JSON an export wrote beside its model (this version's or an older one's)."""
+    """Whether the file ``path`` is the JSON an export wrote beside its model."""
     try:
         spec = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(spec, dict) and (spec.get("written_by") == WRITER
-                                       or {"format", "input", "output", "check"} <= spec.keys())
+    return is_export_spec(spec)
 
 
 def _run_owning(path: Path) -> Path | None:
@@ -194,21 +201,26 @@ def export_run(run: str | Path, *, fmt: str = "onnx", folds: str = "all", out: s
 
 def run_exported(path: str | Path, images: np.ndarray, fmt: str | None = None) -> np.ndarray:
     """Run an exported model on uint8 N×3×S×S images (onnxruntime or TorchScript; ``fmt`` default: by
-    the file's suffix)."""
+    the file's suffix).
+
+    Raises:
+        CheckpointError: the file cannot be loaded (damaged, or not a model of that format).
+    """
     path = Path(path)
     fmt = fmt or ("onnx" if path.suffix.lower() in SUFFIXES["onnx"] else "torchscript")
     if fmt == "onnx":
         return onnx_session(path).run(None, {"image": images})[0]
-    module = torch.jit.load(str(path))
+    module = load_torchscript(path, fix=f"export it again with {export_command('RUN', more='--format torchscript')}")
     with torch.no_grad():
         return module(torch.from_numpy(images)).numpy()
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
+def onnx_session(path: str | Path, threads: int | None = None, *, fix: str | None = None):
     """An ONNX Runtime CPU session of an exported model (input ``image``, output ``probs``); ``threads``:
-    intra-op threads (default: ONNX Runtime's, one per physical core)."""
+    intra-op threads (default: ONNX Runtime's, one per physical core). A file that cannot be loaded is a
+    CheckpointError naming it and saying ``fix`` (default: export it again)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return open_onnx(path, opts, fix=fix or f"export it again with {export_command('RUN')}")

@@ -2,8 +2,9 @@
 
 Backends: ``torch`` (the checkpoints, fp32 on a CPU), ``onnx`` (RUN/export/model.onnx through ONNX
 Runtime) and ``onnx-int8`` (RUN/export/model.int8.onnx); a missing export is made on the spot with
-the chosen folds (the INT8 one under its --max-drop check), an existing one must hold those folds
-and be newer than their checkpoints.
+the chosen folds (the INT8 one under its --max-drop check), an existing one must hold those folds,
+be newer than their checkpoints and be a model of this run (:mod:`.model_check`: its classes, input
+size and normalisation) before it answers.
 """
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ from ..data.imageio import is_image_name, probe
 from ..data.loader import build_loader
 from ..engine.decision import TuneBias, apply_offsets, check_tune_bias, read_offsets
 from ..engine.fold_data import make_dataset, paths_dataset, resolve_loader
-from ..errors import ConfigError, DataError, did_you_mean
+from ..errors import CheckpointError, ConfigError, DataError, MaskclsError, did_you_mean
 from ..fsutil import atomic_write_text, free_name, read_json
 from ..prep.prepare import prepare_for_prediction
 from ..prep.prepared import Prepared, load_prepared
 from ..progress import track
-from .export import export_run, onnx_session
+from .export import export_run, is_export_spec, onnx_session
 from .loading import TTA_REQUESTS, LoadedFold, check_tta, ensemble_probs, load_folds, resolve_tta
+from .model_check import check_model, export_command
 
 log = logging.getLogger(__name__)
 
@@ -47,31 +49,57 @@ def exported_model(run: str | Path, loaded: list[LoadedFold], backend: str) -> P
 
     Raises:
         ConfigError: the existing export holds other folds, or is older than one of their checkpoints.
+        CheckpointError: the existing file is damaged, has no export JSON, or is not a model of this run
+            (other classes, input size or normalisation: :func:`~.model_check.check_model`).
         MaskclsError: an INT8 export made now lost more than the default --max-drop (nothing written).
     """
     if check_backend(backend) == "torch":
         return None
     run, folds = Path(run), [f.fold for f in loaded]
     path = run / "export" / EXPORTED[backend]
-    spec = ",".join(str(f) for f in folds)
     if not path.is_file():
-        log.info("no %s yet: exporting folds %s", path, spec)
-        if backend == "onnx":
-            export_run(run, fmt="onnx", folds=spec)
-        else:
-            from .quantize import export_int8
-            export_int8(run, folds=spec)
+        log.info("no %s yet: exporting folds %s", path, folds)
+        _export_now(run, folds, backend)
         return path
-    again = f"`maskcls export {run} --folds {spec}{' --int8' if backend == 'onnx-int8' else ''}`"
-    have = (read_json(path.with_suffix(".json")) or {}).get("folds")
+    _check_existing_export(path, run, loaded, export_command(run, folds, int8=backend == "onnx-int8"))
+    return path
+
+
+def _export_now(run: Path, folds: list[int], backend: str) -> None:
+    spec = ",".join(str(f) for f in folds)
+    if backend == "onnx":
+        export_run(run, fmt="onnx", folds=spec)
+        return
+    from .quantize import Int8Refused, export_int8
+    try:
+        export_int8(run, folds=spec)
+    except Int8Refused as e:  # export's own fixes (--force, --calib-method) are not predict's flags
+        other = export_command(run, folds, int8=True, more=f"--calib-method {e.other_methods[0]}")
+        raise MaskclsError(f"--backend onnx-int8 made the INT8 model now, and it was refused: {e.measured}, so "
+                           f"nothing was written to {e.out}; predict with --backend onnx (fp32), or make the INT8 "
+                           f"model yourself with {other} (export also takes --max-drop and --force)") from None
+
+
+def _check_existing_export(path: Path, run: Path, loaded: list[LoadedFold], again: str) -> None:
+    """The export in RUN/export/ is of the chosen folds, newer than their checkpoints, and a model of this run."""
+    folds = [f.fold for f in loaded]
+    spec = read_json(path.with_suffix(".json"))
+    if not is_export_spec(spec):
+        raise CheckpointError(f"{path} has no export description beside it ({path.with_suffix('.json').name} is "
+                              f"missing or was not written by maskcls export), so which run and folds it holds is "
+                              f"unknown; move it (and any JSON beside it) away, then export again with {again}")
+    have = spec.get("folds")
     if have != folds:
-        raise ConfigError(f"{path} holds folds {have}, not the chosen {folds}: export these with {again}, or pass "
-                          f"--folds {','.join(map(str, have or []))}")
+        listed = ",".join(map(str, have)) if isinstance(have, list) else ""
+        raise ConfigError(f"{path} holds folds {have}, not the chosen {folds}: export these with {again}"
+                          + (f", or pass --folds {listed}" if listed else ""))
     checkpoints = [run / f"fold{f}" / "best.pt" for f in folds]
     if any(c.stat().st_mtime > path.stat().st_mtime for c in checkpoints):
         raise ConfigError(f"{path} is older than the run's checkpoints (trained again since): export it again with "
                           f"{again}")
-    return path
+    fix = f"export it again with {again}"
+    session = onnx_session(path, fix=fix)
+    check_model(path, lambda x: session.run(None, {"image": x})[0], loaded[0].meta, spec, fix=fix)
 
 
 def onnx_probs(path: Path, loader, *, tta: str = "none", progress: bool = True) -> np.ndarray:

@@ -61,6 +61,20 @@ DEFAULT_FP32_FIRST = 3
 HEAVY = ("Conv", "MatMul", "Gemm")
 
 
+class Int8Refused(MaskclsError):
+    """The INT8 model lost more than ``--max-drop`` of macro F1: nothing was written.
+
+    ``measured`` says what was lost, ``out`` where nothing was written, ``other_methods`` the calibrations
+    not tried; the message gives the fixes of ``maskcls export`` (a caller with other flags words its own).
+    """
+
+    def __init__(self, measured: str, out: Path, method: str):
+        self.measured, self.out = measured, out
+        self.other_methods = [m for m in METHODS if m != method]
+        super().__init__(f"{measured}, so nothing was written to {out}; use the fp32 export, try --calib-method "
+                         f"{' or '.join(self.other_methods)}, or keep it with --force")
+
+
 def int8_path(run: str | Path, out: str | Path | None) -> Path:
     """RUN/export/model.int8.onnx by default; ``out`` as for the fp32 export (a folder gets model.int8.onnx)."""
     if out is None:
@@ -151,7 +165,9 @@ def quantize_onnx(fp32: Path, out: Path, loader, *, method: str = DEFAULT_METHOD
     with tempfile.TemporaryDirectory(prefix="maskcls-int8-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre))  # shape inference + graph optimisation, as ORT recommends
-        excluded = fp32_nodes(onnx.load(str(pre)), first=fp32_first, last=fp32_last)
+        graph = onnx.load(str(pre))
+        excluded = fp32_nodes(graph, first=fp32_first, last=fp32_last)
+        _check_some_layer_left(graph, excluded, fp32_first, fp32_last)
         reduce_range = _reduce_range()
         with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its calibration steps; a library logs
             quantize_static(str(pre), str(out), _Batches(loader, single=method != "minmax"),
@@ -159,9 +175,32 @@ def quantize_onnx(fp32: Path, out: Path, loader, *, method: str = DEFAULT_METHOD
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=excluded, calibrate_method=METHODS[method],
                             extra_options={"CalibMaxIntermediateOutputs": 4})  # bounds min/max calibration's memory
+    quantized = quantized_layers(onnx.load(str(out)))
+    if not quantized:
+        raise MaskclsError(f"the INT8 model of {fp32.name} has no quantized layer (ONNX Runtime quantized none of its "
+                           "Conv/MatMul/Gemm inputs), so no INT8 file was written; use the fp32 export")
     return {"format": "QDQ", "weights": "int8 per channel", "activations": "uint8 per tensor",
             "reduce_range": reduce_range, "fp32_first_layers": fp32_first, "fp32_last_layers": fp32_last,
-            "fp32_nodes": len(excluded)}
+            "fp32_nodes": len(excluded), "int8_layers": len(quantized)}
+
+
+def _check_some_layer_left(model: onnx.ModelProto, excluded: list[str], first: int, last: int) -> None:
+    """Refuse ``--fp32-first`` / ``--fp32-last`` values that keep every Conv/MatMul/Gemm layer fp32."""
+    heavy = [n.name for n in model.graph.node if n.op_type in HEAVY]
+    if set(heavy) - set(excluded):
+        return
+    _, above = _heavy_depths(model)
+    depth = max((above[n] for n in heavy), default=0)
+    raise ConfigError(f"--fp32-first {first} --fp32-last {last} keep all {len(heavy)} Conv/MatMul/Gemm layers of this "
+                      f"model fp32 (it is {depth} layers deep, the classifier always stays fp32): nothing would be "
+                      f"quantized, so no INT8 file was written; use fewer (the default is --fp32-first "
+                      f"{DEFAULT_FP32_FIRST} --fp32-last 0)")
+
+
+def quantized_layers(model: onnx.ModelProto) -> list[str]:
+    """The Conv/MatMul/Gemm nodes of a QDQ graph that read a dequantized (INT8) tensor."""
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in HEAVY and dequantized & set(n.input)]
 
 
 def score_models(paths: list[Path], loader, k: int) -> list[float]:
@@ -212,14 +251,16 @@ def export_int8(run: str | Path, *, folds: str = "all", out: str | Path | None =
         max_drop: largest macro F1 loss (fp32 − INT8) on the validation fold that leaves a file.
         calib_images: training images of the fold used for calibration (a seeded sample).
         seed: the calibration sample's seed.
-        method: calibration: 'minmax' (default), 'entropy' or 'percentile'.
+        method: calibration: 'entropy' (default, DEFAULT_METHOD), 'minmax' or 'percentile'.
         fp32_first: Conv layers from the input kept fp32 (default DEFAULT_FP32_FIRST).
         fp32_last: Conv layers before the classifier kept fp32 (the classifier always is).
         force: keep the INT8 file whatever it lost.
 
     Raises:
         ConfigError: a bad method or ``out`` (see :func:`check_export_target`).
-        MaskclsError: the INT8 model lost more than ``max_drop`` (nothing written, an earlier file stays).
+        Int8Refused: the INT8 model lost more than ``max_drop`` (nothing written, an earlier file stays).
+        ConfigError: ``fp32_first`` / ``fp32_last`` keep every layer fp32 (nothing written).
+        MaskclsError: ONNX Runtime quantized no layer (nothing written).
     """
     if method not in METHODS:
         raise ConfigError(f"--calib-method {method!r}: choose one of {', '.join(METHODS)}"
@@ -243,10 +284,9 @@ def export_int8(run: str | Path, *, folds: str = "all", out: str | Path | None =
             f1_fp32, f1_int8 = score_models([fp32, tmp_out], valid_loader, loaded[0].task.num_classes)
             delta = f1_int8 - f1_fp32
             if -delta > max_drop and not force:
-                raise MaskclsError(f"int8 macro F1 delta: {delta:+.4f} (fp32 {f1_fp32:.4f}, int8 {f1_int8:.4f} on "
-                                   f"{n_valid} validation images of fold {loaded[0].fold}) loses more than "
-                                   f"--max-drop {max_drop:g}, so nothing was written to {out}; use the fp32 export, "
-                                   "try --calib-method entropy or percentile, or keep it with --force")
+                raise Int8Refused(f"int8 macro F1 delta: {delta:+.4f} (fp32 {f1_fp32:.4f}, int8 {f1_int8:.4f} on "
+                                  f"{n_valid} validation images of fold {loaded[0].fold}) loses more than "
+                                  f"--max-drop {max_drop:g}", out, method)
     spec.update(precision="int8", quantization=settings,
                 calibration={"images": n_calib, "fold": loaded[0].fold, "rows": "training rows of the fold",
                              "seed": seed, "method": method},

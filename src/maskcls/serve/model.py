@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..fsutil import cpu_count, read_json
 from ..infer.export import EXPORT_TOLERANCE, build_ensemble, export_run
 from ..infer.loading import LoadedFold, device_for_inference, load_folds
+from ..infer.model_check import open_onnx
 from ..task import Task
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ def torch_predictor(loaded: list[LoadedFold], device: torch.device | None = None
     return predict
 
 
-def onnx_session(path: Path, threads: int):
-    """One ONNX Runtime session on ``threads`` intra-op threads (the calling thread is one of them)."""
+def onnx_session(path: Path, threads: int, *, fix: str = "export it again with `maskcls export RUN`"):
+    """One ONNX Runtime session on ``threads`` intra-op threads (the calling thread is one of them); a file that
+    cannot be loaded is a CheckpointError naming it and saying ``fix``."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -70,7 +72,7 @@ def onnx_session(path: Path, threads: int):
     # Idle ORT threads spin by default, taking the cores that decode uploads and run the event loop.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return open_onnx(path, opts, fix=fix)
 
 
 def default_streams() -> int:
@@ -98,13 +100,13 @@ class SessionPool:
     to ``streams`` calls at once (the batcher does); a further call waits for a session.
     """
 
-    def __init__(self, path: Path, streams: int = 1, threads: int | None = None):
+    def __init__(self, path: Path, streams: int = 1, threads: int | None = None, *, fix: str | None = None):
         if streams < 1 or (threads is not None and threads < 1):
             raise ConfigError(f"--streams and --threads must be at least 1, not {streams} and {threads}")
         self.path, self.streams, self.threads = Path(path), streams, threads or default_threads(streams)
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(streams):
-            self._free.put(onnx_session(self.path, self.threads))
+            self._free.put(onnx_session(self.path, self.threads, **({"fix": fix} if fix else {})))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         session = self._free.get()
@@ -114,8 +116,8 @@ class SessionPool:
             self._free.put(session)
 
 
-def onnx_predictor(path: Path, streams: int = 1, threads: int | None = None) -> SessionPool:
-    return SessionPool(path, streams, threads)
+def onnx_predictor(path: Path, streams: int = 1, threads: int | None = None, *, fix: str | None = None) -> SessionPool:
+    return SessionPool(path, streams, threads, fix=fix)
 
 
 def check_batch(image_size: int, n: int = 4) -> np.ndarray:
