@@ -1056,6 +1056,29 @@ CASES: list[Case] = [
     Case("export --format onnx --out m.pt", "a TorchScript suffix for an ONNX file", "refused",
          "one line: 'an ONNX model file ends in .onnx' (was 'a onnx model file')", "model", no_file,
          tests=(T_SUFFIX,)),
+    Case("tune: study.db of another program", "a SQLite database with a customers table at DIR/study.db",
+         "refused", "one line: another program's database, not an Optuna study; the file unchanged (sha256) (was: "
+         "Optuna's 14 tables added to it, exit 0)", "tune", tune_foreign_sqlite,
+         reason=r"is another program's SQLite database \(tables customers\)", tests=(T_TUNE_FILE,)),
+    Case("tune: study.db of garbage bytes", "5000 random bytes at DIR/study.db", "refused",
+         "one line: not a SQLite database (was: 'is the server running and the URL right?')", "tune",
+         tune_garbage_db, reason=r"study\.db is not a SQLite database", tests=(T_TUNE_FILE,)),
+    Case("tune: study.journal of another program", "a line of text at DIR/study.journal, --storage journal",
+         "refused", "one line: not an Optuna journal; nothing appended", "tune", tune_foreign_journal,
+         reason=r"study\.journal is not an Optuna journal", tests=(T_TUNE_FILE,)),
+    Case("tune: --study-dir is a file", "a text file where the study folder would go", "refused",
+         "one line: a file, not a folder (was: '[Errno 17] File exists')", "tune", tune_study_dir_is_a_file,
+         reason=r"--study-dir .* is a file, not a folder", tests=(T_TUNE_FILE,)),
+    Case("tune: resumed with other fixed settings", "a study of train.epochs=1 rerun with train.epochs=2 (or "
+         "another data.image_size)", "refused", "one line naming each setting that differs and the fix (the same "
+         "--set values, or a new --study-dir); no trial added (was: incomparable trials mixed silently)", "tune",
+         no_file, tests=(T_TUNE_FIXED,)),
+    Case("tune: two workers on one study, --trials 3", "two workers whose trials end at the same moment",
+         "handled", "exactly 3 finished trials (was 4): a worker counts running trials too, and a trial numbered "
+         "after 3 started ones is not run", "tune", no_file, tests=(T_TUNE_TOTAL,)),
+    Case("tune: Ctrl-C on a worker", "KeyboardInterrupt during a trial", "handled",
+         "exit 130, the trial marked failed, one line saying how to continue (was Optuna's 40-line traceback first)",
+         "tune", no_file, tests=(T_TUNE_CTRL_C,)),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -248,7 +249,7 @@ def test_killed_worker_trial_fails_and_rerun_reaches_n(prepared_dir, tmp_path, s
             worker.wait(timeout=120)
     err = (tmp_path / "worker.err").read_text()
     if sig == "SIGINT":  # Ctrl-C: the worker marks its trial failed itself and says how to continue
-        assert worker.returncode == 130 and "rerun the same command" in err
+        assert worker.returncode == 130 and "rerun the same command" in err and "Traceback" not in err
     rerun = subprocess.run(_cli(args), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     url = f"sqlite:///{st / 'study.db'}" if storage == "sqlite" else optuna.storages.JournalStorage(
@@ -322,12 +323,129 @@ def test_two_workers_share_a_postgresql_study(prepared_dir, tmp_path, postgres):
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == list(range(len(numbers)))  # no number duplicated or lost
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert n <= len(finished) <= n + 1  # each worker checks after its own trial: at most one more
+    assert len(finished) == n  # running trials count too, and a trial beyond n started ones is not run
     assert all(t.state != TrialState.RUNNING for t in study.trials)
     runs = {t.number: Path(t.user_attrs["run_dir"]) for t in finished}
     assert all((r / "summary.json").is_file() for r in runs.values())
     by_machine = {i: {r for r in runs.values() if r.parent.parent.name == f"machine{i}"} for i in (1, 2)}
     assert by_machine[1] and by_machine[2], "both workers should have run trials"
     assert len(by_machine[1]) + len(by_machine[2]) == len(runs)
-    for i in (1, 2):  # each machine's outputs list the whole study
-        assert len(pd.read_csv(tmp_path / f"machine{i}" / "trials.csv")) == len(study.trials)
+    ran = [t for t in study.trials if not t.user_attrs.get("surplus")]
+    for i in (1, 2):  # each machine's outputs list the whole study (but the trials never run)
+        assert len(pd.read_csv(tmp_path / f"machine{i}" / "trials.csv")) == len(ran)
+
+
+# ------------------------------------------------------------------ foreign files, fixed settings, totals (issue 39)
+def _tune_cases():
+    from bad_inputs import cases, no_file
+    return [c for c in cases(roles=("tune",)) if c.make is not no_file]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("case", _tune_cases(), ids=lambda c: c.name)
+def test_study_file_that_is_not_a_study_is_refused_unchanged(case, prepared_dir, tmp_path, capsys):
+    """Another program's SQLite database or journal, garbage bytes, a file as --study-dir: one line naming the real
+    cause, before anything trains, and the file is byte for byte what it was."""
+    st, space = tmp_path / "st", _space(tmp_path)
+    kept, extra = case.make(st)
+    digest, listing = _sha256(kept), sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(_tune_args(prepared_dir, space, st, 2, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("maskcls: error:") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(case.reason, err) and str(kept) in err, err
+    assert _sha256(kept) == digest  # not a table added, not a line appended
+    assert sorted(p.name for p in tmp_path.rglob("*")) == listing  # no trials/, no study.db beside it
+
+
+class FakeObjective:
+    """Stands in for a trial's training: the searched values suggested, then ``seconds`` of waiting."""
+    seconds = 0.0
+    interrupt = False
+
+    def __init__(self, cfg, prep, params, **_):
+        self.params = params
+
+    def __call__(self, trial) -> float:
+        values = [p.suggest(trial) for p in self.params]
+        if self.interrupt:
+            raise KeyboardInterrupt
+        time.sleep(self.seconds)
+        return float(abs(values[0]))
+
+
+@pytest.fixture()
+def fake_trials(monkeypatch):
+    import maskcls.tune.study as study_module
+    monkeypatch.setattr(study_module, "Objective", FakeObjective)
+    monkeypatch.setattr(FakeObjective, "seconds", 0.0)
+    monkeypatch.setattr(FakeObjective, "interrupt", False)
+    return FakeObjective
+
+
+def test_resuming_a_study_with_other_fixed_settings_is_refused(prepared_dir, tmp_path, capsys, fake_trials):
+    """A rerun with another --set train.epochs (or data.image_size) would mix trials that do not compare: refused
+    naming each setting that differs, the study unchanged; where a run's files go (run.*) may change."""
+    st, space = tmp_path / "st", _space(tmp_path)
+    assert main(_tune_args(prepared_dir, space, st, 1)) == 0
+    capsys.readouterr()
+    for extra, differs in ((["--set", "train.epochs=2"], "train.epochs 1 (now 2)"),
+                           (["--set", "data.image_size=96"], "data.image_size 64 (now 96)")):
+        assert main(_tune_args(prepared_dir, space, st, 2) + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"maskcls: error: study 'st' in sqlite:///{st / 'study.db'} was run with other fixed "
+                              f"settings: {differs}") and len(err.strip().splitlines()) == 1, err
+        assert "new --study-dir" in err
+        assert len(_study(st).trials) == 1
+    assert main(_tune_args(prepared_dir, space, st, 2, "--set", "run.report=true")) == 0
+    assert len(_study(st).trials) == 2
+
+
+def test_workers_sharing_a_study_run_exactly_the_trials_asked(prepared_dir, tmp_path, fake_trials):
+    """Two workers whose trials end together, --trials 3: each used to count finished trials only, so both started
+    a third (4 in all); now a worker counts running trials too, and a trial numbered after 3 started ones is not
+    run, so the study has exactly 3 finished trials whatever the timing."""
+    import threading
+    fake_trials.seconds = 0.5
+    settings = TuneSettings(tmp_path / "st", trials=3, pruner="none")
+    args = (tiny(run={"trackers": []}), load_prepared(prepared_dir), load_space(_space(tmp_path)), settings)
+    errors: list[BaseException] = []
+
+    def worker():
+        try:
+            run_study(*args)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    study = _study(tmp_path / "st")
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
+    assert all(t.state != TrialState.RUNNING for t in study.trials)
+    surplus = [t for t in study.trials if t.user_attrs.get("surplus")]
+    assert all(t.state == TrialState.FAIL and not t.params for t in surplus)  # never run
+    assert len(pd.read_csv(tmp_path / "st" / "trials.csv")) == 3
+
+
+def test_ctrl_c_on_a_tune_worker_is_one_line(prepared_dir, tmp_path):
+    """Ctrl-C during a trial (a worker process whose trial raises KeyboardInterrupt): exit 130, the trial marked
+    failed, and one line on stderr (Optuna printed its 'Trial 0 failed' warning with a 40-line traceback first,
+    then one warning per figure it could not draw)."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                      "import maskcls.tune.study as study_module\nfrom test_tune import FakeObjective\n"
+                      "FakeObjective.interrupt = True\nstudy_module.Objective = FakeObjective\n"
+                      "from maskcls.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    st = tmp_path / "st"
+    r = subprocess.run([sys.executable, str(worker), *_tune_args(prepared_dir, _space(tmp_path), st, 2)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == ["interrupted: the running trial is marked failed; rerun the same command "
+                                             "to continue the study to 2"], r.stderr
+    assert [t.state for t in _study(st).trials] == [TrialState.FAIL]

@@ -99,7 +99,7 @@ def cmd_tune(args) -> int:
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state in FINISHED]
     pruned = sum(t.state.name == "PRUNED" for t in trials)
-    failed = sum(t.state.name == "FAIL" for t in trials)
+    failed = sum(t.state.name == "FAIL" and not t.user_attrs.get("surplus") for t in trials)
     print(f"study {study.study_name}: {len(done)} finished trial(s) ({pruned} pruned), {failed} failed")
     try:
         print(f"best: trial {study.best_trial.number}, validation macro F1 {study.best_value:.4f}, "

@@ -1,6 +1,7 @@
 """What a study leaves in its directory, rewritten (atomically) after every trial:
 
-* ``trials.csv`` — one row per trial: number, state, value, duration, params, epochs reported, run dir;
+* ``trials.csv`` — one row per trial (not those never run, ``surplus``): number, state, value, duration, params,
+  epochs reported, run dir;
 * ``best.yaml`` — the best trial's full config, as ``maskcls train -c best.yaml`` takes it;
 * ``study.html`` — the page (:mod:`.page`).
 
@@ -26,6 +27,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     """Optuna's trials dataframe, trimmed to what a person compares (params without their prefix)."""
     df = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"),
                                 multi_index=False)
+    if "user_attrs_surplus" in df.columns:  # trials the study had no room for: never run (tune.study.within_total)
+        df = df[~df["user_attrs_surplus"].eq(True)]
     if df.empty:
         return pd.DataFrame(columns=["number", "state", "value", "duration_s", "epochs_reported", "run_dir"])
     out = df[["number", "state", "value"]].copy()

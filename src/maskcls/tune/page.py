@@ -6,6 +6,7 @@ parameters' importances, parallel coordinates and slices — and the trials tabl
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import logging
@@ -30,12 +31,27 @@ FIGURES = (("Optimisation history", "plot_optimization_history"),
            ("Slices: the value against each parameter", "plot_slice"))
 
 
+@contextlib.contextmanager
+def _quiet_optuna_plots():
+    """Optuna's plots log a warning each ('There are no complete trials.') when there is nothing to draw yet: the
+    page says so itself, so those lines would only fill a worker's log after every trial."""
+    loggers = [logging.getLogger(name) for name in ("optuna.visualization", "optuna.importance")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _figure(study: optuna.Study, plot: str) -> str | None:
     """Optuna's matplotlib figure ``plot`` as a data URI; None when it cannot be drawn yet."""
     import matplotlib
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
-    with warnings.catch_warnings(), matplotlib.rc_context({"figure.max_open_warning": 0}):
+    with warnings.catch_warnings(), matplotlib.rc_context({"figure.max_open_warning": 0}), _quiet_optuna_plots():
         warnings.simplefilter("ignore")  # Optuna marks these plots experimental; they are drawn all the same
         try:
             ax = getattr(vis, plot)(study)

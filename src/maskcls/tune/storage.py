@@ -15,7 +15,9 @@ the trials of processes that no longer exist FAIL (:func:`fail_dead_local_trials
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import logging
 import os
 import random
@@ -73,7 +75,13 @@ def redact(url: str) -> str:
 
 
 def open_storage(url: str, *, heartbeat: int) -> BaseStorage:
-    """The Optuna storage at ``url`` (from :func:`storage_url`); ``heartbeat`` seconds for databases."""
+    """The Optuna storage at ``url`` (from :func:`storage_url`); ``heartbeat`` seconds for databases.
+
+    Raises:
+        ConfigError: a SQLite or journal file that is not a study's (:func:`check_study_file`), a missing
+            driver, or a database that cannot be opened.
+    """
+    check_study_file(url)
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         path = Path(url.removeprefix("journal:"))
@@ -89,9 +97,81 @@ def open_storage(url: str, *, heartbeat: int) -> BaseStorage:
         raise ConfigError(f"--storage {redact(url)}: the database driver is missing ({e}); install "
                           f"{DRIVERS.get(scheme, 'the SQLAlchemy driver of that database')}") from None
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's connection errors are many kinds; say which and where
+        hint = ("is it a study database that maskcls tune wrote? (else give another --study-dir)"
+                if url.startswith("sqlite") else "is the server running and the URL right?")
         raise ConfigError(f"--storage {redact(url)}: cannot open the study storage ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); is the server running and the URL right?"
-                          ) from None
+                          f"{str(e).splitlines()[0] if str(e) else ''}); {hint}") from None
+
+
+# A few of the tables Optuna's RDB storage creates: a SQLite file holding them holds an Optuna study.
+OPTUNA_TABLES = {"studies", "trials", "version_info"}
+
+
+def check_study_file(url: str) -> None:
+    """Refuse a SQLite database or journal file at ``url`` that is not a study's, before anything writes to it.
+
+    Optuna adds its tables to any SQLite database and appends to any file it is given; a study file is
+    used only when it is new (absent or empty) or already holds an Optuna study, so that another program's
+    database or a damaged file is never changed (and the message names the real cause).
+
+    Raises:
+        ConfigError: naming the file, what it is and what to do instead.
+    """
+    path = _study_file(url)
+    if path is None or not path.exists():
+        return
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file, so it cannot be the study's database: move it away, or give "
+                          "another --study-dir")
+    if path.stat().st_size == 0:
+        return
+    if url.startswith("journal:"):
+        _check_journal(path)
+    else:
+        _check_sqlite(path)
+
+
+def _study_file(url: str) -> Path | None:
+    """The file a journal or SQLite URL names (None for a server's database or SQLite in memory)."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    from sqlalchemy.engine import make_url
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - an unparsable URL is reported by open_storage
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _check_sqlite(path: Path) -> None:
+    import sqlite3
+    from urllib.parse import quote
+    try:  # read-only: nothing of the file changes, whatever it is
+        with contextlib.closing(sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(f"{path} is not a SQLite database ({e}): a damaged file or another program's, not a "
+                          "study of maskcls tune; move it away, or give another --study-dir") from None
+    if tables and not OPTUNA_TABLES <= tables:
+        shown = ", ".join(sorted(tables)[:5]) + (" …" if len(tables) > 5 else "")
+        raise ConfigError(f"{path} is another program's SQLite database (tables {shown}), not an Optuna study; "
+                          "maskcls tune writes only into a study database it created: give another --study-dir "
+                          "(or --storage sqlite:///NEW.db)")
+
+
+def _check_journal(path: Path) -> None:
+    with open(path, "rb") as fh:
+        first = fh.readline(1 << 20)
+    try:
+        entry = json.loads(first)
+    except (UnicodeDecodeError, ValueError):
+        entry = None
+    if not isinstance(entry, dict) or "op_code" not in entry:
+        raise ConfigError(f"{path} is not an Optuna journal (its first line is no journal entry): a damaged file or "
+                          "another program's; maskcls tune appends only to a journal it wrote: give another "
+                          "--study-dir (or --storage journal:NEW_PATH)")
 
 
 def _rdb_storage(url: str, engine_kwargs: dict, heartbeat: int, attempts: int = 5) -> RDBStorage:
