@@ -1079,6 +1079,10 @@ CASES: list[Case] = [
     Case("tune: Ctrl-C on a worker", "KeyboardInterrupt during a trial", "handled",
          "exit 130, the trial marked failed, one line saying how to continue (was Optuna's 40-line traceback first)",
          "tune", no_file, tests=(T_TUNE_CTRL_C,)),
+    Case("CSV: one image per class, --folds 2", "12 images of 12 classes, each its own person", "handled",
+         "prepared with one warning line naming the classes with too few groups and what --folds would do (was "
+         "scikit-learn's 24-line n_splits ValueError); lr-find runs on it", "csv", csv_one_image_per_class,
+         reason="have fewer groups (persons) than the 2 folds", tests=(T_CSV, T_SMALL)),
 ]
 
 

@@ -295,3 +295,31 @@ def test_prepared_version_mismatch(prepared_dir, tmp_path):
     (d / "prepare.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="incompatible"):
         load_prepared(d)
+
+
+def test_set_too_small_for_its_folds_is_one_warning_and_lr_find_runs(tmp_path, capsys):
+    """One image per class and --folds 2 was scikit-learn's n_splits ValueError (and so no lr-find either): now the
+    folds are made by person alone and one warning line names the classes with too few persons and the way out;
+    with two persons per class and --folds 3 the line says --folds 2 would put every class in every fold."""
+    from bad_inputs import csv_base, csv_one_image_per_class
+    from helpers import TINY_SETS
+    from maskcls.cli import main
+    (tmp_path / "one").mkdir()
+    csv, _ = csv_one_image_per_class(tmp_path / "one")
+    assert main(["prepare", str(csv), "--out", str(tmp_path / "p"), "--folds", "2"]) == 0
+    out = capsys.readouterr().out
+    (line,) = [w for w in out.splitlines() if "fewer groups" in w]
+    assert line.startswith("warning: 12 of 12 classes have fewer groups (persons) than the 2 folds") and \
+        "'0' (1), '1' (1), '2' (1) and 9 more" in line and "add groups (persons) to it" in line, line
+    rows = load_prepared(tmp_path / "p").train_rows()
+    assert sorted(rows["fold"].value_counts()) == [6, 6]  # still person-disjoint folds of even size
+    sets = [a for s in TINY_SETS + ["train.batch_size=2", "train.accum_steps=1"] for a in ("--set", s)]
+    assert main(["lr-find", str(tmp_path / "p"), "--steps", "3", "--out", str(tmp_path / "lr"), *sets]) == 0
+    assert "use it: maskcls train" in capsys.readouterr().out
+    (tmp_path / "two").mkdir()
+    two = csv_base(tmp_path / "two").assign(label=[i // 4 for i in range(12)])  # 3 classes of 2 persons each
+    two.to_csv(tmp_path / "two" / "m.csv", index=False)
+    assert main(["prepare", str(tmp_path / "two" / "m.csv"), "--out", str(tmp_path / "p3"), "--folds", "3"]) == 0
+    (line,) = [w for w in capsys.readouterr().out.splitlines() if "fewer groups" in w]
+    assert "3 of 3 classes have fewer groups (persons) than the 3 folds" in line and \
+        line.endswith("--folds 2 would put every class in every fold"), line

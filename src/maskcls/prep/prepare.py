@@ -125,7 +125,7 @@ def prepare(source: str | Path, out: str | Path, *, folds: int = 5, seed: int = 
         raise DataError(f"{source}: no usable training images")
     rows["fold"] = -1
     fold, fold_notes = assign_folds(rows.loc[train, "group"].to_numpy(), rows.loc[train, "label"].to_numpy(),
-                                    k=folds, seed=seed)
+                                    k=folds, seed=seed, class_names=list(table.task.class_names))
     rows.loc[train, "fold"] = fold
     split = {"folds": folds, "seed": seed, "fixes_file": fixes, "skip_bad": skip_bad}
     meta = _write(out, rows, lambda r: _meta(source, table, r, split, excluded=problems if skip_bad else [],
