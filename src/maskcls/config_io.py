@@ -8,6 +8,7 @@ built in code with ``dataclasses.replace`` (:func:`validate` re-checks every fie
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -37,6 +38,15 @@ ConfigLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 ConfigLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def read_text_utf8(path: Path) -> str:
+    """A config file's text; a file that is not UTF-8 is a ConfigError naming it (not a UnicodeDecodeError)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the config file as UTF-8") \
+            from None
 
 
 def load_yaml(text: str):
@@ -80,11 +90,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # NaN passes every range check, and hflip=nan would silently mean never
+            raise ConfigError(f"{key}: {value} is not a finite number; give a number (see `maskcls config` for "
+                              "the default)")
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -172,7 +185,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise FileNotFoundError(f"config file {p} not found; pass an existing YAML file to -c "
                                     "(configs/default.yaml is a template)")
         try:
-            data = load_yaml(p.read_text()) or {}
+            data = load_yaml(read_text_utf8(p)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({e})") from None
         apply_dict(cfg, data, source=str(p))
@@ -204,7 +217,7 @@ def read_config(path: str | Path, *, missing: dict[tuple[str, str], object] | No
     default; for a file written before the key existed)."""
     p = Path(path)
     try:
-        return config_from_dict(load_yaml(p.read_text()) or {}, missing=missing)
+        return config_from_dict(load_yaml(read_text_utf8(p)) or {}, missing=missing)
     except FileNotFoundError:
         raise FileNotFoundError(f"{p} not found; is {p.parent} a run directory written by `maskcls train`?") from None
     except yaml.YAMLError as e:
@@ -235,6 +248,15 @@ def validate(cfg: Config) -> None:
     if cfg.train.time > 0 and cfg.sched.name == "onecycle":
         raise ConfigError("train.time stretches the schedule to the steps that fit the budget, and sched.name=onecycle "
                           "has a fixed length: use sched.name=cosine_warmup (the default) with train.time")
+    if cfg.train.time > 0 and cfg.train.average == "last":
+        raise ConfigError("train.average=last averages the last train.average_k of train.epochs epochs, and with "
+                          "train.time the epochs follow the clock: use train.average=top with train.time")
+    seen: dict[Path, str] = {}
+    for t in cfg.distill.teachers:  # the same run twice would weigh double in the teachers' average
+        if (key := Path(t).resolve()) in seen:
+            raise ConfigError(f"distill.teachers: {t} is given twice (as {seen[key]} and {t}); the teachers' average "
+                              "is of distinct runs: give each teacher once")
+        seen[key] = t
     if cfg.distill.unlabelled and not cfg.distill.teachers:
         raise ConfigError("distill.unlabelled needs teacher runs: use `maskcls distill PREPARED --teacher RUN "
                           "--unlabelled` (or set distill.teachers)")
