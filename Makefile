@@ -34,8 +34,9 @@ $(DEV_STAMP): $(STAMP)
 test: dev-venv
 	$(BIN)/python -m pytest -q
 
-# The unit tests only (no training, no subprocess runs): about a minute.
+# The unit tests only: nothing is trained (a conftest guard fails any test that trains without the slow mark).
 test-fast: dev-venv
+	@echo "test-fast: the tests not marked slow; none of them trains a model (tests/conftest.py refuses it)"
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The tests whose numbers depend on the precision `train.mixed_precision=auto` takes on a CPU, both

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskcls.engine.metrics import confusion, macro_f1
-from maskcls.engine.rundir import read_oof
 from maskcls.fsutil import atomic_write_json, atomic_write_text, ensure_new_dir
+from maskcls.metrics import confusion, macro_f1
 from maskcls.prep.prepared import load_prepared
+from maskcls.rundir.oof import read_oof
 
 KIND_OF_FIELD = {"gender": "person_gender", "age": "person_age", "swap_incorrect_normal": "swap_incorrect_normal"}
 

@@ -299,7 +299,7 @@ def ema_ab(cfg: Config, precision: str, *, batch: int, rounds: int) -> str:
     import itertools
 
     from maskcls.config import TrainConfig
-    from maskcls.engine.ema import make_ema
+    from maskcls.engine.extensions.ema import make_ema
 
     base = _ab_model(cfg).to(memory_format=torch.channels_last).train()
     size = cfg.data.image_size

@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 
 from maskcls.bench.quality import budget_config, prepared_set, train_one
-from maskcls.engine.metrics import confusion, macro_f1
 from maskcls.infer.predict import eval_probabilities, run_and_data
 from maskcls.infer.pseudo import make_pseudo
+from maskcls.metrics import confusion, macro_f1
 from maskcls.prep.prepared import load_prepared
 
 LABEL_COLUMNS = ("label", "label_name", "mask", "gender", "age")

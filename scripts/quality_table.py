@@ -27,10 +27,10 @@ import numpy as np
 
 from maskcls.bench.quality import DEV_SETS, budget_config
 from maskcls.config_io import flatten
-from maskcls.engine.metrics import confusion, macro_f1
-from maskcls.engine.rundir import read_run_info
 from maskcls.infer.ensemble import common_oof
+from maskcls.metrics import confusion, macro_f1
 from maskcls.prep.prepared import load_prepared
+from maskcls.rundir.files import read_run_info
 
 
 def variant_of(config: dict, base: dict) -> str:

@@ -26,8 +26,9 @@ from maskcls.data.dataset import FileSource, ImageDataset
 from maskcls.data.loader import build_loader
 from maskcls.data.transforms import to_chw
 from maskcls.engine.fold_data import fold_rows
-from maskcls.engine.metrics import confusion, macro_f1
-from maskcls.infer.loading import ensemble_probs, load_fold
+from maskcls.infer.loading import ensemble_probs
+from maskcls.metrics import confusion, macro_f1
+from maskcls.rundir.models import load_fold
 
 
 class CentreCrop:

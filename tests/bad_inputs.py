@@ -533,6 +533,10 @@ def oof_prob_not_a_number(run: Path) -> str:
     return _edit_oof(run, lambda df: df.assign(prob_3=["abc" if i == 3 else v for i, v in enumerate(df["prob_3"])]))
 
 
+def oof_prob_blank(run: Path) -> str:
+    return _edit_oof(run, lambda df: df.assign(prob_3=["" if i == 3 else v for i, v in enumerate(df["prob_3"])]))
+
+
 def oof_cut_short(run: Path) -> str:
     lines = _oof(run).read_text().splitlines(keepends=True)
     _oof(run).write_text("".join(lines[:-5]))
@@ -948,6 +952,9 @@ CASES: list[Case] = [
     Case("oof.csv: a probability 'abc'", "prob_3 of line 5 set to abc", "refused",
          "one line naming the column, the value and the line", "runfile", oof_prob_not_a_number,
          reason=r"fold0/oof\.csv: prob_3 must be a number >= 0, not 'abc' \(line\(s\) 5", tests=(T_RUNFILE,)),
+    Case("oof.csv: a blank probability", "prob_3 of line 5 emptied", "refused",
+         "one line naming the column, 'a blank cell' (not np.float64(nan)) and the line", "runfile", oof_prob_blank,
+         reason=r"fold0/oof\.csv: prob_3 must be a number >= 0, not a blank cell \(line\(s\) 5\)", tests=(T_RUNFILE,)),
     Case("oof.csv cut short", "its last 5 lines removed", "refused",
          "one line: the file lacks 5 of its fold's images (not 'the prepared directory changed')", "runfile",
          oof_cut_short, reason=r"fold0/oof\.csv lacks 5 of the \d+ training images of fold 0", tests=(T_RUNFILE,)),

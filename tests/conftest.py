@@ -34,3 +34,32 @@ def prepared_dir(synth_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prep") / "prepared"
     prepare(synth_root, out, folds=3, seed=1)
     return out
+
+
+
+# A test that trains a model (an optimizer step in this process, also inside a shared fixture it requests) must be
+# marked ``slow``: ``make test-fast`` (``-m "not slow"``) promises the unit tests only. The training step is wrapped
+# once per session; the wrapper fails any step taken while a test without the mark is being set up or run.
+_RUNNING: dict = {"item": None}
+
+
+def pytest_runtest_setup(item):
+    _RUNNING["item"] = item
+
+
+def pytest_runtest_teardown(item):
+    _RUNNING["item"] = None
+
+
+def pytest_sessionstart(session):
+    from maskcls.engine import lr_find
+    from maskcls.engine.trainer import loop
+    real = loop.train_step
+
+    def guarded(*args, **kwargs):
+        item = _RUNNING["item"]
+        if item is not None and item.get_closest_marker("slow") is None:
+            raise AssertionError(f"{item.nodeid} trains a model: mark it @pytest.mark.slow (make test-fast runs the "
+                                 "tests without that mark, and trains nothing)")
+        return real(*args, **kwargs)
+    loop.train_step = lr_find.train_step = guarded

@@ -20,11 +20,11 @@ from maskcls.audit.findings import FINDING_COLUMNS
 from maskcls.audit.outputs import nearest_age
 from maskcls.audit.pipeline import audit_run
 from maskcls.cli import main
-from maskcls.engine.rundir import write_oof
 from maskcls.errors import CheckpointError, ConfigError, DataError
 from maskcls.prep.competition import read_fixes
 from maskcls.prep.prepare import prepare
 from maskcls.prep.prepared import load_prepared
+from maskcls.rundir.oof import write_oof
 from maskcls.synth.dataset import synthesize
 from maskcls.task import age_group
 
@@ -363,7 +363,7 @@ def test_broken_run_file_is_one_line_naming_it(case, data, tmp_path, capsys):
 def test_all_zero_probability_row_is_refused_everywhere(data, tmp_path):
     """Every reader of out-of-fold rows (audit, summaries, the ensemble's weights) reads them through read_oof."""
     from bad_inputs import oof_all_zero_row
-    from maskcls.engine.rundir import read_oof
+    from maskcls.rundir.oof import read_oof
     run = fake_run(tmp_path / "run", data["prep"], data["truth"])
     assert read_oof(run, range(FOLDS), num_classes=18)["fold"].nunique() == FOLDS  # intact: read
     oof_all_zero_row(run)

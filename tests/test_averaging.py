@@ -11,10 +11,10 @@ from torch import nn
 from helpers import tiny
 from helpers import train as train_run
 from maskcls.cli import main
-from maskcls.engine.averaging import LastK, RunningSum, TopK, average_state_dicts, make_averager
+from maskcls.engine.extensions.averaging import LastK, RunningSum, TopK, average_state_dicts, make_averager
 from maskcls.errors import ConfigError
-from maskcls.infer.loading import load_folds
 from maskcls.infer.soup import greedy_soup, make_soup
+from maskcls.rundir.models import load_folds
 
 EXACT = {"mixed_precision": "no"}  # exact comparisons: no bf16 autocast on CPUs that have it
 
@@ -107,6 +107,7 @@ def test_trained_average_equals_the_hand_average_and_is_the_fold_model(prepared_
     assert summary["folds"]["0"]["average"]["f1"] == pytest.approx(f1, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_average_never_leaves_best_pt_alone(prepared_dir, tmp_path):
     cfg = tiny(train={"epochs": 2, "average": "top", "average_k": 2, "average_use": "never", **EXACT})
     s = train_run(prepared_dir, tmp_path / "never", cfg)

@@ -1,5 +1,6 @@
-"""The package stays readable: the README's code map lists exactly the modules that exist, modules
-stay small, and imports flow one way (cli → report/audit/serve → infer → engine → prep → data → core)."""
+"""The package stays readable: the code map of docs/development.md lists exactly the modules that exist, modules
+stay small, imports flow one way (cli → report/audit/serve → infer → engine → rundir → prep → data → core), and no
+module reaches itself through imports."""
 from __future__ import annotations
 
 import ast
@@ -14,14 +15,15 @@ LONG_MODULES: dict[str, str] = {
 }
 
 # Which top-level parts a part may import (besides itself). Core modules import only core.
-CORE = {"config", "config_io", "task", "errors", "fsutil", "progress"}
+CORE = {"config", "config_io", "task", "errors", "fsutil", "progress", "metrics"}
 ALLOWED = {
     "core": {"core"},
     "data": {"core"},
     "models": {"core"},
     "prep": {"core", "data"},
-    "engine": {"core", "data", "models", "prep"},
-    "infer": {"core", "data", "models", "prep", "engine"},
+    "rundir": {"core", "data", "models", "prep"},
+    "engine": {"core", "data", "models", "prep", "rundir"},
+    "infer": {"core", "data", "models", "prep", "rundir", "engine"},
     "synth": {"core"},
 }
 
@@ -44,7 +46,7 @@ def _modules() -> list[str]:
 
 
 def _code_map() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "development.md").read_text()
     block = re.search(r"<!-- code-map -->\n```\n(.*?)```\n<!-- /code-map -->", text, re.S).group(1)
     paths, stack = [], []
     for line in block.splitlines()[1:]:  # the first line is src/maskcls/
@@ -60,7 +62,7 @@ def _code_map() -> list[str]:
 def test_readme_code_map_lists_every_module_once():
     listed = _code_map()
     assert len(listed) == len(set(listed)), "a module is listed twice"
-    assert sorted(listed) == _modules(), (f"missing from the README code map: {sorted(set(_modules()) - set(listed))}; "
+    assert sorted(listed) == _modules(), (f"missing from the code map: {sorted(set(_modules()) - set(listed))}; "
                                           f"listed but absent: {sorted(set(listed) - set(_modules()))}")
 
 
@@ -102,3 +104,86 @@ def test_imports_flow_one_way():
             if target not in ALLOWED[part]:
                 bad.append(f"{rel} imports {target}")
     assert not bad, "imports against the layering: " + "; ".join(bad)
+
+
+def _module_of(parts: list[str]) -> str | None:
+    """The module file (relative path) that dotted ``parts`` under maskcls name, or None."""
+    if not parts:
+        return "__init__.py"
+    path = "/".join(parts)
+    if (PKG / f"{path}.py").is_file():
+        return f"{path}.py"
+    if (PKG / path / "__init__.py").is_file():
+        return f"{path}/__init__.py"
+    return None
+
+
+def _imported_modules(rel: str) -> set[str]:
+    """Every maskcls module ``rel`` imports: at module level, inside functions and under TYPE_CHECKING alike; a
+    ``from PKG import name`` counts name's module when it is one, else PKG's __init__."""
+    pkg = rel.split("/")[:-1]
+    out = set()
+    for node in ast.walk(ast.parse((PKG / rel).read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                target = pkg[: len(pkg) - node.level + 1] + (node.module.split(".") if node.module else [])
+            elif (node.module or "").split(".")[0] == "maskcls":
+                target = node.module.split(".")[1:]
+            else:
+                continue
+            for alias in node.names:
+                found = _module_of(target + [alias.name]) or _module_of(target)
+                if found:
+                    out.add(found)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "maskcls" and (found := _module_of(alias.name.split(".")[1:])):
+                    out.add(found)
+    out.discard(rel)
+    return out
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle_between_files():
+    """No module reaches itself through imports, counting those inside functions and under TYPE_CHECKING: a
+    circle means two modules each need the other, so neither can be read (or changed) alone. Package __init__ files
+    that re-export their modules are left out (importing a package runs its __init__, not the other way round)."""
+    modules = [m for m in _modules() if not m.endswith("__init__.py")]
+    graph = {m: {t for t in _imported_modules(m) if not t.endswith("__init__.py")} for m in modules}
+    assert _cycles(graph) == []
+
+
+def test_the_circle_check_finds_a_circle():
+    assert _cycles({"a.py": {"b.py"}, "b.py": {"c.py"}, "c.py": {"a.py"}, "d.py": {"a.py"}}) == [
+        ["a.py", "b.py", "c.py"]]
+    assert _imported_modules("engine/trainer/fold.py") >= {"engine/trainer/callbacks.py", "engine/trainer/loop.py"}

@@ -10,13 +10,13 @@ from torch import nn
 from helpers import TINY_SETS, tiny
 from helpers import train as train_run
 from maskcls.cli import main
-from maskcls.engine.distill import DistillLoss
+from maskcls.engine.extensions.distill import DistillLoss
+from maskcls.engine.extensions.teachers import ensemble_teacher_probs, teacher_probs
 from maskcls.engine.fold_data import fold_rows
-from maskcls.engine.losses import MultiHeadLoss
-from maskcls.engine.teachers import ensemble_teacher_probs, teacher_probs
+from maskcls.engine.trainer.losses import MultiHeadLoss
 from maskcls.errors import CheckpointError
-from maskcls.infer.loading import load_folds
 from maskcls.prep.prepared import load_prepared
+from maskcls.rundir.models import load_folds
 from maskcls.task import Task
 
 EXACT = {"mixed_precision": "no"}
@@ -111,6 +111,6 @@ def test_teacher_of_another_split_or_with_mixing_is_refused(synth_root, prepared
     assert main(["distill", str(prepared_dir), "--teacher", str(teacher), "--folds", "2", *sets]) == 2
     assert "no trained fold 2" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="not a maskcls run"):
-        from maskcls.engine.teachers import teacher_checkpoint
+        from maskcls.engine.extensions.teachers import teacher_checkpoint
         teacher_checkpoint(tmp_path, 0, valid_ids=fold_rows(load_prepared(prepared_dir), 0)[1]["image_id"],
                            task=load_prepared(prepared_dir).task)

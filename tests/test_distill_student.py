@@ -20,11 +20,11 @@ from helpers import config, tiny
 from helpers import train as train_run
 from maskcls.cli import main
 from maskcls.config import DataConfig
-from maskcls.engine.distill import DistillLoss, unlabelled_rows
+from maskcls.engine.extensions.distill import DistillLoss, unlabelled_rows
+from maskcls.engine.extensions.teachers import teacher_probs
 from maskcls.engine.fold_data import fold_rows
-from maskcls.engine.losses import MultiHeadLoss
-from maskcls.engine.optim import build_scheduler
-from maskcls.engine.teachers import teacher_probs
+from maskcls.engine.trainer.losses import MultiHeadLoss
+from maskcls.engine.trainer.optim import build_scheduler
 from maskcls.errors import ConfigError
 from maskcls.prep.prepare import prepare
 from maskcls.prep.prepared import load_prepared
@@ -89,6 +89,7 @@ def _student_agreement(colours: Path, run: Path) -> tuple[float, float]:
     return float((pred == (y + 1) % 3).mean()), float((pred == y).mean())
 
 
+@pytest.mark.slow
 def test_student_learns_the_teachers_permuted_classes_not_the_labels(colours, permuted, tmp_path):
     """alpha=0: the soft targets are all the student learns from; if they were ignored (or misaligned with the
     rows) it could not name the permuted class of every image. The same student on the labels (alpha=1) learns
@@ -141,6 +142,7 @@ def _trainer(colours: Path, permuted: Path, scratch: Path, distill: dict | None 
         return _setup(cfg, load_prepared(colours), 0, scratch), cfg
 
 
+@pytest.mark.slow
 def test_unlabelled_eval_rows_train_on_the_teachers_probabilities_never_validate(colours, permuted, tmp_path):
     prep = load_prepared(colours)
     labelled, valid = fold_rows(prep, 0)
@@ -163,6 +165,7 @@ def test_unlabelled_eval_rows_train_on_the_teachers_probabilities_never_validate
     assert sorted(seen) == list(range(n + len(ev)))  # every eval image once per epoch, in training only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sched", ["cosine_warmup", "onecycle"])
 def test_unlabelled_schedule_spans_the_longer_epoch(colours, permuted, tmp_path, sched):
     """The schedule is built for the extended loader: the lrs it gives equal a fresh one's for that length."""
@@ -184,6 +187,7 @@ def test_unlabelled_schedule_spans_the_longer_epoch(colours, permuted, tmp_path,
             ref.step()
 
 
+@pytest.mark.slow
 def test_unlabelled_is_refused_without_eval_images_or_with_the_cache(colours, permuted, tmp_path, capsys):
     csv = _colour_csv(tmp_path / "data", 40, 0)
     prepare(csv, tmp_path / "noeval", folds=2, seed=0)
@@ -199,6 +203,7 @@ def test_unlabelled_is_refused_without_eval_images_or_with_the_cache(colours, pe
         unlabelled_rows(prep, DataConfig(cache=True), fold_rows(prep, 0)[0])
 
 
+@pytest.mark.slow
 def test_unlabelled_student_through_the_cli(colours, permuted, tmp_path):
     sets = ["model.name=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.num_workers=0",
             "data.jitter_p=0", "train.batch_size=8", "run.report=false", "train.epochs=1", "train.mixed_precision='no'"]
@@ -219,6 +224,7 @@ def _weights(trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in unwrap_model(trainer.setup.model).state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["pretrained", "teacher", "average"])
 def test_student_starts_from_its_teachers_weights(colours, permuted, tmp_path, how):
     """distill.init: ``teacher`` starts the student from the first teacher's fold-0 weights, ``average`` from the
@@ -240,9 +246,10 @@ def test_student_starts_from_its_teachers_weights(colours, permuted, tmp_path, h
         assert torch.allclose(got[k], want[k].to(got[k].dtype), atol=1e-6, rtol=0), k
 
 
+@pytest.mark.slow
 def test_student_init_refuses_a_teacher_of_other_inputs(permuted):
     from maskcls.data.preprocessing import Preprocessing
-    from maskcls.engine.teachers import student_start
+    from maskcls.engine.extensions.teachers import student_start
     best = permuted / "fold0" / "best.pt"
     meta = torch.load(best, weights_only=True)["meta"]
     other = Preprocessing(**{**meta["preprocessing"], "image_size": meta["preprocessing"]["image_size"] * 2})
@@ -254,11 +261,12 @@ def test_student_init_refuses_a_teacher_of_other_inputs(permuted):
     assert student_start([best], "pretrained", model_name="resnet18", heads="single", pp=other) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tta", ["none", "hflip"])
 def test_online_teachers_label_each_batch_as_the_student_sees_it(colours, permuted, tmp_path, tta):
     """distill.online: a batch's soft targets are the teacher's probabilities of that batch's (augmented) images,
     not of the un-augmented photos; with hflip the mean over the images and their mirrors."""
-    from maskcls.engine.teachers import _load_teacher
+    from maskcls.engine.extensions.teachers import _load_teacher
     trainer, _ = _trainer(colours, permuted, tmp_path / "s", {"online": True, "unlabelled": False, "tta": tta},
                           data={**EASY["data"], "jitter_p": 1.0})
     model, _, _ = _load_teacher(permuted / "fold0" / "best.pt", torch.device("cpu"))
@@ -276,9 +284,10 @@ def test_online_teachers_label_each_batch_as_the_student_sees_it(colours, permut
     assert torch.allclose(moved[1:], soft[1:], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_online_teachers_need_the_students_preprocessing(permuted):
     from maskcls.data.preprocessing import Preprocessing
-    from maskcls.engine.teachers import OnlineTeachers
+    from maskcls.engine.extensions.teachers import OnlineTeachers
     best = permuted / "fold0" / "best.pt"
     meta = torch.load(best, weights_only=True)["meta"]
     other = Preprocessing(**{**meta["preprocessing"], "image_size": meta["preprocessing"]["image_size"] * 2})
@@ -287,6 +296,7 @@ def test_online_teachers_need_the_students_preprocessing(permuted):
                        device=torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_online_warm_started_student_through_the_cli(colours, permuted, tmp_path):
     """--online and --init reach the run's config; the student trains from the first teacher's weights, and a
     checkpoint records where they came from."""

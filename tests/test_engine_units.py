@@ -13,11 +13,11 @@ from sklearn.metrics import f1_score
 from helpers import config
 from maskcls.config import SchedConfig
 from maskcls.data.sampler import EpochSampler, balanced_weights
-from maskcls.engine.fold import FoldState
 from maskcls.engine.fold_data import resolve_loader
-from maskcls.engine.metrics import accuracy, class_table, confusion, macro_f1, oof_scores, summarize
-from maskcls.engine.optim import build_optimizer, build_scheduler, param_groups
+from maskcls.engine.trainer.fold import FoldState
+from maskcls.engine.trainer.optim import build_optimizer, build_scheduler, param_groups
 from maskcls.errors import ConfigError
+from maskcls.metrics import accuracy, class_table, confusion, macro_f1, oof_scores, summarize
 from maskcls.models.factory import MaskClsNet, build_model
 from maskcls.task import Task
 

@@ -35,6 +35,7 @@ def _refused(capsys, argv: list[str], reason: str) -> None:
 
 @pytest.mark.parametrize("target,fmt", [("run.onnx", "onnx"), ("summary", "onnx"), ("fold0/best.pt", "torchscript"),
                                         ("fold0/oof.onnx", "onnx")])
+@pytest.mark.slow
 def test_export_never_writes_into_the_runs_own_files(run, capsys, target, fmt):
     before = snapshot(run)
     _refused(capsys, ["export", str(run), "--format", fmt, "--out", str(run / target)],
@@ -42,6 +43,7 @@ def test_export_never_writes_into_the_runs_own_files(run, capsys, target, fmt):
     assert snapshot(run) == before  # run.json, summary.json, the checkpoints: untouched, nothing added
 
 
+@pytest.mark.slow
 def test_export_never_overwrites_files_it_did_not_write(run, tmp_path, capsys):
     notes = tmp_path / "model.json"
     notes.write_text('{"mine": true}')
@@ -63,6 +65,7 @@ def test_export_never_overwrites_files_it_did_not_write(run, tmp_path, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_export_refuses_devices_pipes_and_links(run, tmp_path, capsys):
     _refused(capsys, ["export", str(run), "--out", "/dev/null"], "is not a regular file")
     assert not Path("/dev/null.onnx").exists() and not Path("/dev/null.json").exists()
@@ -80,6 +83,7 @@ def test_export_refuses_devices_pipes_and_links(run, tmp_path, capsys):
     assert not (tmp_path / "plainfile.onnx").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_that_disagrees_with_pytorch_fails_and_leaves_no_file(run, tmp_path, capsys, monkeypatch, fmt):
     import maskcls.infer.export as export
@@ -106,6 +110,7 @@ def _model_cases():
     return [c for c in cases(roles=("model",)) if c.make is not no_file]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", _model_cases(), ids=lambda c: c.name)
 def test_exported_file_not_of_the_run_is_refused_before_it_answers(case, run, synth_root, tmp_path, capsys):
     """An exported file that is not what it claims (another run's, another input size, logits, garbage, no JSON) is

@@ -32,11 +32,11 @@ from maskcls.cli import build_parser, main
 from maskcls.data.dataset import FileSource, ImageDataset
 from maskcls.data.loader import build_loader
 from maskcls.data.transforms import create_transform
-from maskcls.engine.rundir import next_run_dir
 from maskcls.errors import ConfigError, DataError
 from maskcls.infer.predict import predict_submission
 from maskcls.prep.prepare import prepare
 from maskcls.prep.prepared import load_prepared
+from maskcls.rundir.files import next_run_dir
 from maskcls.synth.dataset import synthesize
 
 ROOT = Path(__file__).resolve().parents[1]

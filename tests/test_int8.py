@@ -26,6 +26,7 @@ def _delta(text: str) -> float:
     return float(found[0])
 
 
+@pytest.mark.slow
 def test_int8_export_writes_model_json_and_delta(run, capsys):
     """The default path RUN/export/model.int8.onnx (what `serve --int8` loads) is a quantized graph whose
     JSON records precision, calibration and both F1s, and the printed delta is their difference."""
@@ -51,6 +52,7 @@ def test_int8_export_writes_model_json_and_delta(run, capsys):
     assert not np.allclose(p * 255, np.round(p * 255), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_int8_refused_exactly_when_the_drop_exceeds_the_margin(run, tmp_path, capsys):
     """With --max-drop just below the measured loss the export refuses and leaves nothing; just above, it keeps
     the file. The margins bracket the real delta of this deterministic quantization (negative when INT8 gains)."""
@@ -73,6 +75,7 @@ def test_int8_refused_exactly_when_the_drop_exceeds_the_margin(run, tmp_path, ca
     assert refused.is_file() and not json.loads(refused.with_suffix(".json").read_text())["validation"]["forced"]
 
 
+@pytest.mark.slow
 def test_int8_flags_checked(run, capsys):
     assert main(["export", str(run), "--int8", "--format", "torchscript"]) == 2
     assert "--int8 quantizes an ONNX model" in capsys.readouterr().err
@@ -124,6 +127,7 @@ def test_fp32_nodes_keep_the_first_and_last_layers_of_every_branch():
                                                                                           "flatten")}
 
 
+@pytest.mark.slow
 def test_int8_entropy_with_a_short_last_batch_and_fp32_layers(run, tmp_path, capsys):
     """40 calibration images in batches of 16 (the last one short) used to raise ValueError in ONNX Runtime's
     histogram calibrator; now entropy calibrates on them. The JSON records the fp32 layers, and the stem conv of
@@ -147,6 +151,7 @@ def test_int8_entropy_with_a_short_last_batch_and_fp32_layers(run, tmp_path, cap
 
 
 # ----------------------------------------------------------------------------- issue 39
+@pytest.mark.slow
 def test_int8_export_that_would_quantize_nothing_is_refused(run, tmp_path, capsys):
     """--fp32-first beyond the model's depth keeps every layer fp32: refused before calibrating, and no file
     labelled INT8 is written (it used to be, with nothing quantized)."""
@@ -158,6 +163,7 @@ def test_int8_export_that_would_quantize_nothing_is_refused(run, tmp_path, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_predict_int8_refusal_names_predicts_own_fixes(run, synth_root, tmp_path, capsys, monkeypatch):
     """predict --backend onnx-int8 makes a missing INT8 model under the default --max-drop; refused, its line gives
     predict's fix and the calibrations not tried, not export's --force (predict has none) nor the method it used."""

@@ -196,7 +196,7 @@ def test_unreachable_servers_fail_at_once(prepared_dir, tmp_path, monkeypatch):
 
 
 def test_wandb_auto_mode_is_offline_without_a_login(monkeypatch, tmp_path):
-    from maskcls.engine.tracker_plan import resolve_wandb_mode
+    from maskcls.engine.extensions.tracker_plan import resolve_wandb_mode
     for var in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
@@ -211,8 +211,8 @@ def test_wandb_auto_mode_is_offline_without_a_login(monkeypatch, tmp_path):
 def test_tensorboard_tracker_logs_and_a_broken_tracker_only_warns(tmp_path, caplog):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from maskcls.engine.tracker_plan import TrackerPlan
-    from maskcls.engine.trackers import RunTrackers
+    from maskcls.engine.extensions.tracker_plan import TrackerPlan
+    from maskcls.engine.extensions.trackers import RunTrackers
     t = RunTrackers(TrackerPlan(["tensorboard"]), tmp_path / "run")
     (tmp_path / "run" / "fold0").mkdir(parents=True)
     t.start(config={"train": {"epochs": 2}}, resolved={})
@@ -226,7 +226,7 @@ def test_tensorboard_tracker_logs_and_a_broken_tracker_only_warns(tmp_path, capl
 
     t.start_fold(1, tmp_path / "run" / "fold1")
     t.fold_tb[1].writer = None  # a writer that fails: training goes on, the tracker goes off
-    caplog.set_level(logging.WARNING, logger="maskcls.engine.trackers")
+    caplog.set_level(logging.WARNING, logger="maskcls.engine.extensions.trackers")
     t.log_epoch(1, {"epoch": 1, "valid_f1": 0.1})
     t.log_epoch(1, {"epoch": 2, "valid_f1": 0.2})
     t.finish(summary=None, files=[])

@@ -20,6 +20,7 @@ from maskcls.prep.prepared import load_prepared
 FP32 = {"mixed_precision": "no"}
 
 
+@pytest.mark.slow
 def test_lr_find_sweeps_exponentially_keeps_group_ratios_and_writes_only_its_new_dir(prepared_dir, synth_root,
                                                                                      tmp_path):
     before = snapshot(prepared_dir), snapshot(synth_root)
@@ -50,6 +51,7 @@ def test_lr_find_sweeps_exponentially_keeps_group_ratios_and_writes_only_its_new
     assert again.out == runs / "lr-find-2" and len(again.sweep.lrs) == 3
 
 
+@pytest.mark.slow
 def test_lr_find_stops_early_when_the_loss_diverges(prepared_dir, tmp_path):
     cfg = tiny(train=FP32, optim={"name": "sgd", "momentum": 0.9})
     res = lr_find(cfg, load_prepared(prepared_dir), start=0.1, end=1e6, steps=40, out=tmp_path / "lf")
@@ -92,6 +94,7 @@ def test_exp_lrs_are_geometric_and_bad_ranges_are_config_errors():
         exp_lrs(1e-2, 1e-3, 10)
 
 
+@pytest.mark.slow
 def test_cli_prints_the_suggestion_and_the_line_to_use_it(prepared_dir, tmp_path, capsys):
     sets = [a for s in [*TINY_SETS, "train.mixed_precision='no'"] for a in ("--set", s)]
     out = tmp_path / "lf"

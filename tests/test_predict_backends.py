@@ -31,6 +31,7 @@ def _probs(s: dict) -> np.ndarray:
     return pd.read_csv(s["probabilities"])[COLS].to_numpy()
 
 
+@pytest.mark.slow
 def test_backends_write_the_same_submission(run, synth_root, tmp_path, capsys):
     """Same rows, ids and columns from every backend; fp32 ONNX equals torch to 1e-4 (so the same classes), and
     INT8 gives the torch class wherever torch's top-2 margin exceeds twice INT8's largest probability error."""
@@ -55,6 +56,7 @@ def test_backends_write_the_same_submission(run, synth_root, tmp_path, capsys):
     assert (subs["onnx-int8"]["ans"][clear] == subs["torch"]["ans"][clear]).all()
 
 
+@pytest.mark.slow
 def test_backend_images_and_decision_offsets(run, synth_root):
     imgs = [str(p) for p in sorted((synth_root / "eval" / "images").iterdir())[:4]]
     ref = predict_images(run, imgs)
@@ -68,6 +70,7 @@ def test_backend_images_and_decision_offsets(run, synth_root):
     assert (pd.read_csv(s["submission"])["ans"] == pd.read_csv(t["submission"])["ans"]).all()
 
 
+@pytest.mark.slow
 def test_backend_refuses_a_stale_or_other_fold_export(run, tmp_path):
     from maskcls.infer.export import export_run
     other = export_run(run, out=tmp_path / "x.onnx")  # a fresh export elsewhere; then a stale one in RUN/export
@@ -95,6 +98,7 @@ def test_backend_refuses_a_stale_or_other_fold_export(run, tmp_path):
         predict_submission(run, backend="onnx8")
 
 
+@pytest.mark.slow
 def test_bench_predict_prints_its_table(run, capsys):
     assert main(["bench", "predict", "--run", str(run), "--images", "30"]) == 0
     out = capsys.readouterr().out

@@ -101,7 +101,7 @@ def test_predict_without_checkpoints(tmp_path):
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_round_trip(run2, tmp_path, fmt):
     from maskcls.infer.export import build_ensemble, export_run, run_exported
-    from maskcls.infer.predict import load_folds
+    from maskcls.rundir.models import load_folds
     out = export_run(run2, fmt=fmt, out=tmp_path / f"m.{fmt}")
     spec = json.loads(out.with_suffix(".json").read_text())
     assert spec["input"]["dtype"] == "uint8" and len(spec["output"]["class_names"]) == 18

@@ -297,6 +297,7 @@ def test_prepared_version_mismatch(prepared_dir, tmp_path):
         load_prepared(d)
 
 
+@pytest.mark.slow
 def test_set_too_small_for_its_folds_is_one_warning_and_lr_find_runs(tmp_path, capsys):
     """One image per class and --folds 2 was scikit-learn's n_splits ValueError (and so no lr-find either): now the
     folds are made by person alone and one warning line names the classes with too few persons and the way out;

@@ -1,11 +1,12 @@
 """Progressive resizing (data.progressive): early epochs train on smaller images, the last at full size."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from helpers import tiny, train
-from maskcls.engine import loop
-from maskcls.engine.loop import progressive_size
+from maskcls.engine.trainer import loop
+from maskcls.engine.trainer.loop import progressive_size
 
 
 @pytest.mark.parametrize("full, start, epochs, sizes", [
@@ -18,6 +19,7 @@ def test_sizes_grow_linearly_to_full_at_the_last_epoch(full, start, epochs, size
     assert [progressive_size(full, start, e, epochs) for e in range(epochs)] == sizes
 
 
+@pytest.mark.slow
 def test_training_sees_the_small_sizes_and_validation_the_full(prepared_dir, tmp_path, monkeypatch):
     seen: list[tuple[int, tuple]] = []
     resize = loop._resize
@@ -35,11 +37,14 @@ def test_training_sees_the_small_sizes_and_validation_the_full(prepared_dir, tmp
         return evaluate(s, loader, labels, **kw)
 
     monkeypatch.setattr(loop, "_resize", recording)
-    monkeypatch.setattr("maskcls.engine.fold.evaluate", recording_eval)
+    monkeypatch.setattr("maskcls.engine.trainer.fold.evaluate", recording_eval)
     cfg = tiny(train={"epochs": 3, "mixed_precision": "no"}, data={"image_size": 64, "num_workers": 0,
                                                                   "progressive": 0.5})
     summary = train(prepared_dir, tmp_path / "run", cfg)
     assert {size for size, _ in seen} == {32, 48}            # epochs 1 and 2; epoch 3 is not resized
     assert all(shape == (size, size) for size, shape in seen)
     assert set(valid_sizes) == {(64, 64)}
-    assert 0.0 <= summary["mean_f1"] <= 1.0
+    # every epoch was validated at full size and recorded; best.pt is the best of them
+    metrics = pd.read_csv(tmp_path / "run" / "fold0" / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2, 3]
+    assert summary["folds"]["0"]["best_f1"] == pytest.approx(metrics["valid_f1"].max())

@@ -36,8 +36,41 @@ def test_neutral_values_are_the_defaults():
     """A neutral value must be what runs did before the key existed: the key's default, or, for a key whose default
     differs from that (train.valid_tta), the old value that runs written without the key get back
     (KEYS_OLD_DEFAULTS); anything else would key results as if the key were absent while they train differently."""
-    from maskcls.engine.rundir import KEYS_OLD_DEFAULTS
+    from maskcls.rundir.files import KEYS_OLD_DEFAULTS
     d = Config().to_dict()
     for (section, key), neutral in quality.NEUTRAL_SINCE_ADDED.items():
         if key in d[section]:
             assert neutral == KEYS_OLD_DEFAULTS.get((section, key), d[section][key]), (section, key)
+
+
+def _result(fold: int, labels: list[int], preds: list[int], best: float) -> quality.SeedResult:
+    return quality.SeedResult("set", 719, [best], [1.0], best, "run", fold, labels, preds)
+
+
+def test_out_of_fold_f1_pools_the_folds_instead_of_averaging_them():
+    from maskcls.metrics import confusion, macro_f1
+    a = _result(0, [0, 0, 1, 2], [0, 1, 1, 2], 0.0)
+    b = _result(1, [2, 2, 1, 0], [2, 0, 1, 0], 0.0)
+    pooled = macro_f1(confusion([0, 0, 1, 2, 2, 2, 1, 0], [0, 1, 1, 2, 2, 0, 1, 0], 3))
+    assert quality.oof_f1([a, b], 3) == pooled
+    per_fold = [macro_f1(confusion(r.labels, r.preds, 3)) for r in (a, b)]
+    assert pooled != sum(per_fold) / 2  # not the mean of the folds' F1s
+
+
+def test_paired_delta_compares_the_same_fold_and_seed():
+    base = quality.Scored({719: [_result(0, [0, 1], [0, 1], 0.70), _result(1, [0, 1], [0, 0], 0.60)]}, 2)
+    variant = quality.Scored({719: [_result(0, [0, 1], [0, 1], 0.72), _result(1, [0, 1], [0, 1], 0.66)]}, 2)
+    d = quality.paired_delta(variant, base)
+    assert d["per_fold"] == [0.72 - 0.70, 0.66 - 0.60]
+    assert abs(d["mean"] - 0.04) < 1e-12 and abs(d["sd"] - (0.06 - 0.02) / 2 ** 0.5) < 1e-12
+    assert d["oof_per_seed"] == [1.0 - quality.oof_f1(base.by_seed[719], 2)]
+
+
+def test_the_budgets_are_named_and_an_unknown_one_is_refused():
+    import pytest
+
+    from maskcls.errors import ConfigError
+    assert (quality.budget_config(budget="standard").train.epochs, quality.budget_config().train.epochs) == (10, 3)
+    assert quality.budget_config(budget="standard").data.image_size == 128
+    with pytest.raises(ConfigError, match="choose one of quick, standard"):
+        quality.get_budget("long")

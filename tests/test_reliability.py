@@ -27,11 +27,11 @@ from PIL import Image
 from bad_inputs import CASES, GUARANTEES, cases, snapshot
 from helpers import TINY_SETS, tiny, train
 from maskcls.data.imageio import probe, read_pil, read_rgb
-from maskcls.engine.checkpoint import load_checkpoint, save_checkpoint
 from maskcls.engine.run import resume_training
 from maskcls.errors import CheckpointError, ConfigError, DataError
 from maskcls.prep.prepare import prepare
 from maskcls.prep.prepared import MANIFEST_COLUMNS, load_prepared
+from maskcls.rundir.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ["seconds", "images_per_s"]

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from maskcls.engine.metrics import class_table as _class_table
-from maskcls.engine.metrics import confusion as confusion_counts
 from maskcls.errors import CheckpointError
+from maskcls.metrics import class_table as _class_table
+from maskcls.metrics import confusion as confusion_counts
 from maskcls.report.page import write_report
 from maskcls.report.run_data import load_run
 from maskcls.task import Task
@@ -182,7 +182,7 @@ def test_generic_task_has_no_head_matrices(tmp_path):
 
 def test_files_caught_mid_write_do_not_break_the_report(tmp_path):
     run = make_run(tmp_path, names=class_names(), task="mask_gender_age")
-    (run / "summary.json").write_text('{"run": "run1", "task": "mask_')  # truncated
+    (run / "summary.json").unlink()  # a training still running: its summary is written at the end
     with open(run / "fold1" / "oof.csv", "a") as f:
         f.write("/x/half.jpg,7")  # half a row
     page = write_report(run, gallery_size=0).read_text()
@@ -190,3 +190,13 @@ def test_files_caught_mid_write_do_not_break_the_report(tmp_path):
     oof = _all_oof(run).dropna(subset=["pred"])
     want = f1_score(oof["label"], oof["pred"].astype(int), average="macro", labels=range(18), zero_division=0)
     assert float(re.search(r"<tr class='macro' data-f1='([0-9.]+)'>", page).group(1)) == pytest.approx(want, abs=1e-6)
+
+
+def test_a_damaged_summary_is_one_error_naming_it(tmp_path):
+    """summary.json is written atomically when a training ends, so a truncated one is damage, not a file caught
+    mid-write: the one strict reader names it, as predict and serve do."""
+    from maskcls.errors import MaskclsError
+    run = make_run(tmp_path, names=class_names(), task="mask_gender_age")
+    (run / "summary.json").write_text('{"run": "run1", "task": "mask_')  # truncated
+    with pytest.raises(MaskclsError, match=rf"{re.escape(str(run / 'summary.json'))} is not valid JSON"):
+        write_report(run, gallery_size=0)

@@ -513,9 +513,11 @@ def test_stop_while_the_model_loads_ends_the_process_at_once(tmp_path):
 # ----------------------------------------------------------------------------------- the command
 
 def _fake_run(tmp_path: Path) -> Path:
+    """A run's files as the pre-listen checks read them (serve's default --folds best reads summary.json)."""
     run = tmp_path / "run"
     (run / "fold0").mkdir(parents=True)
     (run / "fold0" / "best.pt").write_bytes(b"")
+    (run / "summary.json").write_text('{"folds": {"0": {"best_f1": 0.5}}}')
     return run
 
 

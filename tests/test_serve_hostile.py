@@ -428,6 +428,7 @@ def test_stop_while_loading_returns_from_the_library_and_ends_the_command(tmp_pa
     run = tmp_path / "run"
     (run / "fold0").mkdir(parents=True)
     (run / "fold0" / "best.pt").write_bytes(b"")
+    (run / "summary.json").write_text('{"folds": {"0": {"best_f1": 0.5}}}')  # serve's --folds best reads it
     code, out = _interrupt_while_loading(SLOW_LOAD, run)
     assert code == 0 and "returned True" in out, out
     code, out = _interrupt_while_loading(SLOW_CLI, run)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from helpers import tiny, train
-from maskcls.engine import losses
+from maskcls.engine.extensions.soft_ages import age_soft_targets, check_age_sigma, group_shares
 from maskcls.engine.fold_data import fold_rows
-from maskcls.engine.soft_ages import age_soft_targets, check_age_sigma, group_shares
+from maskcls.engine.trainer import losses
 from maskcls.errors import ConfigError
 from maskcls.prep.prepared import load_prepared
 from maskcls.task import Task, age_group

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from helpers import TINY_SETS, config
-from maskcls.engine.checkpoint import FoldCheckpoints, Trainable, load_checkpoint
 from maskcls.errors import CheckpointError, ConfigError, DataError
+from maskcls.rundir.checkpoint import FoldCheckpoints, Trainable, load_checkpoint
 from maskcls.task import Task
 
 COMP = Task.competition()
@@ -25,8 +25,8 @@ COMP = Task.competition()
 
 # --------------------------------------------------------------------------- typed data
 def test_epoch_metrics_and_metrics_row_carry_what_metrics_csv_had():
-    from maskcls.engine.fold import epoch_line, metrics_row
-    from maskcls.engine.metrics import EpochMetrics, confusion, macro_f1
+    from maskcls.engine.trainer.fold import epoch_line, metrics_row
+    from maskcls.metrics import EpochMetrics, confusion, macro_f1
     rng = np.random.default_rng(0)
     y, p = rng.integers(0, 18, 200), rng.integers(0, 18, 200)
     cm = confusion(y, p, 18)
@@ -113,7 +113,7 @@ def test_resolved_facts_are_a_dataclass_recorded_as_a_dict(tmp_path):
 
 # --------------------------------------------------------------------------- closed sets
 def test_heads_outside_the_closed_set_are_refused_not_multi():
-    from maskcls.engine.losses import build_loss
+    from maskcls.engine.trainer.losses import build_loss
     from maskcls.models.heads import probabilities
     with pytest.raises(ConfigError, match=r"heads='mutli'.*did you mean 'multi'"):
         probabilities(torch.zeros(2, 8), COMP, "mutli")
@@ -165,8 +165,8 @@ def test_thread_loader_refuses_the_reference_preset():
 # --------------------------------------------------------------------------- one copy of each
 def test_one_fold_list_parser_for_train_and_predict(tmp_path):
     from maskcls.cli.train_cmds import parse_folds
-    from maskcls.infer.loading import select_folds
     from maskcls.prep.folds import parse_fold_list
+    from maskcls.rundir.models import select_folds
     assert parse_fold_list("2,0,2") == [0, 2] and parse_folds("2,0", 3) == [0, 2] and parse_folds("all", 2) == [0, 1]
     for d in ("fold0", "fold2"):
         (tmp_path / d).mkdir()
@@ -180,9 +180,9 @@ def test_one_fold_list_parser_for_train_and_predict(tmp_path):
 def test_run_files_and_prepared_json_are_read_strictly(tmp_path, prepared_dir):
     import shutil
 
-    from maskcls.engine.rundir import read_run_info
     from maskcls.fsutil import load_json
     from maskcls.prep.prepared import load_prepared
+    from maskcls.rundir.files import read_run_info
     (tmp_path / "run.json").write_text("{oops")
     with pytest.raises(DataError, match=re.escape(str(tmp_path / "run.json")) + ".*restore it"):
         read_run_info(tmp_path)
@@ -212,7 +212,7 @@ def test_face_settings_travel_as_face_settings():
 def test_one_tcp_probe_for_trackers_and_the_hub(monkeypatch):
     import socket
 
-    from maskcls.engine.tracker_plan import reachable
+    from maskcls.engine.extensions.tracker_plan import reachable
     from maskcls.models.weights import hub_reachable
     calls = []
 
@@ -268,8 +268,8 @@ def test_atomic_writes_sync_the_directory(tmp_path, monkeypatch):
 
 def test_mlflow_file_store_switch_is_unset_when_the_run_ends(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
-    from maskcls.engine.tracker_plan import TrackerPlan
-    from maskcls.engine.trackers import RunTrackers
+    from maskcls.engine.extensions.tracker_plan import TrackerPlan
+    from maskcls.engine.extensions.trackers import RunTrackers
     for var in ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
     run = tmp_path / "r-1"

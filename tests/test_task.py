@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskcls.engine.metrics import confusion, head_f1, macro_f1
 from maskcls.errors import ConfigError, DataError
+from maskcls.metrics import confusion, head_f1, macro_f1
 from maskcls.models.heads import probabilities
 from maskcls.task import Attribute, Task, age_group, parse_age
 

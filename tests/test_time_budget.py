@@ -9,12 +9,12 @@ import torch
 
 from helpers import tiny
 from maskcls.config_io import load_config
-from maskcls.engine import time_budget
-from maskcls.engine.callbacks import Callback
-from maskcls.engine.checkpoint import load_checkpoint
-from maskcls.engine.optim import WarmupCosine, set_schedule_length
-from maskcls.engine.time_budget import plan_total_steps
+from maskcls.engine.extensions import time_budget
+from maskcls.engine.extensions.time_budget import plan_total_steps
+from maskcls.engine.trainer.callbacks import Callback
+from maskcls.engine.trainer.optim import WarmupCosine, set_schedule_length
 from maskcls.errors import ConfigError
+from maskcls.rundir.checkpoint import load_checkpoint
 
 
 def test_plan_fits_training_and_every_validation_into_the_budget():
@@ -75,8 +75,8 @@ class Ticker(Callback):
 
 def _train_on_the_clock(prepared_dir, run, cfg, callbacks):
     from maskcls.engine.run import run_training
-    from maskcls.engine.rundir import read_run_info
     from maskcls.prep.prepared import load_prepared
+    from maskcls.rundir.files import read_run_info
     s = run_training(cfg, load_prepared(prepared_dir), folds=[0], run_dir=run, callbacks=callbacks)
     last = load_checkpoint(run / "fold0" / "last.pt")
     spe = read_run_info(run)["resolved"]["steps_per_epoch"]["0"]["optimizer_steps"]
@@ -125,6 +125,8 @@ def test_a_slower_machine_than_the_first_steps_said_still_ends_within_the_budget
     assert len(pd.read_csv(tmp_path / "run" / "fold0" / "lr.csv")) == extras["planned_steps"]
 
 
-def test_train_time_is_refused_with_a_fixed_length_schedule():
+def test_train_time_is_refused_with_what_needs_the_length_in_advance():
     with pytest.raises(ConfigError, match="onecycle"):
         load_config(None, ["train.time=5", "sched.name=onecycle"])
+    with pytest.raises(ConfigError, match="train.average=top with train.time"):
+        load_config(None, ["train.time=5", "train.average=last"])

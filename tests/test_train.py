@@ -205,7 +205,7 @@ def test_image_failing_mid_epoch_names_file(prepared_dir, tmp_path):
 
 
 def test_class_weights_power():
-    from maskcls.engine.losses import class_weights
+    from maskcls.engine.trainer.losses import class_weights
     counts = np.array([50, 10, 10, 0])
     full = class_weights(counts).numpy()  # 1/count, mean 1 over the present classes; absent: 1
     assert np.allclose(full[:3], np.array([0.2, 1, 1]) * 3 / 2.2) and full[3] == 1
@@ -216,7 +216,7 @@ def test_class_weights_power():
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_checkpoint(prepared_dir, tmp_path, monkeypatch):
-    import maskcls.engine.fold as T
+    import maskcls.engine.trainer.fold as T
     real = T.build_loss
     calls = {"n": 0}
 
@@ -335,13 +335,14 @@ def test_banner_and_run_files_say_the_precision_used(prepared_dir, tmp_path, cap
                                                      env, setting, banner, recorded):
     """`--set train.mixed_precision=no` (unquoted) trains in fp32 and says so, whatever the CPU."""
     from maskcls.cli import main
+    from maskcls.engine.banner import device_label
     monkeypatch.setenv("MASKCLS_CPU_BF16", env)
     caplog.set_level("INFO", logger="maskcls")
     sets = [a for a in TINY_SETS if not a.startswith("train.")] + ["train.epochs=1", f"train.mixed_precision={setting}"]
     assert main(["train", str(prepared_dir), "--folds", "0", "--run-dir", str(tmp_path / "r")]
                 + sum((["--set", o] for o in sets), [])) == 0
     device_line = next(line for line in caplog.text.splitlines() if line.strip().startswith("device"))
-    assert device_line.strip() == f"device    cpu ({torch.get_num_threads()} threads), {banner}"
+    assert device_line.strip() == f"device    {device_label(torch.device('cpu'))}, {banner}"
     assert json.loads((tmp_path / "r" / "run.json").read_text())["mixed_precision"] == recorded
     assert f"mixed_precision: '{recorded}'" in (tmp_path / "r" / "config.yaml").read_text().replace('"', "'") \
         or f"mixed_precision: {recorded}" in (tmp_path / "r" / "config.yaml").read_text()

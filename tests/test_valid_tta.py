@@ -8,19 +8,19 @@ import pandas as pd
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 
 from helpers import tiny, train
 from maskcls.config import Config
 from maskcls.config_io import config_from_dict
 from maskcls.data.loader import build_loader
 from maskcls.engine.fold_data import fold_rows, make_dataset
-from maskcls.engine.loop import predict_probs
-from maskcls.engine.rundir import KEYS_OLD_DEFAULTS
+from maskcls.engine.trainer.loop import Scoring, predict_probs
 from maskcls.errors import ConfigError
-from maskcls.infer.loading import LoadedFold, ensemble_probs, load_folds, resolve_tta
+from maskcls.infer.loading import ensemble_probs, resolve_tta
 from maskcls.models.heads import probabilities
 from maskcls.prep.prepared import load_prepared
+from maskcls.rundir.files import KEYS_OLD_DEFAULTS
+from maskcls.rundir.models import LoadedFold, load_folds
 from maskcls.task import Task
 
 
@@ -43,13 +43,9 @@ def test_hflip_is_the_mean_of_the_photo_and_its_mirror():
     x = torch.rand(6, 3, 8, 8)
     x[:3, ..., :4] += 2.0  # light on the left of half of the photos
     loader = [(x, torch.zeros(6, dtype=torch.long), torch.arange(6))]
-    # fp32, pinned: the comparison is at 1e-6, and Accelerate's process-wide state may still hold an
-    # earlier test's bf16 (a training with train.mixed_precision=auto on an AVX512-BF16 CPU)
-    AcceleratorState._reset_state(reset_partial_state=False)
-    acc = Accelerator(cpu=True, mixed_precision="no")
-    kw = dict(task=task, heads="multi", channels_last=False)
-    _, one, _ = predict_probs(model, loader, acc, **kw)
-    _, both, _ = predict_probs(model, loader, acc, tta="hflip", **kw)
+    acc = Accelerator(cpu=True)  # the precision is Scoring's (fp32 here), whatever Accelerate's state holds
+    _, one, _ = predict_probs(Scoring(model, acc, task, "multi", channels_last=False), loader)
+    _, both, _ = predict_probs(Scoring(model, acc, task, "multi", channels_last=False, tta="hflip"), loader)
     mirror = probabilities(model(torch.flip(x, dims=[3])), task, "multi").detach().numpy()
     assert not np.allclose(one, mirror, atol=1e-4)  # the mirror image really is scored differently
     assert np.allclose(both, (one + mirror) / 2, atol=1e-6)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import tiny, train
-from maskcls.engine.mixing import VerticalCutMix, make_mixer, mix_batch, pair_partners
+from maskcls.engine.trainer.mixing import VerticalCutMix, make_mixer, mix_batch, pair_partners
 from maskcls.errors import ConfigError
 from maskcls.task import Task
 
@@ -125,7 +125,17 @@ def test_without_mask_pairing_any_task_works():
     assert not torch.equal(out, x) and torch.allclose(soft.sum(1), torch.ones(5))
 
 
-def test_short_training_with_vcutmix_runs(prepared_dir, tmp_path):
-    cfg = tiny(train={"epochs": 1, "max_train_batches": 3}, data={"vcutmix": 0.8})
+@pytest.mark.slow
+def test_training_with_vcutmix_mixes_its_batches_and_learns_from_soft_targets(prepared_dir, tmp_path, monkeypatch):
+    from maskcls.engine.trainer import loop
+    seen = []
+
+    def spy(mixer, x, y):
+        out, target = mix_batch(mixer, x, y)
+        seen.append((not torch.equal(out, x), target.dim() == 2 and target.is_floating_point()))
+        return out, target
+    monkeypatch.setattr(loop, "mix_batch", spy)
+    cfg = tiny(train={"epochs": 1, "max_train_batches": 3}, data={"vcutmix": 1.0})
     s = train(prepared_dir, tmp_path / "r", cfg)
+    assert len(seen) == 3 and all(mixed and soft for mixed, soft in seen)  # every batch, with area-mixed targets
     assert np.isfinite(s["folds"]["0"]["best_f1"])

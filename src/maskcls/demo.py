@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .config import Config
-from .engine.metrics import confusion, macro_f1
 from .fsutil import free_name
+from .metrics import confusion, macro_f1
 
 log = logging.getLogger(__name__)
 

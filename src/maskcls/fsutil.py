@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -28,9 +28,7 @@ def atomic_path(path: str | Path, *, before_replace: Callable[[], None] | None =
             (e.g. to rotate the previous version aside).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result gets the usual permissions
+    tmp = _new_file_beside(path)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as fh:
@@ -59,10 +57,19 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _new_file_beside(path: Path) -> str:
+    """A new empty file ``.NAME.<random>.tmp`` beside ``path`` with the usual permissions: created with mode 0o666,
+    which the kernel narrows by the process's umask (mkstemp's files are private; reading the umask means
+    setting it, which changes the mode of a file another thread creates at that moment)."""
+    for _ in range(100):
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

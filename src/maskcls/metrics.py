@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..task import Task
+from .task import Task
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..engine.rundir import read_oof, read_run_info
 from ..errors import CheckpointError
-from ..fsutil import read_json
 from ..prep.prepared import Prepared, load_prepared
+from ..rundir.files import read_run_info
+from ..rundir.oof import read_oof
+from ..rundir.summary import read_summary
 from ..task import Task
 
 log = logging.getLogger(__name__)
@@ -190,8 +191,8 @@ def load_audit_input(run_dir: str | Path, *, prepared: str | Path | None = None,
     if not info.get("manifest_sha1"):
         notes.append("run.json records no manifest checksum (trained by an older maskcls): the prepared directory "
                      "was checked against the out-of-fold rows only")
-    summary = read_json(run / "summary.json")
-    if isinstance(summary, dict) and summary.get("finished") is False:
+    summary = read_summary(run, required=False)
+    if summary is not None and summary.get("finished") is False:
         notes.append("the run is unfinished: some folds' out-of-fold rows come from their best epoch so far")
     keep = ["image_id", "path", "abs_path", "group", "label", "mask", "gender", "age", "age_years", "fold"]
     rows = merged[keep].copy()

@@ -6,9 +6,9 @@ centre crop, to-tensor, normalise with the run's mean/std); one request at a tim
 inside the ``async`` route, as the FastAPI tutorials write it). It answers ``POST /v1/predict``
 with the shape the bench's client reads (``{"results": [{"class_id", …}]}``) and ``GET /readyz``.
 
-Deliberately nothing of maskcls is imported: this is the baseline maskcls is measured against,
-not a second copy of it. The only maskcls knowledge it uses is where a run keeps its files
-(``config.yaml``, ``fold<k>/best.pt``) and what the checkpoint holds (the state dict of a timm
+This is the baseline maskcls is measured against, not a second copy of it: of maskcls it imports only the run
+layer (:mod:`maskcls.rundir`), to find the run's config and checkpoint where every reader of a run finds them;
+what it serves with is plain timm, torchvision and PIL, using what the checkpoint holds (the state dict of a timm
 model wrapped as ``backbone.*``, and the preprocessing in its ``meta``).
 
 Run: ``python -m maskcls.bench.peer_server RUN --port 8001``.
@@ -22,19 +22,21 @@ from pathlib import Path
 import timm
 import torch
 import uvicorn
-import yaml
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 from torchvision import transforms
 
+from ..rundir.checkpoint import load_checkpoint
+from ..rundir.files import fold_numbers, read_run_config
+
 
 def load_peer_model(run: Path) -> tuple[torch.nn.Module, dict]:
     """The run's best fold as a plain timm model in eval mode, and the checkpoint's meta."""
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    fold = min(run.glob("fold*/best.pt"))  # the first fold: the bench serves a one-fold run
-    checkpoint = torch.load(fold, map_location="cpu", weights_only=True)
+    config = read_run_config(run)  # the run layer finds the files; the model is then built as a user would
+    fold = min(fold_numbers(run, "best.pt").items())[1]  # the first fold: the bench serves a one-fold run
+    checkpoint = load_checkpoint(fold, fallback=False)
     meta = checkpoint["meta"]
-    model = timm.create_model(config["model"]["name"], pretrained=False, num_classes=meta["num_classes"]
+    model = timm.create_model(config.model.name, pretrained=False, num_classes=meta["num_classes"]
                               if meta["heads"] == "single" else sum(len(a["classes"]) for a in meta["attributes"]))
     state = {k.removeprefix("backbone."): v for k, v in checkpoint["model"].items() if k.startswith("backbone.")}
     model.load_state_dict(state)

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.metrics import confusion, macro_f1
 from ..errors import ConfigError
+from ..metrics import confusion, macro_f1
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,11 @@ import torch
 
 from ..data.loader import build_loader
 from ..engine.fold_data import make_dataset, resolve_loader
+from ..infer.backends import exported_model
 from ..infer.export import onnx_session
-from ..infer.loading import ensemble_probs, load_folds
-from ..infer.predict import exported_model
+from ..infer.loading import ensemble_probs
 from ..prep.prepared import load_prepared
+from ..rundir.models import load_folds
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +100,10 @@ def bench_predict(*, run: str | Path | None, images: int = 2000, rounds: int = 2
     classes = {name: p.argmax(1) for name, p in probs.items()}
     agreement = {name: float((c == classes["torch"]).mean()) for name, c in classes.items()}
     differ = np.flatnonzero(classes["onnx-int8"] != classes["torch"])
+    measured = Measured(run, loaded, n, batch_size, threads, decode_rate, img_s, agreement,
+                        _differences(differ, paths, probs))
     return {"img_s": img_s, "agreement": agreement, "int8_speedup": img_s["onnx-int8"] / img_s["onnx"],
-            "differ": [paths[i] for i in differ], "images": n,
-            "text": _table(run, loaded, n, batch_size, threads, decode_rate, img_s, agreement,
-                           _differences(differ, paths, probs))}
+            "differ": [paths[i] for i in differ], "images": n, "text": _table(measured)}
 
 
 def _differences(rows: np.ndarray, paths: list[str], probs: dict, show: int = 10) -> list[str]:
@@ -115,22 +117,38 @@ def _differences(rows: np.ndarray, paths: list[str], probs: dict, show: int = 10
     return lines
 
 
-def _table(run: Path, loaded, n: int, batch: int, threads: int, decode_rate: float, img_s: dict, agreement: dict,
-           differences: list[str]) -> str:
-    meta, pp = loaded[0].meta, loaded[0].preprocessing
+@dataclass
+class Measured:
+    """What ``bench predict`` measured: the run and its loaded folds, ``images`` scored in batches of ``batch`` with
+    ``threads`` threads, the decoding rate, images/s and agreement with torch per backend, and the rows where int8
+    and torch differ (already written out)."""
+    run: Path
+    loaded: list
+    images: int
+    batch: int
+    threads: int
+    decode_rate: float
+    img_s: dict[str, float]
+    agreement: dict[str, float]
+    differences: list[str]
+
+
+def _table(m: Measured) -> str:
+    meta, pp, img_s = m.loaded[0].meta, m.loaded[0].preprocessing, m.img_s
     speed = img_s["onnx-int8"] / img_s["onnx"]
-    agree = agreement["onnx-int8"]
-    lines = [f"bench predict: {run} ({meta['model_name']}, {pp.image_size} px, folds {[f.fold for f in loaded]}), "
-             f"{n} images in batches of {batch}, {threads} threads per backend, best of the interleaved rounds",
-             f"decoding and preprocessing (the same for every backend, not in the timings): {decode_rate:.0f} images/s",
+    agree, n = m.agreement["onnx-int8"], m.images
+    lines = [f"bench predict: {m.run} ({meta['model_name']}, {pp.image_size} px, folds {[f.fold for f in m.loaded]}), "
+             f"{n} images in batches of {m.batch}, {m.threads} threads per backend, best of the interleaved rounds",
+             f"decoding and preprocessing (the same for every backend, not in the timings): {m.decode_rate:.0f} "
+             "images/s",
              f"{'backend':<10} {'images/s':>9} {'vs onnx fp32':>13} {'classes = torch':>16}"]
     for name in BACKENDS:
         lines.append(f"{name:<10} {img_s[name]:>9.1f} {img_s[name] / img_s['onnx']:>12.2f}x "
-                     f"{100 * agreement[name]:>15.2f}%")
+                     f"{100 * m.agreement[name]:>15.2f}%")
     lines.append(f"int8 speedup vs fp32 onnx: {speed:.2f} (target >= {INT8_SPEEDUP_TARGET}: "
                  f"{'met' if speed >= INT8_SPEEDUP_TARGET else 'NOT met'})")
     lines.append(f"int8 agreement with torch: {100 * agree:.2f} % of {n} rows (target >= "
                  f"{100 * INT8_AGREEMENT_TARGET:.1f} %: {'met' if agree >= INT8_AGREEMENT_TARGET else 'NOT met'})")
-    if differences:
-        lines += ["rows where int8 and torch differ:", *differences]
+    if m.differences:
+        lines += ["rows where int8 and torch differ:", *m.differences]
     return "\n".join(lines)

@@ -162,7 +162,7 @@ def _train_one(cfg: Config, name: str, prep, work: Path, fresh: bool, fold: int,
 
 def oof_f1(results: list[SeedResult], num_classes: int) -> float:
     """Macro F1 of the folds' best-epoch validation predictions pooled into one out-of-fold set."""
-    from ..engine.metrics import confusion, macro_f1
+    from ..metrics import confusion, macro_f1
     y = np.concatenate([r.labels for r in results]).astype(np.int64)
     p = np.concatenate([r.preds for r in results]).astype(np.int64)
     return macro_f1(confusion(y, p, num_classes))

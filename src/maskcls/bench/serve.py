@@ -159,7 +159,7 @@ def bench_serve(*, run: str | Path | None = None, requests: int = 2000, concurre
         raise ConfigError(f"--configs {','.join(configs)}: choose among {', '.join(CONFIGS)}; --concurrency: one or "
                           "more numbers")
     if run is not None:
-        from ..infer.loading import select_folds
+        from ..rundir.models import select_folds
         select_folds(run, "best")  # a wrong run fails here, in one line, before any server starts
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)

@@ -114,7 +114,7 @@ def _model_file(args):
 
 
 def cmd_serve(args) -> int:
-    from ..infer.loading import select_folds
+    from ..rundir.models import select_folds
     from ..serve.server import TOKEN_ENV, bind, check_exposure, serve, url_of
 
     token = args.token or os.environ.get(TOKEN_ENV) or None

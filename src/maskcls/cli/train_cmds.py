@@ -127,8 +127,8 @@ def write_report_safely(run: str | Path) -> None:
 def cmd_train(args) -> int:
     from ..config_io import load_config
     from ..engine.run import RunInterrupted, resume_training, run_training
-    from ..engine.rundir import read_run_config
     from ..prep.prepared import load_prepared
+    from ..rundir.files import read_run_config
     if args.resume:
         if args.config or args.overrides:
             raise ConfigError("--resume continues a run with its recorded config; drop -c/--set")

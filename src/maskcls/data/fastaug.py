@@ -24,9 +24,6 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-# Workers are separate processes; OpenCV's own thread pool would oversubscribe the cores.
-cv2.setNumThreads(1)
-
 # ITU-R 601 luma, as torchvision's rgb_to_grayscale and PIL's convert("L").
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 # Shrinking by less than this factor uses INTER_AREA (true anti-aliasing). Milder shrinks

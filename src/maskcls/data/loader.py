@@ -24,11 +24,13 @@ epoch for its worker seeds, so dropout masks, not batches, differ between the ki
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
@@ -36,6 +38,19 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from ..errors import MaskclsError
 
 KINDS = ("auto", "threads", "processes")
+
+
+@contextlib.contextmanager
+def opencv_threads(n: int) -> Iterator[None]:
+    """OpenCV's own thread pool at ``n`` threads while the block runs, and as it was after. The loader's workers
+    decode and augment in parallel already; OpenCV's pool on top of them would oversubscribe the cores. Set where
+    a loader starts, not at import: importing maskcls changes nothing in a program that uses OpenCV itself."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 class ThreadLoader:
@@ -85,6 +100,10 @@ class ThreadLoader:
         return x, torch.from_numpy(labels), torch.from_numpy(index)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        with opencv_threads(1):
+            yield from self._batches()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         batches = iter(self.batch_sampler)
         pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="maskcls-loader")
         pending: collections.deque[Future] = collections.deque()
@@ -140,6 +159,12 @@ class ProcessLoader(DataLoader):
     """
 
     def __iter__(self):
+        # one OpenCV thread from before the workers fork: they inherit it (OpenCV's pool does not survive a fork; a
+        # worker that touched it, even to resize it, would wait forever), and the trainer's own decoding uses it too
+        with opencv_threads(1):
+            yield from self._batches()
+
+    def _batches(self):
         batches = super().__iter__()
         while True:
             try:

@@ -56,6 +56,17 @@ def resolve_precision(choice: str) -> str:
     return "bf16" if cpu_auto_bf16() else "no"
 
 
+def inference_precision(device: torch.device | str, trained: str) -> str:
+    """'bf16' or 'fp32': how a run's model is scored on ``device``, by validation (so best.pt's choice, oof.csv and
+    the decision offsets), predict, serve and export's reference alike, so that they all see the same numbers on
+    the same device. bf16 autocast on a CUDA GPU that supports it for a run trained in mixed precision
+    (``trained``: the run's train.mixed_precision, resolved or not); fp32 on every CPU, where bf16 autocast cost
+    F1 (docs/quality.md), and for a run trained in fp32."""
+    device = torch.device(device)
+    mixed = trained in ("auto", "bf16", "fp16")
+    return "bf16" if device.type == "cuda" and mixed and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def make_accelerator(train: TrainConfig) -> Accelerator:
     """An Accelerator for ``train``'s precision, with deterministic kernels when asked for."""
     if train.deterministic:
@@ -70,29 +81,44 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
     else:
         torch.backends.cudnn.benchmark = True
     precision = resolve_precision(train.mixed_precision)
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") not in (None, precision):
-        # Accelerate keeps one precision per process and refuses another; a second training in this
-        # process (tune's trials, a notebook) may use another one. The process group is kept.
-        AcceleratorState._reset_state(reset_partial_state=False)
+    if _accelerate_state().get("_mixed_precision") not in (None, precision):
+        _clear_accelerate_state()  # a second training in this process (tune's trials, a notebook) in another one
     acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     if not acc.is_main_process:  # one rank speaks
         logging.getLogger("maskcls").setLevel(logging.WARNING)
     return acc
 
 
+# Accelerate keeps one AcceleratorState per process, a Borg whose attributes live in a class-level dict, and
+# refuses a second precision once one is set. It offers no public way to change or reset it: its own test helper
+# (accelerate.test_utils.AccelerateTestCase) calls the private AcceleratorState._reset_state. These two functions
+# are the only places maskcls touches that private state; checked with Accelerate 1.16.
+def _accelerate_state() -> dict:
+    return AcceleratorState._shared_state
+
+
+def _clear_accelerate_state() -> None:
+    """Forget the process's Accelerator precision (the process group, PartialState, is kept)."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+
+
 @contextlib.contextmanager
 def process_state_restored():
     """What :func:`make_accelerator` changes process-wide (deterministic algorithms and their NaN fill,
-    cuDNN's autotuner, ``CUBLAS_WORKSPACE_CONFIG``, the quiet ``maskcls`` logger of non-main ranks), put back on
+    cuDNN's autotuner, ``CUBLAS_WORKSPACE_CONFIG``, the quiet ``maskcls`` logger of non-main ranks, Accelerate's
+    process-wide state and its precision), put back on
     exit as it was: a training called from a notebook or ``maskcls tune`` leaves the process as it found it.
     Used as a decorator of :func:`maskcls.engine.run.run_training`."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
              logging.getLogger("maskcls").level, torch.utils.deterministic.fill_uninitialized_memory)
+    accelerate_before = dict(_accelerate_state())
     try:
         yield
     finally:
+        # the caller's Accelerator (a notebook's, another precision) sees its own state again
+        _accelerate_state().clear()
+        _accelerate_state().update(accelerate_before)
         deterministic, warn_only, benchmark, cublas, level, fill = saved
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.utils.deterministic.fill_uninitialized_memory = fill

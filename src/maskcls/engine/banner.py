@@ -16,7 +16,10 @@ batch, and the same facts go into ``run.json`` (``resolved``) so that nothing la
 """
 from __future__ import annotations
 
+import logging
 import math
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,12 @@ import torch
 from .. import __version__
 from ..config import Config
 from ..data.preprocessing import Preprocessing
+from ..fsutil import atomic_write_json
+from ..rundir.files import read_run_info
+from .extensions.trackers import RunTrackers
+from .trainer.state import RunContext
+
+log = logging.getLogger(__name__)
 
 PRECISION = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}
 
@@ -158,3 +167,54 @@ def banner_lines(r: ResolvedFacts, *, first_fold: int, resume: bool = False) -> 
         f"  trackers  {r.trackers}",
         f"  run dir   {r.run_dir}",
     ]
+
+
+def announce(ctx: RunContext, trainer, resolved: ResolvedFacts | None, fold_list: list[int],
+             trackers: RunTrackers) -> ResolvedFacts:
+    """Before a fold's first batch (``trainer``: its FoldTrainer): the start banner (first fold) or the fold's sizes;
+    run.json records both, and the first fold starts the trackers. Returns the resolved facts."""
+    cfg, acc, fold = ctx.cfg, ctx.acc, trainer.fold
+    facts = fold_facts(train_images=len(trainer.data.train_rows), valid_images=len(trainer.data.valid_rows),
+                       batches=len(trainer.data.train_loader), accum_steps=cfg.train.accum_steps,
+                       max_batches=cfg.train.max_train_batches)
+    if resolved is not None:
+        resolved.steps_per_epoch[str(fold)] = facts
+        log.info(fold_line(fold, facts))
+        if acc.is_main_process and not ctx.resume:
+            _update_run_info(ctx.run, resolved=resolved.to_dict())
+        return resolved
+    runtime = RuntimeFacts(acc.device, acc.mixed_precision, acc.num_processes, trainer.weights)
+    resolved = resolved_facts(cfg, ctx.pp, runtime, num_classes=ctx.task.num_classes, folds=fold_list,
+                              num_folds=ctx.prep.num_folds, run=ctx.run, trackers=trackers.plan.describe(ctx.run))
+    resolved.steps_per_epoch[str(fold)] = facts
+    log.info("\n".join(banner_lines(resolved, first_fold=fold, resume=ctx.resume)))
+    if acc.is_main_process:
+        _record_start(ctx, resolved, trackers)
+    return resolved
+
+
+def _record_start(ctx: RunContext, resolved: ResolvedFacts, trackers: RunTrackers) -> None:
+    """run.json: the resolved facts (a resumed run: when, where and how it continued), then the trackers."""
+    if not ctx.resume:
+        _update_run_info(ctx.run, resolved=resolved.to_dict())
+    else:
+        info = read_run_info(ctx.run)
+        before = (info.get("resolved") or info).get("effective_batch")
+        if before is not None and before != resolved.effective_batch:
+            log.warning("this run trained with an effective batch of %d; resumed here it is %d (processes or "
+                        "batch settings differ), so the continued epochs are not those of an uninterrupted run",
+                        before, resolved.effective_batch)
+        r = resolved
+        resumed = info.get("resumed", []) + [{
+            "at": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv, "maskcls_version": __version__,
+            "device": r.device, "precision": r.precision, "processes": r.processes,
+            "effective_batch": r.effective_batch, "loader": r.loader, "workers": r.workers}]
+        _update_run_info(ctx.run, resumed=resumed)
+    ids = trackers.start(config=ctx.cfg.to_dict(), resolved=resolved.to_dict())
+    if ids:
+        _update_run_info(ctx.run, trackers=ids)
+
+
+def _update_run_info(run: Path, **changes) -> None:
+    atomic_write_json(run / "run.json", {**read_run_info(run), **changes})
+

@@ -22,8 +22,8 @@ import pandas as pd
 
 from ..errors import CheckpointError, ConfigError, DataError, did_you_mean
 from ..fsutil import atomic_write_json, load_json
+from ..metrics import confusion, macro_f1
 from ..task import Task
-from .metrics import confusion, macro_f1
 
 TuneBias = Literal["auto", "on", "off"]  # predict --tune-bias
 

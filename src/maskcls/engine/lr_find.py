@@ -30,9 +30,9 @@ from ..errors import ConfigError
 from ..fsutil import atomic_path, atomic_write_json, atomic_write_text
 from ..prep.prepared import Prepared
 from ..progress import progress
+from ..rundir.files import create_run_dir, next_run_dir
 from .accel import make_accelerator, process_state_restored
-from .loop import EpochSetup, TrainingDiverged, train_step
-from .rundir import create_run_dir, next_run_dir
+from .trainer.loop import EpochSetup, TrainingDiverged, train_step
 
 log = logging.getLogger(__name__)
 
@@ -252,10 +252,9 @@ def _out_dir(out: str | Path | None, runs_dir: str, prep: Prepared) -> Path:
 
 def _setup(cfg: Config, prep: Prepared, fold: int, scratch: Path):
     """The fold's trainer as ``maskcls train`` builds it (run directory: a scratch folder thrown away)."""
-    from .fold import FoldTrainer, RunContext
-    from .run import _resolve
-    from .tracker_plan import TrackerPlan
-    from .trackers import RunTrackers
+    from .run import _resolve, target_callbacks
+    from .trainer.fold import FoldTrainer
+    from .trainer.state import RunContext
     acc = make_accelerator(cfg.train)
     if acc.num_processes > 1:
         raise ConfigError("lr-find runs in one process: start it as `maskcls lr-find`, not with accelerate launch")
@@ -264,9 +263,9 @@ def _setup(cfg: Config, prep: Prepared, fold: int, scratch: Path):
         log.info("data.cache: the crop cache is not built yet, and lr-find writes nothing into %s: it reads the "
                  "images instead (the same augmentation, decoded every time)", prep.dir)
         cfg.data.cache = False
-    ctx = RunContext(cfg, prep, prep.task, pp, scratch, acc, resume=False,
-                     trackers=RunTrackers(TrackerPlan([]), scratch, enabled=False))
-    return FoldTrainer(ctx, fold)
+    ctx = RunContext(cfg, prep, prep.task, pp, scratch, acc, resume=False)
+    return FoldTrainer(ctx, fold, callbacks=target_callbacks(cfg))  # no EMA, averaging or trackers: nothing is
+    # validated or logged
 
 
 @process_state_restored()
@@ -292,7 +291,7 @@ def lr_find(cfg: Config, prep: Prepared, *, fold: int = 0, start: float = 1e-7, 
     with tempfile.TemporaryDirectory(prefix="maskcls-lr-find-") as scratch:
         trainer = _setup(cfg, prep, fold, Path(scratch))
         s = trainer.setup
-        s.scheduler, s.ema = ExpLR(s.optimizer, lrs), None  # no EMA: nothing is validated
+        s.scheduler = ExpLR(s.optimizer, lrs)
         sw = sweep(s, trainer.data.train_loader, lrs)
         facts = {"fold": fold, "model": cfg.model.name, "optimizer": cfg.optim.name,
                  "head_lr_mult": cfg.optim.head_lr_mult, "weight_decay": cfg.optim.weight_decay,

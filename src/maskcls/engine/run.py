@@ -23,29 +23,26 @@ from ..config import Config
 from ..config_io import validate
 from ..data.preprocessing import Preprocessing
 from ..errors import ConfigError, DataError
-from ..fsutil import atomic_write_json
 from ..models.factory import pretrained_info, size_kwargs
 from ..models.weights import check_package_weights
 from ..prep.prepared import Prepared, load_prepared
+from ..rundir.files import create_run_dir, fold_numbers, next_run_dir, read_run_config, read_run_info, write_run_files
+from ..rundir.oof import read_oof
+from ..rundir.summary import summarize_run
 from .accel import make_accelerator, process_state_restored
-from .banner import ResolvedFacts, RuntimeFacts, banner_lines, fold_facts, fold_line, resolved_facts
-from .callbacks import Callback
+from .banner import announce
 from .decision import tune_run
-from .fold import FoldTrainer, RunContext
+from .extensions.averaging import Averaging
+from .extensions.distill import Distill
+from .extensions.ema import Ema
+from .extensions.soft_ages import SoftAges, check_age_sigma
+from .extensions.time_budget import TimeBudget
+from .extensions.tracker_plan import plan_trackers
+from .extensions.trackers import RunTrackers, TrackEpochs
 from .fold_data import check_batch_fits, fold_rows, resolve_loader, resolve_preprocessing
-from .rundir import (
-    create_run_dir,
-    next_run_dir,
-    read_oof,
-    read_run_config,
-    read_run_info,
-    summarize_run,
-    write_run_files,
-)
-from .soft_ages import check_age_sigma
-from .time_budget import TimeBudget
-from .tracker_plan import plan_trackers
-from .trackers import RunTrackers
+from .trainer.callbacks import Callback
+from .trainer.fold import FoldTrainer
+from .trainer.state import RunContext
 
 # what the trackers get as artifacts at the end of a run
 RUN_FILES = ("report.html", "summary.json", "decision.json", "config.yaml", "run.json")
@@ -163,11 +160,11 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
     else:
         plan = plan_trackers(cfg.run)  # a missing package or server fails before the run directory exists
         run = _start_run(cfg, prep, fold_list, run_dir, acc, pp)
-    ctx = RunContext(cfg, prep, prep.task, pp, run, acc, resume=resume,
-                     trackers=RunTrackers(plan, run, enabled=acc.is_main_process, on_epoch=on_epoch_end))
+    ctx = RunContext(cfg, prep, prep.task, pp, run, acc, resume=resume)
+    trackers = RunTrackers(plan, run, enabled=acc.is_main_process, on_epoch=on_epoch_end)
     summary = None
     try:
-        results, interrupted = _train_folds(ctx, fold_list, list(callbacks))
+        results, interrupted = _train_folds(ctx, trackers, fold_list, list(callbacks))
         if acc.is_main_process:
             finished = not interrupted and all(r["status"] in ("done", "stopped") for r in results.values())
             oof = read_oof(run, results)
@@ -177,26 +174,34 @@ def run_training(cfg: Config, prep: Prepared, *, folds: list[int] | None = None,
             if on_summary is not None:
                 on_summary(run)
     except BaseException as e:
-        ctx.trackers.finish(summary=None, files=[], status="interrupted" if isinstance(e, KeyboardInterrupt)
-                            else "failed")
+        trackers.finish(summary=None, files=[], status="interrupted" if isinstance(e, KeyboardInterrupt)
+                        else "failed")
         if not resume and acc.is_main_process:
             _remove_if_empty(run)
         raise
-    ctx.trackers.finish(summary=summary, files=[run / n for n in RUN_FILES],
-                        status="interrupted" if interrupted else "finished")
+    trackers.finish(summary=summary, files=[run / n for n in RUN_FILES],
+                    status="interrupted" if interrupted else "finished")
     if interrupted:
         raise RunInterrupted(run, acc.is_main_process)
     return {**(summary or {}), "run_dir": str(run), "is_main": acc.is_main_process}
 
 
-def _train_folds(ctx: RunContext, fold_list: list[int], extra: list[Callback]) -> tuple[dict[int, dict], bool]:
+def _train_folds(ctx: RunContext, trackers: RunTrackers, fold_list: list[int],
+                 extra: list[Callback]) -> tuple[dict[int, dict], bool]:
     results: dict[int, dict] = {}
     interrupted, resolved = False, None
     try:
         for f in fold_list:
-            trainer = FoldTrainer(ctx, f, callbacks=extra + fold_callbacks(ctx.cfg, len(fold_list)))
-            resolved = _announce(ctx, trainer, resolved, fold_list)
-            results[f] = trainer.run()
+            trainer = FoldTrainer(ctx, f, callbacks=extra + fold_callbacks(ctx.cfg, len(fold_list), trackers))
+            resolved = announce(ctx, trainer, resolved, fold_list, trackers)
+            if trainer.finished:  # a resumed fold that had ended
+                results[f] = trainer.state.result()
+                continue
+            trackers.start_fold(f, trainer.dir)
+            try:
+                results[f] = trainer.run()
+            finally:
+                trackers.end_fold(f)
     except KeyboardInterrupt:
         interrupted = True
         if not any((ctx.run / f"fold{f}" / "last.pt").exists() for f in fold_list):
@@ -206,67 +211,28 @@ def _train_folds(ctx: RunContext, fold_list: list[int], extra: list[Callback]) -
     return results, interrupted
 
 
-def fold_callbacks(cfg: Config, folds: int) -> list[Callback]:
-    """The extensions a fold trains with, from the config."""
-    callbacks: list[Callback] = []
-    if cfg.train.time > 0:
-        callbacks.append(TimeBudget(cfg.train.time * 60 / folds))
-    return callbacks
+def target_callbacks(cfg: Config) -> list[Callback]:
+    """The extensions that change what the model learns from (the training targets): distillation, soft ages."""
+    return ([Distill()] if cfg.distill.teachers else []) + ([SoftAges()] if cfg.loss.age_sigma > 0 else [])
 
 
-def _announce(ctx: RunContext, trainer: FoldTrainer, resolved: ResolvedFacts | None,
-              fold_list: list[int]) -> ResolvedFacts:
-    """Before a fold's first batch: the start banner (first fold) or the fold's sizes; run.json records
-    both, and the first fold starts the trackers. Returns the resolved facts."""
-    cfg, acc, fold = ctx.cfg, ctx.acc, trainer.fold
-    facts = fold_facts(train_images=len(trainer.data.train_rows), valid_images=len(trainer.data.valid_rows),
-                       batches=len(trainer.data.train_loader), accum_steps=cfg.train.accum_steps,
-                       max_batches=cfg.train.max_train_batches)
-    if resolved is not None:
-        resolved.steps_per_epoch[str(fold)] = facts
-        log.info(fold_line(fold, facts))
-        if acc.is_main_process and not ctx.resume:
-            _update_run_info(ctx.run, resolved=resolved.to_dict())
-        return resolved
-    runtime = RuntimeFacts(acc.device, acc.mixed_precision, acc.num_processes, trainer.weights)
-    resolved = resolved_facts(cfg, ctx.pp, runtime, num_classes=ctx.task.num_classes, folds=fold_list,
-                              num_folds=ctx.prep.num_folds, run=ctx.run, trackers=ctx.trackers.plan.describe(ctx.run))
-    resolved.steps_per_epoch[str(fold)] = facts
-    log.info("\n".join(banner_lines(resolved, first_fold=fold, resume=ctx.resume)))
-    if acc.is_main_process:
-        _record_start(ctx, resolved)
-    return resolved
-
-
-def _record_start(ctx: RunContext, resolved: ResolvedFacts) -> None:
-    """run.json: the resolved facts (a resumed run: when, where and how it continued), then the trackers."""
-    if not ctx.resume:
-        _update_run_info(ctx.run, resolved=resolved.to_dict())
-    else:
-        info = read_run_info(ctx.run)
-        before = (info.get("resolved") or info).get("effective_batch")
-        if before is not None and before != resolved.effective_batch:
-            log.warning("this run trained with an effective batch of %d; resumed here it is %d (processes or "
-                        "batch settings differ), so the continued epochs are not those of an uninterrupted run",
-                        before, resolved.effective_batch)
-        r = resolved
-        resumed = info.get("resumed", []) + [{
-            "at": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv, "maskcls_version": __version__,
-            "device": r.device, "precision": r.precision, "processes": r.processes,
-            "effective_batch": r.effective_batch, "loader": r.loader, "workers": r.workers}]
-        _update_run_info(ctx.run, resumed=resumed)
-    trackers = ctx.trackers.start(config=ctx.cfg.to_dict(), resolved=resolved.to_dict())
-    if trackers:
-        _update_run_info(ctx.run, trackers=trackers)
-
-
-def _update_run_info(run: Path, **changes) -> None:
-    atomic_write_json(run / "run.json", {**read_run_info(run), **changes})
+def fold_callbacks(cfg: Config, folds: int, trackers: RunTrackers) -> list[Callback]:
+    """The extensions a fold trains with, from the config, in the order their hooks run: EMA first (what the other
+    extensions see as the validated model), the time budget after the step's EMA update, the trackers last."""
+    t, callbacks = cfg.train, []
+    if t.ema:
+        callbacks.append(Ema(t))
+    if t.average != "none":
+        callbacks.append(Averaging(t))
+    callbacks += target_callbacks(cfg)
+    if t.time > 0:
+        callbacks.append(TimeBudget(t.time * 60 / folds))
+    return callbacks + [TrackEpochs(trackers)]
 
 
 def _remove_if_empty(run: Path) -> None:
     """A run that failed before its first epoch was saved leaves nothing behind (its name stays free)."""
-    if run.is_dir() and not any(run.glob("fold*/last.pt")) and not any(run.glob("fold*/last.prev.pt")):
+    if run.is_dir() and not fold_numbers(run, "last.pt") and not fold_numbers(run, "last.prev.pt"):
         shutil.rmtree(run, ignore_errors=True)
         log.info("removed %s: the run stopped before its first epoch was saved", run)
 

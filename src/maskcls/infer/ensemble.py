@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from ..engine.decision import TuneBias, apply_offsets, check_tune_bias, cross_fitted, fit_offsets
-from ..engine.metrics import confusion, macro_f1
-from ..engine.rundir import read_oof, read_run_info
 from ..errors import ConfigError, DataError, did_you_mean
 from ..fsutil import atomic_write_json, free_name
+from ..metrics import confusion, macro_f1
+from ..rundir.files import read_run_info
+from ..rundir.oof import read_oof
 from .loading import TTA_REQUESTS, check_tta, resolve_tta
 
 log = logging.getLogger(__name__)

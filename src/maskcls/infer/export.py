@@ -25,8 +25,8 @@ from torch import nn
 from ..errors import ConfigError, MaskclsError
 from ..fsutil import atomic_path, atomic_write_json
 from ..models.heads import probabilities
+from ..rundir.models import LoadedFold, load_folds
 from ..task import Task
-from .loading import LoadedFold, load_folds
 from .model_check import export_command, load_torchscript, open_onnx
 
 log = logging.getLogger(__name__)

@@ -36,12 +36,12 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..data.loader import build_loader
 from ..engine.fold_data import fold_rows, make_dataset, resolve_loader
-from ..engine.metrics import confusion, macro_f1
 from ..errors import ConfigError, MaskclsError, did_you_mean
 from ..fsutil import atomic_path, atomic_write_json
+from ..metrics import confusion, macro_f1
 from ..prep.prepared import Prepared, load_prepared
+from ..rundir.models import LoadedFold, load_folds
 from .export import check_export_target, export_path, export_run, onnx_session
-from .loading import LoadedFold, load_folds
 
 log = logging.getLogger(__name__)
 

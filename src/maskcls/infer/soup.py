@@ -22,16 +22,19 @@ import torch
 
 from ..config_io import dump_yaml, flatten
 from ..data.loader import build_loader
-from ..engine.averaging import average_state_dicts
-from ..engine.checkpoint import save_checkpoint
 from ..engine.decision import tune_run
+from ..engine.extensions.averaging import average_state_dicts
 from ..engine.fold_data import fold_rows, make_dataset, resolve_loader
-from ..engine.metrics import confusion, macro_f1
-from ..engine.rundir import fold_dir, read_oof, read_run_config, read_run_info, summarize_run, write_oof
 from ..errors import CheckpointError, ConfigError
 from ..fsutil import atomic_write_json, atomic_write_text, ensure_new_dir
+from ..metrics import confusion, macro_f1
 from ..prep.prepared import load_prepared
-from .loading import LoadedFold, device_for_inference, ensemble_probs, load_fold
+from ..rundir.checkpoint import save_checkpoint
+from ..rundir.files import fold_dir, fold_numbers, read_run_config, read_run_info
+from ..rundir.models import LoadedFold, load_fold
+from ..rundir.oof import read_oof, write_oof
+from ..rundir.summary import summarize_run
+from .loading import device_for_inference, ensemble_probs
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,7 @@ def check_soup_runs(runs: list[Path]) -> list[int]:
             if info.get(key) != infos[0].get(key):
                 raise ConfigError(f"{r} and {runs[0]} differ in {key} ({info.get(key)} vs {infos[0].get(key)}): a "
                                   "soup averages runs trained on the same prepared data and folds")
-    folds = sorted(set.intersection(*(set(int(p.parent.name[4:]) for p in r.glob("fold*/best.pt")
-                                          if p.parent.name[4:].isdigit()) for r in runs)))
+    folds = sorted(set.intersection(*(set(fold_numbers(r, "best.pt")) for r in runs)))
     if not folds:
         raise CheckpointError("the runs have no trained fold in common (fold*/best.pt); train them first")
     return folds
@@ -82,7 +84,7 @@ class _FoldValidation:
     def score(self, weights: dict[str, torch.Tensor]) -> tuple[float, float, np.ndarray]:
         """(macro F1, accuracy, probabilities) of the template model with ``weights``."""
         self.template.model.load_state_dict(weights)
-        probs = ensemble_probs([self.template], self.loader, device=device_for_inference(), bf16=False,
+        probs = ensemble_probs([self.template], self.loader, device=device_for_inference(),
                                progress=False)
         cm = confusion(self.labels, probs.argmax(1), self.template.task.num_classes)
         return macro_f1(cm), float(np.trace(cm) / max(cm.sum(), 1)), probs

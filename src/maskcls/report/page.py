@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..engine.metrics import class_table, confusion, oof_scores
 from ..errors import DataError
 from ..fsutil import atomic_write_text
+from ..metrics import class_table, confusion, oof_scores
 from . import figures as figs
 from .run_data import RunData, incomplete_reasons, load_run
 

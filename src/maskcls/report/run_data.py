@@ -1,24 +1,22 @@
 """What a run directory holds, read for the report — also while training still writes to it.
 
-Reads what the trainer writes (config.yaml through the typed config, summary.json,
-fold<k>/{metrics,lr,oof}.csv, a checkpoint's meta when the summary is not written yet) and
-says what is missing. Files caught mid-write are read as far as they parse.
+Reads what the trainer writes through the run layer (config.yaml through the one config reader, summary.json
+strictly, the fold list) and, itself, fold<k>/{metrics,lr,oof}.csv and a checkpoint's meta when the summary is not
+written yet, and says what is missing. The per-epoch CSVs of a training that is still running are read as far as
+they parse.
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from ..config import Config
-from ..config_io import config_from_dict
-from ..engine.rundir import KEYS_OLD_DEFAULTS
 from ..errors import CheckpointError, ConfigError, DataError
+from ..rundir.files import fold_numbers, read_run_config
+from ..rundir.summary import read_summary
 from ..task import Task
 
 log = logging.getLogger(__name__)
@@ -88,18 +86,21 @@ def _read_fold(fold_dir: Path) -> FoldFiles:
     return FoldFiles(metrics=metrics.dropna(subset=["epoch"]), lr=lr, oof=oof)
 
 
-def _typed_config(text: str) -> Config | None:
+def _typed_config(run_dir: Path) -> Config | None:
+    """The run's config through the one config reader (what train and resume read), or None with a warning when it
+    does not match this maskcls's configuration (the report then shows the file as text)."""
+    if not (run_dir / "config.yaml").is_file():
+        return None
     try:
-        data = yaml.safe_load(text) or {}
-        return config_from_dict(data, missing=KEYS_OLD_DEFAULTS) if isinstance(data, dict) and data else None
-    except (yaml.YAMLError, ConfigError) as exc:
+        return read_run_config(run_dir)
+    except ConfigError as exc:
         log.warning("report: config.yaml does not match this maskcls's configuration (%s); "
                     "showing it as text only", str(exc).splitlines()[0])
         return None
 
 
 def _checkpoint_meta(fold_dirs: list[Path]) -> dict:
-    from ..engine.checkpoint import load_checkpoint
+    from ..rundir.checkpoint import load_checkpoint
     for d in fold_dirs:
         for name in ("best.pt", "last.pt"):
             if (d / name).is_file():
@@ -130,24 +131,18 @@ def load_run(run_dir: str | Path) -> RunData:
         CheckpointError: when the directory holds no run files at all.
     """
     run_dir = Path(run_dir)
-    fold_dirs = sorted((p for p in run_dir.glob("fold*") if re.fullmatch(r"fold\d+", p.name)),
-                       key=lambda p: int(p.name[4:])) if run_dir.is_dir() else []
+    fold_dirs = list(fold_numbers(run_dir).values()) if run_dir.is_dir() else []
     files = [run_dir / "config.yaml", run_dir / "summary.json"]
     files += [d / f for d in fold_dirs for f in ("metrics.csv", "lr.csv", "oof.csv")]
     if not any(f.is_file() for f in files):
         raise CheckpointError(f"{run_dir} holds no run files (config.yaml, summary.json, fold<k>/metrics.csv); "
                               "train first with `maskcls train`, then report on its run directory")
     text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
-    summary = None
-    if (run_dir / "summary.json").is_file():
-        try:
-            summary = json.loads((run_dir / "summary.json").read_text())
-        except json.JSONDecodeError as exc:  # caught mid-write: report as if not written yet
-            log.warning("report: %s does not parse (%s); ignoring it", run_dir / "summary.json", exc)
+    summary = read_summary(run_dir, required=False)  # written at the end: a running training has none yet
     folds = {int(d.name[4:]): _read_fold(d) for d in fold_dirs}
     meta = _checkpoint_meta(fold_dirs)
     return RunData(run_dir=run_dir, name=(summary or {}).get("run") or run_dir.resolve().name, config_text=text,
-                   config=_typed_config(text), summary=summary, task=_task(summary, meta, folds), meta=meta,
+                   config=_typed_config(run_dir), summary=summary, task=_task(summary, meta, folds), meta=meta,
                    folds=folds)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -102,7 +102,8 @@ class FoldCheckpoints:
     Both are plain dicts: ``model`` (state dict), ``epoch``, ``metric`` (best validation macro F1 so far /
     this epoch's), ``config`` (the resolved config as a dict) and ``meta`` (what prediction needs to rebuild
     and feed the model); last.pt adds ``optimizer``, ``scheduler``, ``scaler``, ``state`` (the fold's
-    progress), ``rng``, with EMA ``ema`` and with weight averaging ``average`` (the averager's state).
+    progress), ``rng``, and the state of every extension that keeps one under its key (EMA: ``ema``, the averaged
+    weights; weight averaging: ``average``).
     """
 
     def __init__(self, fold_dir: Path, *, config: dict, meta: dict | None = None):
@@ -126,10 +127,8 @@ class FoldCheckpoints:
               "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict() if t.scaler is not None else {},
               "state": state, "rng": rng_state(), "epoch": state["epoch"], "metric": state["best_f1"],
               "config": self.config, "meta": self.meta}
-        if t.ema is not None:
-            ck["ema"] = weights_of(t.ema.module)
-        if t.averager is not None:
-            ck["average"] = t.averager.state_dict()
+        for key, extension in t.extras.items():
+            ck[key] = extension.state_dict()
         save_checkpoint(ck, self.last, keep_previous=rotate)
 
     def save_best(self, model, *, epoch: int, metric: float, with_it: Callable[[], None] | None = None) -> None:
@@ -151,23 +150,22 @@ class FoldCheckpoints:
         t.scheduler.load_state_dict(ck["scheduler"])
         if t.scaler is not None and ck.get("scaler"):
             t.scaler.load_state_dict(ck["scaler"])
-        if t.ema is not None:
-            t.ema.module.load_state_dict(ck["ema"])
-        if t.averager is not None and ck.get("average"):
-            t.averager.load_state_dict(ck["average"])
+        for key, extension in t.extras.items():
+            if ck.get(key) is not None:
+                extension.load_state_dict(ck[key])
         set_rng_state(ck["rng"])
         return ck["state"]
 
 
 @dataclass
 class Trainable:
-    """The objects whose state last.pt holds (``scaler``: fp16 loss scaling, else None; ``ema``: ModelEmaV3)."""
+    """The objects whose state last.pt holds (``scaler``: fp16 loss scaling, else None; ``extras``: the extensions
+    with a state of their own, by the key last.pt keeps it under, each with ``state_dict`` / ``load_state_dict``)."""
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: object | None = None
-    ema: object | None = None
-    averager: object | None = None  # train.average's LastK / TopK (engine/averaging.py)
+    extras: dict = field(default_factory=dict)
 
 
 def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..engine.checkpoint import load_checkpoint
 from ..errors import ConfigError
 from ..fsutil import read_json
-from ..infer.loading import select_folds
 from ..infer.model_check import check_model, export_command, open_onnx, recorded_normalisation
+from ..rundir.checkpoint import load_checkpoint
+from ..rundir.models import select_folds
 from ..task import COMPETITION, Task
 from .model import ServedModel, onnx_predictor, served_model
 

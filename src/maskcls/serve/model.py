@@ -23,10 +23,12 @@ import torch
 from .. import __version__
 from ..data.preprocessing import Preprocessing
 from ..errors import ConfigError
-from ..fsutil import cpu_count, read_json
+from ..fsutil import cpu_count
 from ..infer.export import EXPORT_TOLERANCE, build_ensemble, export_run
-from ..infer.loading import LoadedFold, device_for_inference, load_folds
+from ..infer.loading import device_for_inference, inference_bf16
 from ..infer.model_check import open_onnx
+from ..rundir.models import LoadedFold, load_folds
+from ..rundir.summary import read_summary
 from ..task import Task
 
 log = logging.getLogger(__name__)
@@ -52,13 +54,15 @@ class ServedModel:
 
 
 def torch_predictor(loaded: list[LoadedFold], device: torch.device | None = None) -> Predictor:
-    """The fold ensemble in fp32 on ``device`` (default CPU: the reference an ONNX graph is checked against)."""
+    """The fold ensemble on ``device`` (default CPU: the reference an ONNX graph is checked against), in the
+    inference precision predict and validation use there (:func:`~..infer.loading.inference_bf16`: fp32 on a CPU)."""
     device = device or torch.device("cpu")
     ensemble = build_ensemble(loaded).to(device)
+    bf16 = inference_bf16(loaded, device)
 
     def predict(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return ensemble(torch.from_numpy(images).to(device)).cpu().numpy()
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return ensemble(torch.from_numpy(images).to(device)).float().cpu().numpy()
     return predict
 
 
@@ -171,8 +175,7 @@ def cached_onnx(run: Path, folds: list[int], reference: Predictor, image_size: i
 
 def validation_scores(run: Path, folds: list[int]) -> dict:
     """The run's validation macro F1 of the served folds (summary.json), and its mean / out-of-fold F1."""
-    summary = read_json(run / "summary.json")
-    summary = summary if isinstance(summary, dict) else {}  # missing or damaged: the scores are unknown
+    summary = read_summary(run, required=False) or {}  # not written yet (interrupted): the scores are unknown
     per_fold = {str(f): (summary.get("folds", {}).get(str(f)) or {}).get("best_f1") for f in folds}
     return {"macro_f1_per_fold": per_fold, "mean_f1": summary.get("mean_f1"), "oof_f1": summary.get("oof_f1"),
             "head_f1": summary.get("head_f1")}
@@ -200,7 +203,9 @@ def load_model(run: str | Path, *, folds: str = "best", backend: str = "onnx", s
             backend_info = {"fallback_reason": str(e)}
     if predict is None:  # the torch backend runs on the GPU when there is one
         device = device_for_inference()
-        predict, backend_info = torch_predictor(loaded, device), {**backend_info, "device": str(device)}
+        precision = "bf16 autocast" if inference_bf16(loaded, device) else "fp32"
+        predict = torch_predictor(loaded, device)
+        backend_info = {**backend_info, "device": str(device), "precision": precision}
     return served_model(run, ids, meta, predict, used, {"requested": backend, "name": used, **backend_info})
 
 

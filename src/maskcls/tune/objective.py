@@ -17,9 +17,9 @@ import optuna
 
 from ..config import Config
 from ..engine.run import run_training
-from ..engine.rundir import read_run_info
 from ..fsutil import atomic_write_json
 from ..prep.prepared import Prepared
+from ..rundir.files import read_run_info
 from .space import Param, apply_params
 from .storage import worker_identity
 

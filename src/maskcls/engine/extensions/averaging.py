@@ -24,19 +24,17 @@ import dataclasses
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import torch
 
-from ..config import TrainConfig
-from ..errors import ConfigError
-from ..models.factory import unwrap_model
-from .checkpoint import load_checkpoint, save_checkpoint, weights_of
-from .loop import evaluate
-from .rundir import write_oof
-
-if TYPE_CHECKING:
-    from .fold import FoldTrainer
+from ...config import TrainConfig
+from ...errors import ConfigError
+from ...models.factory import unwrap_model
+from ...rundir.checkpoint import load_checkpoint, save_checkpoint, weights_of
+from ...rundir.oof import write_oof
+from ..trainer.callbacks import Callback, Trainer
+from ..trainer.loop import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +165,10 @@ def make_averager(train: TrainConfig, fold_dir: Path) -> LastK | TopK | None:
     return TopK(train.average_k, fold_dir)
 
 
-def _shared_weights(trainer: FoldTrainer) -> tuple[dict[str, torch.Tensor], list[int]]:
+def _shared_weights(trainer: Trainer, averager: LastK | TopK) -> tuple[dict[str, torch.Tensor], list[int]]:
     """The averaged weights on every process (rank 0 holds the sums; the others read them from avg.pt)."""
     acc, path = trainer.ctx.acc, trainer.dir / "avg.pt"
-    weights, epochs = trainer.averager.averaged() if acc.is_main_process else (None, None)
+    weights, epochs = averager.averaged() if acc.is_main_process else (None, None)
     if acc.num_processes > 1:
         if acc.is_main_process:
             save_checkpoint({"model": weights, "epochs": epochs}, path)
@@ -182,15 +180,15 @@ def _shared_weights(trainer: FoldTrainer) -> tuple[dict[str, torch.Tensor], list
     return weights, epochs
 
 
-def finish_average(trainer: FoldTrainer) -> dict:
+def finish_average(trainer: Trainer, averager: LastK | TopK) -> dict:
     """Validate the fold's averaged weights, write avg.pt (and best.pt + oof.csv when ``train.average_use``
     says so); returns what the fold's summary entry records under ``average``. Runs on every process."""
     ctx, state, setup = trainer.ctx, trainer.state, trainer.setup
     t = ctx.cfg.train
-    weights, epochs = _shared_weights(trainer)
+    weights, epochs = _shared_weights(trainer, averager)
     model = copy.deepcopy(unwrap_model(setup.validated))
     model.load_state_dict(weights)
-    vm, probs = evaluate(dataclasses.replace(setup, model=model, ema=None), trainer.data.valid_loader,
+    vm, probs = evaluate(dataclasses.replace(setup, model=model, eval_model=None), trainer.data.valid_loader,
                          trainer.data.valid_rows["label"].to_numpy(), desc=f"fold {trainer.fold} averaged")
     use = t.average_use == "always" or (t.average_use == "better" and vm.f1 >= state.best_f1)
     result = {"kind": t.average, "k": t.average_k, "epochs": epochs, "f1": vm.f1, "acc": vm.acc,
@@ -213,3 +211,36 @@ def finish_average(trainer: FoldTrainer) -> dict:
              "epoch's %.4f; %s", trainer.fold, t.average, len(epochs), ",".join(map(str, epochs)), vm.f1, vm.acc,
              result["best_epoch_f1"], "it is the fold's model now (best.pt)" if use else "written to avg.pt only")
     return result
+
+
+class Averaging(Callback):
+    """``train.average``: the validated weights of the chosen epochs kept (LastK / TopK) after every epoch, their
+    average validated and written when the fold ends (:func:`finish_average`); last.pt keeps the averager's state
+    under ``average``, and the top-k epochs' files go once the fold's final last.pt records the result."""
+
+    state_key = "average"
+
+    def __init__(self, train: TrainConfig):
+        self.train, self.averager = train, None
+
+    def on_fold_start(self, trainer: Trainer) -> None:
+        self.averager = make_averager(self.train, trainer.dir)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        if trainer.is_main:  # before last.pt, which records what it holds
+            self.averager.after_epoch(trainer.setup.validated, epoch + 1, row["valid_f1"])
+
+    def on_fold_end(self, trainer: Trainer) -> None:
+        if trainer.state.status in ("done", "stopped") and not trainer.state.average:
+            trainer.state.average = finish_average(trainer, self.averager)
+
+    def on_saved(self, trainer: Trainer, final: bool) -> None:
+        if final and trainer.is_main and trainer.state.average:
+            self.averager.cleanup()
+
+    def state_dict(self) -> dict:
+        return self.averager.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.averager.load_state_dict(state)
+

@@ -35,24 +35,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from ..config import DataConfig
-from ..data.dataset import ImageDataset
-from ..data.preprocessing import Preprocessing
-from ..errors import ConfigError, DataError
-from ..prep.prepared import Prepared
-from .fold_data import FoldData, make_dataset
-from .losses import build_loss
-from .teachers import OnlineTeachers, ensemble_teacher_probs, teacher_checkpoints
-
-if TYPE_CHECKING:
-    from .fold import FoldTrainer, RunContext
+from ...config import DataConfig
+from ...data.dataset import ImageDataset
+from ...data.preprocessing import Preprocessing
+from ...errors import ConfigError, DataError
+from ...prep.prepared import Prepared
+from ..fold_data import FoldData, make_dataset
+from ..trainer.callbacks import Callback, Trainer
+from ..trainer.losses import build_loss
+from ..trainer.state import RunContext
+from .teachers import OnlineTeachers, ensemble_teacher_probs, student_start, teacher_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +182,10 @@ def teacher_targets(ctx: RunContext, fold: int, data: FoldData) -> tuple[FoldDat
     return data, TeacherTargets(probs, n, paths)
 
 
-def attach_teachers(trainer: FoldTrainer, targets: TeacherTargets) -> None:
+def attach_teachers(trainer: Trainer, targets: TeacherTargets) -> None:
     """Make ``trainer``'s fold learn from its teachers: ``targets`` (:func:`teacher_targets`) looked up by row
     position for every batch, and a :class:`DistillLoss` around the fold's criterion."""
-    ctx, setup = trainer.ctx, trainer.setup
+    ctx = trainer.ctx
     cfg = ctx.cfg
     n = targets.labelled
     counts = np.bincount(trainer.data.train_labels[:n], minlength=ctx.task.num_classes)
@@ -195,7 +193,8 @@ def attach_teachers(trainer: FoldTrainer, targets: TeacherTargets) -> None:
     # weighting, and weighting them again would pull the student away from them
     soft = build_loss(dataclasses.replace(cfg.loss, name="ce", label_smoothing=0.0), task=ctx.task,
                       heads=cfg.model.heads, class_counts=counts).to(ctx.acc.device)
-    setup.criterion = DistillLoss(setup.criterion, soft, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature)
+    trainer.criterion = DistillLoss(trainer.criterion, soft, alpha=cfg.distill.alpha,
+                                    temperature=cfg.distill.temperature)
     d = cfg.distill
     online = OnlineTeachers(targets.paths, task=ctx.task, pp=ctx.pp, tta=d.tta, temperature=d.temperature,
                             device=ctx.acc.device, channels_last=cfg.train.channels_last) if d.online else None
@@ -205,4 +204,23 @@ def attach_teachers(trainer: FoldTrainer, targets: TeacherTargets) -> None:
         # rows from position n on are unlabelled: −1 keeps them out of the hard loss
         labels = torch.where(idx.to(y.device) < n, y, -1)
         return labels, online(x) if online is not None else table[idx.cpu()].to(y.device)
-    setup.soft_targets = soft_targets
+    trainer.soft_targets = soft_targets
+
+
+class Distill(Callback):
+    """``distill.teachers``: the fold's student learns its teachers' probabilities (offline or online), on the
+    unlabelled evaluation images too with ``distill.unlabelled``, and starts from their weights with
+    ``distill.init``. Everything happens while the fold is built, before its optimizer and schedule."""
+
+    def on_fold_build(self, trainer: Trainer) -> None:
+        ctx, cfg, fold = trainer.ctx, trainer.ctx.cfg, trainer.fold
+        trainer.data, targets = teacher_targets(ctx, fold, trainer.data)  # may lengthen the training set
+        start = student_start(targets.paths, cfg.distill.init, model_name=cfg.model.name, heads=cfg.model.heads,
+                              pp=ctx.pp)
+        if start is not None:  # distill.init: the student starts from its teachers' weights
+            trainer.model.load_state_dict(start)
+            trainer.weights = (f"teacher {cfg.distill.teachers[0]}" if cfg.distill.init == "teacher" else
+                               f"average of teachers {', '.join(cfg.distill.teachers)}")
+            log.info("fold %d: the student starts from its teachers' weights (distill.init=%s)", fold,
+                     cfg.distill.init)
+        attach_teachers(trainer, targets)

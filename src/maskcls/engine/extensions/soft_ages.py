@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import Config
-from ..errors import ConfigError
-from ..task import Task
-from .fold_data import require_raw_ages
+from ...config import Config
+from ...errors import ConfigError
+from ...task import Task
+from ..fold_data import require_raw_ages
+from ..trainer.callbacks import Callback, Trainer
 
 
 def group_shares(years: np.ndarray, sigma: float, thresholds: tuple[int, ...]) -> np.ndarray:
@@ -74,3 +75,14 @@ def soft_target_lookup(table: np.ndarray):
     def soft_targets(y: torch.Tensor, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         return t[idx.cpu()].to(y.device)
     return soft_targets
+
+
+class SoftAges(Callback):
+    """``loss.age_sigma``: every training row's target from its raw age, looked up by row position per batch."""
+
+    def on_fold_build(self, trainer: Trainer) -> None:
+        task, sigma = trainer.ctx.task, trainer.ctx.cfg.loss.age_sigma
+        table = age_soft_targets(trainer.data.train_rows, trainer.data.train_labels, task, sigma,
+                                 trainer.ages.old_age or task.old_age or 60)
+        trainer.soft_targets = soft_target_lookup(table)
+

@@ -10,20 +10,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..config import Config
-from ..config_io import config_from_dict
-from ..data.loader import build_loader
-from ..data.preprocessing import Preprocessing
-from ..errors import CheckpointError, ConfigError
-from ..models.factory import build_model
-from ..models.heads import probabilities, tta_views
-from ..prep.prepared import Prepared
-from ..progress import track
-from ..task import Task
+from ...config import Config
+from ...config_io import config_from_dict
+from ...data.loader import build_loader
+from ...data.preprocessing import Preprocessing
+from ...errors import CheckpointError, ConfigError
+from ...models.heads import probabilities, tta_views
+from ...prep.prepared import Prepared
+from ...progress import track
+from ...rundir.checkpoint import load_checkpoint
+from ...rundir.files import fold_dir, read_run_info
+from ...rundir.models import model_from_checkpoint
+from ...rundir.oof import read_oof_file
+from ...task import Task
+from ..fold_data import make_dataset, resolve_loader
 from .averaging import average_state_dicts
-from .checkpoint import load_checkpoint
-from .fold_data import make_dataset, resolve_loader
-from .rundir import fold_dir, read_oof_file, read_run_info
 
 
 def _same_task(a: Task, b: Task) -> bool:
@@ -46,28 +47,25 @@ def teacher_checkpoint(run: str | Path, fold: int, *, valid_ids: pd.Series, task
         raise CheckpointError(f"teacher {run} has no trained fold {fold} ({best}); the student's fold {fold} needs "
                               f"the teachers' fold {fold}: train it (maskcls train --folds {fold}) or distill other "
                               "folds with --folds")
+    meta = load_checkpoint(best, fallback=False)["meta"]  # the label space first: another task is the real cause
+    if not _same_task(Task.from_meta(meta), task):
+        raise CheckpointError(f"teacher {run} predicts {meta['num_classes']} other classes "
+                              f"({', '.join(meta['class_names'][:4])}, …) than the student's task of "
+                              f"{task.num_classes} ({', '.join(task.class_names[:4])}, …); use teachers trained on the "
+                              "student's prepared directory")
     theirs = set(read_oof_file(d / "oof.csv")["image_id"].astype(str))
     ours = set(valid_ids.astype(str))
     if theirs != ours:
         raise CheckpointError(f"teacher {run} was validated on other images in fold {fold} ({len(theirs ^ ours)} "
                               "differ): it was trained on another split, so it may have seen the student's "
                               "validation images; use teachers trained on the same prepared directory and folds")
-    meta = load_checkpoint(best, fallback=False)["meta"]
-    if not _same_task(Task.from_meta(meta), task):
-        raise CheckpointError(f"teacher {run} predicts other classes ({', '.join(meta['class_names'][:4])}, …) than "
-                              f"the student's task ({', '.join(task.class_names[:4])}, …)")
     return best
 
 
 def _load_teacher(path: Path, device: torch.device) -> tuple[nn.Module, dict, dict]:
     """A teacher checkpoint's model (on ``device``, in eval mode), its meta and its config dict."""
     ck = load_checkpoint(path, fallback=False)
-    meta = ck["meta"]
-    pp, task = Preprocessing(**meta["preprocessing"]), Task.from_meta(meta)
-    model, _ = build_model(meta["model_name"], num_outputs=task.outputs(meta["heads"]), pretrained="none",
-                           mean=pp.mean, std=pp.std, image_size=pp.image_size)
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval(), meta, ck["config"]
+    return model_from_checkpoint(ck).to(device).eval(), ck["meta"], ck["config"]
 
 
 def _require_like_student(path: Path, meta: dict, ours: dict, what: str, fix: str) -> None:

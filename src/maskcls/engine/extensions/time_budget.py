@@ -20,7 +20,7 @@ import math
 import time
 from typing import Callable
 
-from .callbacks import Callback, Trainer
+from ..trainer.callbacks import Callback, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +72,20 @@ class TimeBudget(Callback):
         self.clock = clock or (lambda: default_clock())
         self.step_s: float | None = None
         self.valid_s: float | None = None
+        self.started: float | None = None  # the clock when this session's first epoch began
 
     # ------------------------------------------------------------------ time
     def _spent(self) -> float:
         return self.spent_before + (self.clock() - self.started)
 
-    def on_fold_start(self, trainer: Trainer) -> None:
-        extras = trainer.state.extras.setdefault("time_budget", {})
-        self.spent_before = float(extras.get("spent", 0.0))
-        self.step_s, self.valid_s = extras.get("step_s"), extras.get("valid_s")
-        self.started = self.clock()
-        if extras.get("planned_steps"):  # resumed: keep the plan (and schedule) the fold was following
-            trainer.set_total_steps(int(extras["planned_steps"]))
-
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        if self.started is None:  # the first epoch of this session: what a resumed fold had spent
+            extras = trainer.state.extras.setdefault("time_budget", {})
+            self.spent_before = float(extras.get("spent", 0.0))
+            self.step_s, self.valid_s = extras.get("step_s"), extras.get("valid_s")
+            self.started = self.clock()
+            if extras.get("planned_steps"):  # resumed: keep the plan (and schedule) the fold was following
+                trainer.set_total_steps(int(extras["planned_steps"]))
         self.epoch_start, self.epoch_steps, self.last_step = self.clock(), 0, None
 
     def on_step_end(self, trainer: Trainer, step: int) -> None:

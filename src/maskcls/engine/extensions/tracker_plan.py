@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..config import RunConfig
-from ..errors import ConfigError
-from ..fsutil import can_connect
+from ...config import RunConfig
+from ...errors import ConfigError
+from ...fsutil import can_connect
 
 WANDB_URL = "https://api.wandb.ai"
 # what each tracker imports, and the pip extra that installs it

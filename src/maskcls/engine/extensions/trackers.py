@@ -31,8 +31,9 @@ from typing import Callable
 
 import yaml
 
-from ..config_io import flatten
-from ..errors import MaskclsError
+from ...config_io import flatten
+from ...errors import MaskclsError
+from ..trainer.callbacks import Callback, Trainer
 from .tracker_plan import TrackerPlan
 
 log = logging.getLogger(__name__)
@@ -237,3 +238,16 @@ class RunTrackers:
                 self.wandb = None
             elif name == "mlflow":
                 self.mlflow = None
+
+
+class TrackEpochs(Callback):
+    """Every saved epoch's metrics.csv row to the run's trackers (and ``run_training``'s ``on_epoch_end``), from
+    rank 0, once the epoch's last.pt is written: a tracker callback may stop the run there."""
+
+    def __init__(self, trackers: RunTrackers):
+        self.trackers = trackers
+
+    def on_saved(self, trainer: Trainer, final: bool) -> None:
+        if not final and trainer.is_main:
+            self.trackers.log_epoch(trainer.fold, trainer.state.history[-1])
+

@@ -9,192 +9,109 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from .. import __version__
-from ..config import Config
-from ..data.loader import set_epoch
-from ..data.preprocessing import Preprocessing
-from ..models.factory import build_model, unwrap_model
-from ..prep.prepared import Prepared
-from ..task import Task
-from .accel import seed_everything
-from .averaging import finish_average, make_averager
+from ... import __version__
+from ...data.loader import set_epoch
+from ...metrics import EpochMetrics
+from ...models.factory import build_model
+from ...rundir.checkpoint import FoldCheckpoints, Trainable
+from ...rundir.files import fold_dir, write_lr_csv, write_metrics_csv
+from ...rundir.oof import write_oof
+from ..accel import inference_precision, seed_everything
+from ..fold_data import TrainingAges, fold_data
 from .callbacks import Callback, Callbacks
-from .checkpoint import FoldCheckpoints, Trainable
-from .ema import make_ema
-from .fold_data import TrainingAges, fold_data
 from .loop import EpochSetup, TrainingDiverged, evaluate, progressive_size, steps_per_epoch, train_one_epoch
 from .losses import build_loss
-from .metrics import EpochMetrics
 from .mixing import make_mixer
 from .optim import build_optimizer, build_scheduler, param_groups, set_schedule_length
-from .rundir import fold_dir, write_lr_csv, write_metrics_csv, write_oof
-from .soft_ages import age_soft_targets, soft_target_lookup
-from .trackers import RunTrackers
+from .state import FoldState, RunContext, epoch_line, metrics_row
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunContext:
-    """What every fold of a run shares (the config is the resolved one, as config.yaml records it)."""
-    cfg: Config
-    prep: Prepared
-    task: Task
-    pp: Preprocessing
-    run: Path
-    acc: Accelerator
-    resume: bool
-    trackers: RunTrackers
-
-
-@dataclass
-class FoldState:
-    """Progress of one fold; stored as a plain dict in last.pt (``state``) so resuming restores it."""
-    epoch: int = 0              # epochs completed
-    best_f1: float = -1.0
-    best_acc: float = 0.0
-    best_epoch: int = -1        # 0-based index of the best epoch; -1 = none yet
-    bad_epochs: int = 0         # epochs since the best (early stopping)
-    history: list[dict] = field(default_factory=list)  # metrics.csv rows
-    lrs: list[float] = field(default_factory=list)     # lr after every optimizer step
-    status: str = "running"     # running | done | stopped | diverged
-    average: dict | None = None  # train.average's result (averaging.finish_average), once computed
-    extras: dict = field(default_factory=dict)  # what callbacks keep across a resume, by callback
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FoldState:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
-    def record(self, row: dict, f1: float, acc: float) -> bool:
-        """Add a finished epoch's metrics row; True when it is the best so far."""
-        best = f1 > self.best_f1
-        self.epoch, self.history = row["epoch"], self.history + [row]
-        if best:
-            self.best_f1, self.best_acc, self.best_epoch, self.bad_epochs = f1, acc, row["epoch"] - 1, 0
-        else:
-            self.bad_epochs += 1
-        return best
-
-    def result(self) -> dict:
-        """The fold's entry in summary.json."""
-        return {"best_f1": self.best_f1, "best_acc": self.best_acc, "best_epoch": self.best_epoch + 1,
-                "epochs_run": self.epoch, "status": self.status,
-                **({"average": self.average} if self.average else {})}
-
-
-def epoch_line(fold: int, epoch: int, epochs: int, tm: EpochMetrics, vm: EpochMetrics, lr: float, best: bool) -> str:
-    heads = " ".join(f"{name} {f1:.3f}" for name, f1 in vm.head_f1.items())
-    return (f"fold {fold} epoch {epoch + 1}/{epochs}: train loss {tm.loss:.4f} acc {tm.acc:.3f} "
-            f"f1 {tm.f1:.3f} | valid loss {vm.loss:.4f} acc {vm.acc:.3f} f1 {vm.f1:.4f}"
-            f"{' (' + heads + ')' if heads else ''} | lr {lr:.2e} | "
-            f"{tm.seconds + vm.seconds:.1f}s {tm.images_per_s:.1f} img/s"
-            f"{' *best*' if best else ''}")
-
-
-def metrics_row(epoch: int, tm: EpochMetrics, vm: EpochMetrics, lr: float, task: Task) -> dict:
-    """A metrics.csv row (1-based ``epoch``)."""
-    return {"epoch": epoch + 1, "train_loss": tm.loss, "train_acc": tm.acc, "train_f1": tm.f1,
-            "valid_loss": vm.loss, "valid_acc": vm.acc, "valid_f1": vm.f1,
-            **{f"valid_f1_{a.name}": vm.head_f1.get(a.name) for a in task.attributes},
-            "lr": lr, "seconds": tm.seconds + vm.seconds, "images_per_s": tm.images_per_s}
-
-
 class FoldTrainer:
-    """Builds everything fold ``fold`` needs; :meth:`run` trains it (or continues it) to the end."""
+    """Builds everything fold ``fold`` needs (restoring last.pt when the run resumes); :meth:`run` trains it to the
+    end. ``callbacks`` (:mod:`.callbacks`) are the extensions it trains with."""
 
     def __init__(self, ctx: RunContext, fold: int, callbacks: Sequence[Callback] = ()):
         self.ctx, self.fold, self.dir = ctx, fold, fold_dir(ctx.run, fold)
         self.callbacks = Callbacks(callbacks)
-        self.stop_epoch = self.stop_fold = False  # set by callbacks (see .callbacks)
-        cfg, acc, task = ctx.cfg, ctx.acc, ctx.task
+        self.stop_epoch = self.stop_fold = False  # set by callbacks
+        cfg, acc, task, t = ctx.cfg, ctx.acc, ctx.task, ctx.cfg.train
         if acc.is_main_process:
             self.dir.mkdir(exist_ok=True)
-        seed = cfg.train.seed + fold
+        seed = t.seed + fold
         seed_everything(seed)
-        model, info = build_model(cfg.model.name, num_outputs=task.outputs(cfg.model.heads),
-                                  pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate,
-                                  mean=ctx.pp.mean, std=ctx.pp.std, image_size=ctx.pp.image_size)
+        self.model, info = build_model(cfg.model.name, num_outputs=task.outputs(cfg.model.heads),
+                                       pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate,
+                                       mean=ctx.pp.mean, std=ctx.pp.std, image_size=ctx.pp.image_size)
+        self.weights = info.weights  # where the starting weights came from (a callback may say otherwise)
+        self.ages = TrainingAges(t.old_age, tuple(t.drop_ages), t.drop_age_margin)
         # the crop cache is built by rank 0 alone; the other ranks wait, then find it up to date
-        ages = TrainingAges(cfg.train.old_age, tuple(cfg.train.drop_ages), cfg.train.drop_age_margin)
         with acc.main_process_first() if cfg.data.cache else contextlib.nullcontext():
-            self.data = fold_data(ctx.prep, fold, cfg.data, ctx.pp, batch_size=cfg.train.batch_size,
-                                  valid_batch_size=cfg.train.valid_batch_size, seed=seed,
-                                  old_age=ages).sharded(acc.process_index, acc.num_processes)
+            self.data = fold_data(ctx.prep, fold, cfg.data, ctx.pp, batch_size=t.batch_size,
+                                  valid_batch_size=t.valid_batch_size, seed=seed,
+                                  old_age=self.ages).sharded(acc.process_index, acc.num_processes)
         counts = np.bincount(self.data.train_labels, minlength=task.num_classes)
-        criterion = build_loss(cfg.loss, task=task, heads=cfg.model.heads, class_counts=counts).to(acc.device)
-        teachers = None
-        if cfg.distill.teachers:  # before the schedule: distill.unlabelled lengthens the training set
-            from .distill import teacher_targets
-            from .teachers import student_start
-            self.data, teachers = teacher_targets(ctx, fold, self.data)
-            start = student_start(teachers.paths, cfg.distill.init, model_name=cfg.model.name,
-                                  heads=cfg.model.heads, pp=ctx.pp)
-            if start is not None:  # distill.init: the student starts from its teachers' weights
-                model.load_state_dict(start)
-                info.weights = (f"teacher {cfg.distill.teachers[0]}" if cfg.distill.init == "teacher" else
-                                f"average of teachers {', '.join(cfg.distill.teachers)}")
-                log.info("fold %d: the student starts from its teachers' weights (distill.init=%s)", fold,
-                         cfg.distill.init)
-        if cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(param_groups(model, lr=cfg.optim.lr, head_lr_mult=cfg.optim.head_lr_mult),
-                                    name=cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                    momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
-                                    fused=cfg.optim.fused)
-        t = cfg.train
+        self.criterion = build_loss(cfg.loss, task=task, heads=cfg.model.heads, class_counts=counts).to(acc.device)
+        self.soft_targets = None
+        self.callbacks.on_fold_build(self)  # before the schedule: a callback may lengthen the training set
+        self.setup = self._setup()
+        self.checkpoints = FoldCheckpoints(self.dir, config=cfg.to_dict())
+        self.state = FoldState()
+        self.callbacks.on_fold_start(self)
+        if ctx.resume and self.checkpoints.can_resume():
+            self._resume()
+        self.checkpoints.meta = self._meta()
+
+    def _setup(self) -> EpochSetup:
+        """Optimizer, schedule and device placement of the built model; what every epoch uses."""
+        cfg, acc, t = self.ctx.cfg, self.ctx.acc, self.ctx.cfg.train
+        model = self.model.to(memory_format=torch.channels_last) if t.channels_last else self.model
+        o = cfg.optim
+        optimizer = build_optimizer(param_groups(model, lr=o.lr, head_lr_mult=o.head_lr_mult), name=o.name, lr=o.lr,
+                                    weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov,
+                                    fused=o.fused)
         self.steps_per_epoch = steps_per_epoch(len(self.data.train_loader), t.accum_steps, t.max_train_batches)
         self.epochs = t.epochs  # the fold's length; a callback may change it (set_total_steps)
         scheduler = build_scheduler(optimizer, cfg.sched, steps_per_epoch=self.steps_per_epoch, epochs=t.epochs,
-                                    base_lr=cfg.optim.lr)
-        if cfg.train.compile:
+                                    base_lr=o.lr)
+        if t.compile:
             model = torch.compile(model)
         model, optimizer = acc.prepare(model, optimizer)
-        self.setup = EpochSetup(model, criterion, optimizer, scheduler, acc, task=task, heads=cfg.model.heads,
-                                accum_steps=t.accum_steps, clip_grad=t.clip_grad, channels_last=t.channels_last,
-                                max_batches=t.max_train_batches,
-                                mixer=make_mixer(cfg.data, num_classes=task.num_classes, task=task),
-                                ema=make_ema(unwrap_model(model), t) if t.ema else None, valid_tta=t.valid_tta,
-                                on_step=lambda step: self.callbacks.on_step_end(self, step),
-                                should_stop=lambda: self.stop_epoch)
-        self.averager = make_averager(t, self.dir)
-        if teachers is not None:  # the criterion learns from the teachers' probabilities of the training rows
-            from .distill import attach_teachers
-            attach_teachers(self, teachers)
-        if cfg.loss.age_sigma > 0:  # soft age-group targets from the raw ages (training rows only)
-            table = age_soft_targets(self.data.train_rows, self.data.train_labels, task, cfg.loss.age_sigma,
-                                     ages.old_age or task.old_age or 60)
-            self.setup.soft_targets = soft_target_lookup(table)
-        self.checkpoints = FoldCheckpoints(self.dir, config=cfg.to_dict())
-        self.state = FoldState()
-        self.weights = info.weights
-
-    @property
-    def _trainable(self) -> Trainable:
-        s = self.setup
-        return Trainable(s.model, s.optimizer, s.scheduler, scaler=self.ctx.acc.scaler, ema=s.ema,
-                         averager=self.averager)
+        # Accelerate wraps a prepared model's forward in the training autocast; training autocasts itself
+        # (train_step), and scoring must follow the inference precision rule instead (accel.inference_precision),
+        # so the wrapper goes (Accelerate's public unwrap, which removes it in place; the DDP wrapper stays)
+        acc.unwrap_model(model, keep_fp32_wrapper=False)
+        self.model = model
+        task = self.ctx.task
+        return EpochSetup(model, self.criterion, optimizer, scheduler, acc, task=task, heads=cfg.model.heads,
+                          accum_steps=t.accum_steps, clip_grad=t.clip_grad, channels_last=t.channels_last,
+                          max_batches=t.max_train_batches, valid_tta=t.valid_tta,
+                          infer_bf16=inference_precision(acc.device, acc.mixed_precision) == "bf16",
+                          mixer=make_mixer(cfg.data, num_classes=task.num_classes, task=task),
+                          soft_targets=self.soft_targets,
+                          on_step=lambda step: self.callbacks.on_step_end(self, step),
+                          should_stop=lambda: self.stop_epoch)
 
     # ------------------------------------------------------------------ for callbacks
     @property
-    def optimizer_steps(self) -> int:
-        """Optimizer steps of this fold so far (resumed ones included)."""
-        return len(self.state.lrs)
+    def is_main(self) -> bool:
+        return self.ctx.acc.is_main_process
 
     @property
     def single_process(self) -> bool:
         return self.ctx.acc.num_processes == 1
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of this fold so far (resumed ones included)."""
+        return len(self.state.lrs)
 
     def agree(self, value):
         """Rank 0's ``value`` on every rank (decisions taken from one process's clock)."""
@@ -216,6 +133,12 @@ class FoldTrainer:
         self.epochs = max(1, math.ceil(total / self.steps_per_epoch))
 
     # ------------------------------------------------------------------ state on disk
+    @property
+    def _trainable(self) -> Trainable:
+        s = self.setup
+        return Trainable(s.model, s.optimizer, s.scheduler, scaler=self.ctx.acc.scaler,
+                         extras=self.callbacks.stateful())
+
     def _resume(self) -> None:
         self.state = FoldState.from_dict(self.checkpoints.restore_last(self._trainable))
         log.info("fold %d: resuming after epoch %d (best f1 %.4f)", self.fold, self.state.epoch, self.state.best_f1)
@@ -227,30 +150,33 @@ class FoldTrainer:
                 "fold": self.fold, "preprocessing": ctx.pp.to_dict(), "prepared": str(ctx.prep.dir.resolve()),
                 "weights": self.weights, "maskcls_version": __version__}
         if ctx.pp.faces:  # predict on new photos must crop them the same way
-            from ..prep.faces import face_settings, load_face_crops
+            from ...prep.faces import face_settings, load_face_crops
             meta["face_settings"] = face_settings(load_face_crops(ctx.prep.dir)[1]).to_dict()
         return meta
 
+    def _save_last(self, *, final: bool) -> None:
+        """last.pt (the final one keeps last.prev.pt as the epoch before) with metrics.csv and lr.csv."""
+        if self.is_main:
+            self.checkpoints.save_last(self._trainable, self.state.to_dict(), rotate=not final)
+            write_metrics_csv(self.dir / "metrics.csv", self.state.history)
+            write_lr_csv(self.dir / "lr.csv", self.state.lrs)
+
     # ------------------------------------------------------------------ epochs
     def _end_epoch(self, epoch: int, tm: EpochMetrics, vm: EpochMetrics, probs: np.ndarray) -> None:
-        acc = self.ctx.acc
         lr = self.setup.optimizer.param_groups[0]["lr"]
         row = metrics_row(epoch, tm, vm, lr, self.ctx.task)
         best = self.state.record(row, vm.f1, vm.acc)
         self.callbacks.on_epoch_end(self, epoch, row)
-        if not acc.is_main_process:
-            return
-        if self.averager is not None:  # before last.pt, which records what it holds
-            self.averager.after_epoch(self.setup.validated, epoch + 1, vm.f1)
-        if best:  # best.pt and oof.csv of this epoch, then last.pt: the commit point
-            rows = self.data.valid_rows
-            self.checkpoints.save_best(self.setup.validated, epoch=epoch + 1, metric=vm.f1, with_it=lambda: write_oof(
-                self.dir / "oof.csv", rows, self.ctx.prep.abs_paths(rows), probs))
-        self.checkpoints.save_last(self._trainable, self.state.to_dict())
-        write_metrics_csv(self.dir / "metrics.csv", self.state.history)
-        write_lr_csv(self.dir / "lr.csv", self.state.lrs)
-        self.ctx.trackers.log_epoch(self.fold, row)
-        log.info(epoch_line(self.fold, epoch, self.epochs, tm, vm, lr, best))
+        if self.is_main:
+            if best:  # best.pt and oof.csv of this epoch, then last.pt: the commit point
+                rows = self.data.valid_rows
+                self.checkpoints.save_best(self.setup.validated, epoch=epoch + 1, metric=vm.f1,
+                                           with_it=lambda: write_oof(self.dir / "oof.csv", rows,
+                                                                     self.ctx.prep.abs_paths(rows), probs))
+        self._save_last(final=False)
+        if self.is_main:
+            log.info(epoch_line(self.fold, epoch, self.epochs, tm, vm, lr, best))
+        self.callbacks.on_saved(self, False)  # last: a tracker may stop the run here (tune's pruning)
 
     def _epoch(self, epoch: int) -> tuple[EpochMetrics, EpochMetrics, np.ndarray]:
         set_epoch(self.data.train_loader, epoch)
@@ -266,43 +192,35 @@ class FoldTrainer:
                              desc=f"{where} valid")
         return tm, vm, probs
 
+    @property
+    def finished(self) -> bool:
+        """Nothing left to train (a resumed fold that had ended)."""
+        return self.state.status in ("done", "stopped")
+
     def run(self) -> dict:
         """Train the remaining epochs; returns the fold's summary entry."""
-        cfg, acc = self.ctx.cfg, self.ctx.acc
-        if self.ctx.resume and self.checkpoints.can_resume():
-            self._resume()
-        self.checkpoints.meta = self._meta()
-        if self.state.status in ("done", "stopped"):
+        if self.finished:
             return self.state.result()
-        self.ctx.trackers.start_fold(self.fold, self.dir)
-        self.callbacks.on_fold_start(self)
-        try:
-            epoch = self.state.epoch
-            while epoch < self.epochs and not self.stop_fold:
-                try:
-                    tm, vm, probs = self._epoch(epoch)
-                except TrainingDiverged as e:
-                    log.error("fold %d stopped: %s; the last good checkpoint %s is kept", self.fold, e,
-                              self.checkpoints.last)
-                    self.state.status = "diverged"
-                    break
-                self._end_epoch(epoch, tm, vm, probs)
-                epoch += 1
-                if cfg.train.patience and self.state.bad_epochs >= cfg.train.patience:
-                    log.info("fold %d: no better validation F1 for %d epochs; stopping early", self.fold,
-                             self.state.bad_epochs)
-                    self.state.status = "stopped"
-                    break
-            else:
-                self.state.status = "done"
-            self.callbacks.on_fold_end(self)
-            if self.averager is not None and self.state.status in ("done", "stopped") and not self.state.average:
-                self.state.average = finish_average(self)
-            if acc.is_main_process:  # the same state with its final status; last.prev.pt stays the epoch before
-                self.checkpoints.save_last(self._trainable, self.state.to_dict(), rotate=False)
-                if self.averager is not None and self.state.average:
-                    self.averager.cleanup()
-        finally:
-            self.ctx.trackers.end_fold(self.fold)
-        acc.wait_for_everyone()
+        patience, epoch = self.ctx.cfg.train.patience, self.state.epoch
+        while epoch < self.epochs and not self.stop_fold:
+            try:
+                tm, vm, probs = self._epoch(epoch)
+            except TrainingDiverged as e:
+                log.error("fold %d stopped: %s; the last good checkpoint %s is kept", self.fold, e,
+                          self.checkpoints.last)
+                self.state.status = "diverged"
+                break
+            self._end_epoch(epoch, tm, vm, probs)
+            epoch += 1
+            if patience and self.state.bad_epochs >= patience:
+                log.info("fold %d: no better validation F1 for %d epochs; stopping early", self.fold,
+                         self.state.bad_epochs)
+                self.state.status = "stopped"
+                break
+        else:
+            self.state.status = "done"
+        self.callbacks.on_fold_end(self)
+        self._save_last(final=True)  # the same state with its final status
+        self.callbacks.on_saved(self, True)
+        self.ctx.acc.wait_for_everyone()
         return self.state.result()

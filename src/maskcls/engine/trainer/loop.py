@@ -14,11 +14,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from ..models.factory import unwrap_model
-from ..models.heads import Heads, probabilities, tta_views
-from ..progress import progress, track
-from ..task import Task
-from .metrics import EpochMetrics, confusion
+from ...metrics import EpochMetrics, confusion
+from ...models.heads import Heads, probabilities, tta_views
+from ...progress import progress, track
+from ...task import Task
 from .mixing import mix_batch
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ class EpochSetup:
     ``accum_steps``: gradients accumulate over this many batches (the last window may be shorter).
     ``max_batches``: stop each training epoch after this many batches (0 = all).
     ``mixer``: MixUp/CutMix (:mod:`.mixing`); the criterion then sees soft targets.
-    ``ema``: a timm ModelEmaV3 updated after every optimizer step; it is what gets validated.
+    ``eval_model``: the model validated (and kept in best.pt) instead of the trained one: the EMA of its weights.
     ``soft_targets``: distillation (:mod:`.distill`), soft age targets: (labels, row positions, the batch's
     images as the model gets them) → what the criterion gets.
     """
@@ -51,17 +50,18 @@ class EpochSetup:
     channels_last: bool = True
     max_batches: int = 0
     mixer: object | None = None
-    ema: object | None = None
+    eval_model: torch.nn.Module | None = None
     soft_targets: object | None = None
     train_size: int = 0  # progressive resizing: this epoch's training side in px (0 = as loaded)
     valid_tta: str = "none"  # train.valid_tta: "hflip" validates the mean of each image and its mirror image
+    infer_bf16: bool = False  # validation in bf16 autocast (accel.inference_precision), else fp32
     on_step: Callable[[int], None] | None = None  # after every optimizer step, with the fold's steps so far
     should_stop: Callable[[], bool] | None = None  # asked after every optimizer step: end the epoch there
 
     @property
     def validated(self) -> torch.nn.Module:
-        """The model that is validated (and kept in best.pt): the EMA of the weights when on."""
-        return self.ema.module if self.ema is not None else self.model
+        """The model that is validated (and kept in best.pt): ``eval_model`` when set, else the trained one."""
+        return self.eval_model if self.eval_model is not None else self.model
 
     def batches(self, loader) -> int:
         return len(loader) if not self.max_batches else min(self.max_batches, len(loader))
@@ -98,8 +98,6 @@ def _optimizer_step(s: EpochSetup, lr_log: list | None) -> None:
     s.optimizer.zero_grad(set_to_none=True)
     if lr_log is not None:
         lr_log.append(s.optimizer.param_groups[0]["lr"])
-    if s.ema is not None:
-        s.ema.update(unwrap_model(s.model), step=len(lr_log) if lr_log is not None else None)
     if s.on_step is not None:
         s.on_step(len(lr_log) if lr_log is not None else 0)
 
@@ -174,29 +172,44 @@ def train_one_epoch(s: EpochSetup, loader, *, epoch: int, lr_log: list | None = 
     return EpochMetrics.from_confusion(cm, float(totals[-2]), int(totals[-1]), s.task, time.perf_counter() - t0)
 
 
+@dataclass
+class Scoring:
+    """How a model is scored over a loader: its label space and heads, the views averaged (``tta``), the loss to
+    sum (None: none), and the precision (``bf16``: autocast to bf16, else fp32), which
+    :func:`~..accel.inference_precision` decides for validation, predict and serve alike."""
+    model: torch.nn.Module
+    accelerator: Accelerator
+    task: Task
+    heads: Heads
+    channels_last: bool = True
+    tta: str = "none"
+    criterion: torch.nn.Module | None = None
+    bf16: bool = False
+
+
 @torch.no_grad()
-def predict_probs(model, loader, accelerator, *, task: Task, heads: Heads, channels_last: bool = True,
-                  criterion=None, desc: str = "valid", tta: str = "none") -> tuple[np.ndarray, np.ndarray, float]:
+def predict_probs(sc: Scoring, loader, *, desc: str = "valid") -> tuple[np.ndarray, np.ndarray, float]:
     """Probabilities for every sample of a (possibly sharded) loader, gathered on all ranks; with
     ``tta="hflip"`` the mean of each image's and its mirror image's (the loss is the unflipped view's).
 
     Returns (row positions, probabilities N×K, summed loss). Each rank's shard is disjoint and
     gathered by position, so no sample is counted twice.
     """
+    acc, model = sc.accelerator, sc.model
     model.eval()
     idx_parts, prob_parts, loss_sum = [], [], 0.0
-    for x, y, idx in track(loader, desc=desc, enabled=accelerator.is_main_process):
-        x = _to_device(x, accelerator.device, channels_last)
-        with accelerator.autocast():
-            logits = [model(v).float() for v in tta_views(x, tta)]  # the photo first: the loss is its
-            if criterion is not None and (y >= 0).all():
-                loss_sum += criterion(logits[0], y.to(accelerator.device)).item() * len(y)
-            p = sum(probabilities(z, task, heads) for z in logits) / len(logits)
+    for x, y, idx in track(loader, desc=desc, enabled=acc.is_main_process):
+        x = _to_device(x, acc.device, sc.channels_last)
+        with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=sc.bf16):
+            logits = [model(v).float() for v in tta_views(x, sc.tta)]  # the photo first: the loss is its
+            if sc.criterion is not None and (y >= 0).all():
+                loss_sum += sc.criterion(logits[0], y.to(acc.device)).item() * len(y)
+            p = sum(probabilities(z, sc.task, sc.heads) for z in logits) / len(logits)
         idx_parts.append(idx.numpy())
         prob_parts.append(p.cpu().numpy())
     idx = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
     probs = np.concatenate(prob_parts) if prob_parts else np.zeros((0, 0), np.float32)
-    if accelerator.num_processes > 1:
+    if acc.num_processes > 1:
         parts = gather_object([(idx, probs, loss_sum)])
         idx = np.concatenate([p[0] for p in parts])
         probs = np.concatenate([p[1] for p in parts if len(p[1])])
@@ -206,12 +219,12 @@ def predict_probs(model, loader, accelerator, *, task: Task, heads: Heads, chann
 
 
 def evaluate(s: EpochSetup, loader, labels: np.ndarray, *, desc: str = "valid") -> tuple[EpochMetrics, np.ndarray]:
-    """Validation metrics of ``s.validated`` over the whole set (exact macro F1, with ``s.valid_tta``), and the
-    probabilities."""
+    """Validation metrics of ``s.validated`` over the whole set (exact macro F1, with ``s.valid_tta``, in the
+    inference precision ``s.infer_bf16``), and the probabilities."""
     t0 = time.perf_counter()
-    idx, probs, loss_sum = predict_probs(s.validated, loader, s.accelerator, task=s.task, heads=s.heads,
-                                         channels_last=s.channels_last, criterion=s.criterion, desc=desc,
-                                         tta=s.valid_tta)
+    sc = Scoring(s.validated, s.accelerator, s.task, s.heads, channels_last=s.channels_last, tta=s.valid_tta,
+                 criterion=s.criterion, bf16=s.infer_bf16)
+    idx, probs, loss_sum = predict_probs(sc, loader, desc=desc)
     if len(idx) != len(labels) or (idx != np.arange(len(labels))).any():
         raise RuntimeError(f"validation gathered {len(idx)} rows for {len(labels)} images: rows lost or duplicated")
     cm = confusion(labels, probs.argmax(1), s.task.num_classes)

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LossConfig
-from ..errors import ConfigError
-from ..models.heads import Heads, check_heads
-from ..task import Task
+from ...config import LossConfig
+from ...errors import ConfigError
+from ...models.heads import Heads, check_heads
+from ...task import Task
 
 LOSSES = ("ce", "focal", "weighted_ce", "soft_f1")
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..config import DataConfig
-from ..errors import ConfigError
-from ..task import Task
+from ...config import DataConfig
+from ...errors import ConfigError
+from ...task import Task
 
 
 def pair_partners(n: int, groups: np.ndarray | None = None, rng=np.random) -> np.ndarray:

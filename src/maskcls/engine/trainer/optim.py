@@ -6,8 +6,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
-from ..config import SchedConfig
-from ..errors import ConfigError
+from ...config import SchedConfig
+from ...errors import ConfigError
 
 
 def param_groups(model: torch.nn.Module, *, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
@@ -16,7 +16,7 @@ def param_groups(model: torch.nn.Module, *, lr: float, head_lr_mult: float = 1.0
     The classifier starts from random weights while the backbone is pretrained: a larger
     step for the head shortens the early phase where the random head scrambles gradients.
     """
-    from ..models.factory import unwrap_model
+    from ...models.factory import unwrap_model
     net = unwrap_model(model)
     backbone = getattr(net, "backbone", net)
     head = list(backbone.get_classifier().parameters()) if hasattr(backbone, "get_classifier") else []
