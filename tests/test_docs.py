@@ -41,6 +41,21 @@ def test_generated_blocks_are_current():
     assert not stale, f"generated blocks are stale in {stale}: run python scripts/update_docs.py"
 
 
+def test_a_recorded_quality_bench_becomes_rows(tmp_path):
+    """The quality bench's own output (this round's out-of-fold form), saved under docs/recorded/quality/, becomes
+    one row per set with its out-of-fold macro F1."""
+    docs = _update_docs()
+    (tmp_path / "q.txt").write_text(
+        "benchmark: quality\nmachine: Zen 3 EPYC\nprecision: fp32\ndate: 2026-12-08 10:00 UTC\n"
+        "command: maskcls bench quality\nsource: quality.md#current-results\n--- output\n"
+        "quality bench, quick budget (data.image_size=128 train.epochs=3): folds 0, 1, 2 of 5, seed(s) 719; F1 = "
+        "validation macro F1 (the run's valid_tta view), out-of-fold = the folds' best epochs pooled\n"
+        "quality, out-of-fold macro F1: mask3dev 0.9001, agegender6dev 0.6902\n")
+    table = docs.render_quality([docs.read_record(tmp_path / "q.txt")])
+    assert "| mask3dev | **0.9001** | out of fold over folds 0, 1, 2, quick budget | 719 |" in table
+    assert "| agegender6dev | **0.6902** |" in table
+
+
 def test_readme_is_a_front_door():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines: move depth into docs/"
