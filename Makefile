@@ -59,7 +59,7 @@ test-browser: dev-venv
 	  else echo "test-browser: no $(CHROMIUM), and no root apt-get to install it"; fi; \
 	fi
 	$(BIN)/python -m pip install -q -e '.[dev,browser]'
-	MASKCLS_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q tests/test_browser.py
+	MASKCLS_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q tests/serve/test_browser.py
 
 demo: venv
 	$(BIN)/maskcls demo

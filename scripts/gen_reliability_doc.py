@@ -22,8 +22,8 @@ HEADER = """\
 What maskcls does with awkward inputs, interruptions and hostile files, and the test that
 proves each line. The tests make every file on the fly (`tests/bad_inputs.py`); nothing
 binary is committed. Run them with `pytest tests/test_reliability.py tests/test_hostile_inputs.py`
-(and, for run files, exports, models, studies and serving, `tests/test_audit.py tests/test_export_safety.py
-tests/test_int8.py tests/test_tune.py tests/test_serve_hostile.py`).
+(and, for run files, exports, models, studies and serving, `tests/audit/test_audit.py
+tests/infer/test_export_safety.py tests/infer/test_int8.py tests/tune/test_tune.py tests/serve/test_serve_hostile.py`).
 The tests of the CSV, competition-layout, prepared-directory, training-start and prediction
 cases also check that nothing in the dataset (or an existing run) changed: sha256 and mtime of
 every file, before and after; the command-line cases, that nothing was created.

@@ -241,7 +241,7 @@ def test_csv_manifest_case(case, tmp_path):
 
 def test_tables_name_existing_tests_and_doc_is_current():
     names = {t for c in CASES for t in c.tests} | {g.test for g in GUARANTEES}
-    defined = {m for f in (ROOT / "tests").glob("test_*.py")
+    defined = {m for f in (ROOT / "tests").rglob("test_*.py")
                for m in re.findall(r"^def (test_\w+)\(", f.read_text(encoding="utf-8"), re.M)}
     missing = sorted(names - defined)
     assert not missing, f"the tables name tests that do not exist: {missing}"

@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime")
 from maskcls.cli import main  # noqa: E402
 from maskcls.serve.app import ServeOptions, create_app  # noqa: E402
 from maskcls.serve.batcher import MicroBatcher  # noqa: E402
-from test_serve import files, photo, served, stand_in  # noqa: E402
+from serving import files, photo, served, stand_in  # noqa: E402
 
 
 class Overlap:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-FIXTURE = Path(__file__).parent / "fixtures" / "legacy_run_0.1.0"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "legacy_run_0.1.0"
 pytestmark = pytest.mark.slow  # builds and runs models from checkpoints
 
 EXACT_COLUMNS = ["epoch", "train_loss", "train_acc", "train_f1", "valid_loss", "valid_acc", "valid_f1",

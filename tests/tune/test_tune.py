@@ -438,7 +438,8 @@ def test_ctrl_c_on_a_tune_worker_is_one_line(prepared_dir, tmp_path):
     failed, and one line on stderr (Optuna printed its 'Trial 0 failed' warning with a 40-line traceback first,
     then one warning per figure it could not draw)."""
     worker = tmp_path / "worker.py"
-    worker.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+    here, tests = Path(__file__).parent, Path(__file__).parents[1]  # test_tune itself, and helpers beside conftest
+    worker.write_text(f"import sys\nsys.path[:0] = [{str(here)!r}, {str(tests)!r}]\n"
                       "import maskcls.tune.study as study_module\nfrom test_tune import FakeObjective\n"
                       "FakeObjective.interrupt = True\nstudy_module.Objective = FakeObjective\n"
                       "from maskcls.cli import main\nsys.exit(main(sys.argv[1:]))\n")

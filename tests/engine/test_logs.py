@@ -22,7 +22,7 @@ from maskcls import progress
 from maskcls.config_io import load_config, read_config
 from maskcls.errors import ConfigError
 
-LEGACY = Path(__file__).parent / "fixtures" / "legacy_run_0.1.0"
+LEGACY = Path(__file__).parents[1] / "fixtures" / "legacy_run_0.1.0"
 
 
 @pytest.fixture(autouse=True)
@@ -236,7 +236,7 @@ def test_tensorboard_tracker_logs_and_a_broken_tracker_only_warns(tmp_path, capl
 
 # ---------------------------------------------------------------------------------------- training runs
 def _cli(args: list[str], cwd: Path, log: Path, **env) -> int:
-    src = Path(__file__).resolve().parents[1] / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     full_env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **env}
     full_env.pop("MASKCLS_PROGRESS", None)
     with open(log, "wb") as fh:  # stdout and stderr into one file, as `> log 2>&1` does
