@@ -53,9 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     subs = p.add_subparsers(dest="cmd", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subs)
-    for sp in subs.choices.values():  # also after the command: `maskcls train … --log-every 50`
+    for sp in _commands(p):  # also after the command: `maskcls train … --log-every 50`, `maskcls bench train …`
         sp.add_argument("--log-every", type=_log_every, metavar="N", default=argparse.SUPPRESS, help=LOG_EVERY_HELP)
     return p
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command's parser, the sub-commands of a command (``bench quality``) included."""
+    found = []
+    for sp in _subparsers(parser).choices.values():
+        found.append(sp)
+        if any(isinstance(a, argparse._SubParsersAction) for a in sp._actions):
+            found += _commands(sp)
+    return found
 
 
 def _log_every(text: str) -> tuple[int, float | None]:
@@ -86,7 +96,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     'trian'; did you mean 'train'?`` and exit status 2 (argparse would list every command)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
     except argparse.ArgumentError as e:
         if e.argument_name == "COMMAND":
             word = _command_word(argv)
@@ -94,6 +104,18 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
             hint = f"did you mean {close[0]!r}?" if close else "see maskcls --help for the commands"
             parser.exit(2, f"maskcls: error: unknown command {word!r}; {hint}\n")
         parser.error(str(e))
+    if extra:  # named by the command that took them: `maskcls bench train: error: unrecognized arguments: …`
+        _command_parser(parser, argv).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the deepest command ``argv`` names (``maskcls bench train``), else ``parser``."""
+    for word in argv:
+        subs = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if subs is not None and word in subs.choices:
+            parser = subs.choices[word]
+    return parser
 
 
 def _command_word(argv: list[str]) -> str:
