@@ -39,21 +39,32 @@ def _fig(uri: str | None, what: str) -> str:
 
 
 def _kpis(run: RunData, oof: pd.DataFrame | None) -> str:
+    """The headline tiles. Out of fold needs two folds or more: a single-fold run's rows are its validation F1 (the
+    first tile), so its out-of-fold tile shows no number, as its summary.json (oof_f1 null) says; a run still
+    training shows the folds done so far, "(1/3 folds)"."""
     s = run.summary or {}
     best = [f.metrics["valid_f1"].max() for f in run.folds.values() if len(f.metrics)]
-    items = {"mean best valid F1": s.get("mean_f1") or (np.nanmean(best) if best else None)}
+    items = {"mean best valid F1": (s.get("mean_f1") or (np.nanmean(best) if best else None), None)}
     heads = s.get("head_f1") or {}
     if oof is not None and len(oof) and run.class_names:
         done = oof["fold"].nunique()
-        key = "out-of-fold F1" + (f" ({done}/{len(run.folds)} folds)" if done < len(run.folds) else "")
         scores = oof_scores(oof, run.task)
-        items[key], items["oof images"] = scores["f1"], scores["images"]
         heads = scores["head_f1"] or heads
+        if len(run.folds) > 1 and not ("oof_f1" in s and s["oof_f1"] is None):
+            key = "out-of-fold F1" + (f" ({done}/{len(run.folds)} folds)" if done < len(run.folds) else "")
+            items[key], items["oof images"] = (scores["f1"], None), (scores["images"], None)
+        else:
+            items["out-of-fold F1"] = (None, "needs two folds or more: with one fold, its validation F1 is the "
+                                             "mean best valid F1")
     else:
-        items["out-of-fold F1"] = s.get("oof_f1")
-    items.update({f"{h} F1": v for h, v in heads.items()})
-    return "".join(f"<div class=kpi><span>{html.escape(k)}</span><b>"
-                   f"{v if isinstance(v, int) else _fmt(v)}</b></div>" for k, v in items.items())
+        items["out-of-fold F1"] = (s.get("oof_f1"), None)
+    items.update({f"{h} F1": (v, None) for h, v in heads.items()})
+    return "".join(f"<div class=kpi{_title(why)}><span>{html.escape(k)}</span>"
+                   f"<b>{v if isinstance(v, int) else _fmt(v)}</b></div>" for k, (v, why) in items.items())
+
+
+def _title(why: str | None) -> str:
+    return f' title="{html.escape(why, quote=True)}"' if why else ""
 
 
 def _header(run: RunData, oof: pd.DataFrame | None, reasons: list[str]) -> str:
@@ -62,6 +73,7 @@ def _header(run: RunData, oof: pd.DataFrame | None, reasons: list[str]) -> str:
     folds = len((run.summary or {}).get("folds") or {}) or len(run.folds)
     bits = [f"model <b>{html.escape(str(model or '?'))}</b>", f"image size {run.image_size or '?'}",
             f"epochs {c.train.epochs if c is not None else '?'}", f"folds {folds}", f"{len(run.class_names)} classes",
+            *([f"scores: validation macro F1, {html.escape(run.view)}"] if run.view else []),
             f"<span title='{html.escape(str(run.run_dir.resolve()))}'>"
             f"generated {time.strftime('%Y-%m-%d %H:%M')}</span>"]
     banner = ("<div class=banner><b>Run incomplete</b> — this report shows what exists so far.<ul>"

@@ -15,13 +15,49 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import CheckpointError, ConfigError, DataError
-from ..rundir.files import fold_numbers, read_run_config
+from ..rundir.files import fold_numbers, read_run_config, read_run_info
 from ..rundir.summary import read_summary
 from ..task import Task
 
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_f1", "valid_loss", "valid_f1", "valid_acc")
+VIEW_NAMES = {"hflip": "flip TTA", "none": "one view"}  # train.valid_tta / predict --tta, in a score's line
+
+
+def view_words(tta: str, precision: str | None) -> str:
+    """How a score was computed, as its printed line names it: ``flip TTA, fp32``, ``one view, bf16``."""
+    return ", ".join([VIEW_NAMES.get(tta, tta)] + ([precision] if precision else []))
+
+
+def validation_precision(info: dict) -> str | None:
+    """The precision a run's validation scored in ('fp32' or 'bf16'; None when run.json does not say where it
+    trained): :func:`~maskcls.engine.accel.inference_precision` of the device and mixed precision run.json records.
+    Read off a GPU, a CUDA run trained in bf16 was validated in bf16, one in fp16 (auto picks fp16 only where bf16
+    is not supported) in fp32."""
+    device, trained = info.get("device"), info.get("mixed_precision")
+    if not isinstance(device, str) or not isinstance(trained, str):
+        return None
+    if not device.startswith("cuda"):
+        return "fp32"
+    import torch
+
+    from ..engine.accel import inference_precision
+    if torch.cuda.is_available():
+        return inference_precision(device, trained)
+    return "bf16" if trained == "bf16" else "fp32"
+
+
+def validation_view(run_dir: str | Path) -> tuple[str, str | None]:
+    """(the view, the precision) a run's validation scores, oof.csv and summary.json were computed in: its
+    ``train.valid_tta`` ('none' for a run from before the key) and :func:`validation_precision`."""
+    run_dir = Path(run_dir)
+    tta = read_run_config(run_dir).train.valid_tta
+    try:
+        precision = validation_precision(read_run_info(run_dir))
+    except (CheckpointError, DataError):
+        precision = None
+    return tta, precision
 
 
 @dataclass
@@ -41,6 +77,7 @@ class RunData:
     task: Task
     meta: dict = field(default_factory=dict)  # a checkpoint's meta (preprocessing actually used), if any
     folds: dict[int, FoldFiles] = field(default_factory=dict)
+    view: str | None = None  # how its validation scored, e.g. "flip TTA, fp32" (view_words); None when unknown
 
     @property
     def class_names(self) -> list[str]:
@@ -141,9 +178,20 @@ def load_run(run_dir: str | Path) -> RunData:
     summary = read_summary(run_dir, required=False)  # written at the end: a running training has none yet
     folds = {int(d.name[4:]): _read_fold(d) for d in fold_dirs}
     meta = _checkpoint_meta(fold_dirs)
+    config = _typed_config(run_dir)
     return RunData(run_dir=run_dir, name=(summary or {}).get("run") or run_dir.resolve().name, config_text=text,
-                   config=_typed_config(run_dir), summary=summary, task=_task(summary, meta, folds), meta=meta,
-                   folds=folds)
+                   config=config, summary=summary, task=_task(summary, meta, folds), meta=meta,
+                   folds=folds, view=_view(run_dir, config))
+
+
+def _view(run_dir: Path, config: Config | None) -> str | None:
+    if config is None:
+        return None
+    try:
+        info = read_run_info(run_dir)
+    except (CheckpointError, DataError):
+        info = {}
+    return view_words(config.train.valid_tta, validation_precision(info))
 
 
 def incomplete_reasons(run: RunData) -> list[str]:
