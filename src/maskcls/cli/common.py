@@ -1,11 +1,16 @@
-"""What the command modules share: subparser creation, config arguments, checked numeric types."""
+"""What the command modules share: subparser creation, config arguments, checked numeric types, the check that a
+prepared directory is one."""
 from __future__ import annotations
 
 import argparse
 import functools
 import math
+import shlex
 import textwrap
+from pathlib import Path
 from typing import Callable, NoReturn
+
+from ..errors import ConfigError
 
 
 def sub(subs, name: str, help: str, examples: str) -> argparse.ArgumentParser:
@@ -67,3 +72,45 @@ def float_range(lo: float | None = None, hi: float | None = None) -> Callable[[s
         return value
     parse.__name__ = "number"
     return parse
+
+
+def check_prepared_dir(path: str, command: str) -> None:
+    """Refuse, before anything loads, a folder given where ``maskcls COMMAND`` reads a prepared directory: a raw
+    dataset (a competition folder or a CSV) with the command that prepares it into a new folder beside it, never
+    into the dataset; any other existing folder without prepare.json (a run directory, say) saying what belongs
+    there. A missing path is left to :func:`~maskcls.prep.prepared.load_prepared`."""
+    from ..prep.sources import detect_kind
+    p = Path(path)
+    if not p.exists() or (p / "prepare.json").is_file():
+        return
+    try:
+        kind = detect_kind(p)
+    except FileNotFoundError:
+        kind = None
+    if kind is None:
+        if p.is_dir() and not (p / "manifest.csv").is_file():
+            raise ConfigError(f"{path} is not a prepared directory (no prepare.json); maskcls {command} reads the "
+                              "folder that `maskcls prepare SOURCE --out NEW_FOLDER` writes")
+        return
+    out = shlex.quote(str(suggested_prepared_dir(p)))
+    what = "a competition folder (train/, eval/)" if kind == "competition" else "a CSV manifest"
+    raise ConfigError(f"{path} is {what}, not a prepared directory; prepare it into a new folder first: "
+                      f"maskcls prepare {shlex.quote(path)} --out {out}, then maskcls {command} {out}")
+
+
+def suggested_prepared_dir(source: Path) -> Path:
+    """A new folder beside the dataset ``source`` for its prepared directory: ``data`` → ``data-prepared``,
+    ``my.csv`` → ``my-prepared`` (``-2``, ``-3`` … when taken); never inside the dataset."""
+    from ..fsutil import free_name
+    name = source.stem if source.is_file() else source.name
+    if name in ("", ".", ".."):
+        source = source.resolve()
+        name = source.name
+    return free_name(source.with_name(f"{name}-prepared"))
+
+
+def view_words(tta: str, precision: str | None) -> str:
+    """How a score or prediction was computed, in its printed line: ``flip TTA, fp32`` (the report's rule,
+    :func:`maskcls.report.run_data.view_words`, imported when first used: the CLI starts without pandas)."""
+    from ..report.run_data import view_words as words
+    return words(tta, precision)

@@ -1,9 +1,10 @@
 """``maskcls synth | prepare | stats | faces``: making and preparing datasets."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
-from .common import float_range, int_range, sub
+from .common import check_prepared_dir, float_range, int_range, sub
 
 
 def register(subs) -> None:
@@ -83,15 +84,34 @@ def cmd_prepare(args) -> int:
     c = m["counts"]
     print(f"prepared {args.out}: {c['train_images']} training images of {c['groups']} groups in {m['folds']} folds "
           f"{c['per_fold']}, {c['eval_images']} eval images, {m['num_classes']} classes")
+    if line := fixes_line(m.get("fixes_file"), m.get("fixes") or []):
+        print(line)
     for w in m["warnings"]:
         print(f"warning: {w}")
     if m["excluded"]:
         print(f"excluded {len(m['excluded'])} bad entr(ies); listed in {Path(args.out) / 'prepare.json'}")
+    print(f"next: maskcls train {shlex.quote(args.out)}")
     return 0
+
+
+def fixes_line(path: str | None, applied: list[dict], listed: int = 5) -> str | None:
+    """``label fixes from FILE: 3 applied to 21 photos: gender 2 (a, b); swap_incorrect_normal 1 (c)``: the fixes
+    that changed a label, by kind, with their person folders (``listed`` per kind); the others are a warning."""
+    done = [a for a in applied if a.get("changed", a.get("rows", 0))]
+    if not path or not done:
+        return None
+    kinds: dict[str, list[str]] = {}
+    for a in done:
+        kinds.setdefault(a["field"], []).append(a["folder"])
+    more = lambda ids: f" and {len(ids) - listed} more" if len(ids) > listed else ""  # noqa: E731
+    parts = [f"{k} {len(ids)} ({', '.join(ids[:listed])}{more(ids)})" for k, ids in kinds.items()]
+    photos = sum(a.get("changed", a.get("rows", 0)) for a in done)
+    return f"label fixes from {path}: {len(done)} applied to {photos} photos: {'; '.join(parts)}"
 
 
 def cmd_stats(args) -> int:
     from ..prep.stats import compute_stats
+    check_prepared_dir(args.dir, "stats")
     r = compute_stats(args.dir, faces=args.faces, workers=args.workers)
     fmt = lambda v: "[" + ", ".join(f"{x:.4f}" for x in v) + "]"  # noqa: E731
     print(f"{r['images']} images: mean {fmt(r['mean'])} std {fmt(r['std'])} -> {Path(args.dir) / 'stats.json'}")
@@ -100,6 +120,7 @@ def cmd_stats(args) -> int:
 
 def cmd_faces(args) -> int:
     from ..prep.faces import build_face_crops
+    check_prepared_dir(args.dir, "faces")
     s = build_face_crops(args.dir, margin=args.margin, size=args.size, batch_size=args.batch_size,
                          workers=args.workers or 2)
     c = s["counts"]

@@ -6,7 +6,7 @@ import shlex
 import sys
 
 from ..errors import ConfigError
-from .common import add_config_args, float_range, int_range, sub
+from .common import add_config_args, check_prepared_dir, float_range, int_range, sub
 
 
 def register(subs) -> None:
@@ -79,6 +79,7 @@ def cmd_tune(args) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("maskcls tune trains each trial in one process: start one worker per GPU "
                           "(CUDA_VISIBLE_DEVICES=0 maskcls tune …), not accelerate launch / torchrun")
+    check_prepared_dir(args.dir, "tune")
     params = load_space(args.space)  # every check before anything trains
     _check_fixed_keys(args.overrides, params)
     cfg = load_config(args.config, args.overrides)

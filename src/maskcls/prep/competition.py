@@ -155,6 +155,7 @@ def _apply_fixes(df: pd.DataFrame, fixes: pd.DataFrame | None, source: str) -> l
                         "use the folder name (e.g. 000001_female_Asian_45)")
     for fx in fixes.itertuples():
         sel = df["group"] == fx.folder
+        before = df.loc[sel, ["gender", "age_years", "mask"]].copy()
         if fx.field == "gender":
             df.loc[sel, "gender"] = L.parse_gender(fx.value)
         elif fx.field == "age":
@@ -163,7 +164,9 @@ def _apply_fixes(df: pd.DataFrame, fixes: pd.DataFrame | None, source: str) -> l
             m = df.loc[sel, "mask"]
             df.loc[sel, "mask"] = m.map({1: 2, 2: 1}).fillna(m).astype(int)
         df.loc[sel, "fix"] = (df.loc[sel, "fix"] + ";" + f"{fx.field}={fx.value}").str.strip(";")
-        applied.append({"folder": fx.folder, "field": fx.field, "value": fx.value, "rows": int(sel.sum())})
+        changed = int((df.loc[sel, ["gender", "age_years", "mask"]] != before).any(axis=1).sum())
+        applied.append({"folder": fx.folder, "field": fx.field, "value": fx.value, "rows": int(sel.sum()),
+                        "changed": changed})  # photos whose gender, age or mask it changed (0: already so)
     return applied
 
 

@@ -60,13 +60,33 @@ def _read_source(source: Path, *, old_age: int, fixes: str | None, allow_absolut
         if group_missing != "error":
             raise DataError("--group-missing applies to a CSV manifest; the competition layout's groups are its "
                             "person folders")
-        return read_competition(source, old_age=old_age, fixes=fixes_df, trust=trust)
+        table = read_competition(source, old_age=old_age, fixes=fixes_df, trust=trust)
+        if fixes:
+            table.warnings += _fixes_warnings(fixes, table.fixes)
+        return table
     if fixes_df is not None:
         raise DataError("--fixes applies to the competition layout only; edit the CSV's labels instead")
     if trust is not None:
         raise DataError("--trust applies to the competition layout (folder names vs train.csv) only")
     return read_csv_source(source, old_age=old_age, allow_absolute=allow_absolute, num_classes=num_classes,
                            group_missing=group_missing)
+
+
+def _fixes_warnings(path: str, applied: list[dict]) -> list[str]:
+    """Why label fixes of ``path`` changed nothing: an empty file, or persons that already had those values."""
+    if not applied:
+        return [f"--fixes {path} holds no fixes (no rows under its folder,field,value header): no label was changed"]
+    idle = [a for a in applied if a["changed"] == 0]
+    if not idle:
+        return []
+    listed = ", ".join(f"{a['folder']} {a['field']}" + (f"={a['value']}" if a["value"] else "") for a in idle[:10])
+    more = f" and {len(idle) - 10} more" if len(idle) > 10 else ""
+    if len(idle) == len(applied):
+        return [f"none of the {len(applied)} fix(es) in {path} changed a label: each person already has the value it "
+                f"sets ({listed}{more}); is it the fixes file of this dataset (maskcls audit writes RUN/audit/"
+                "fixes.csv), or were they applied in the source already?"]
+    return [f"{len(idle)} of the {len(applied)} fix(es) in {path} changed nothing, the person already has that value: "
+            f"{listed}{more}"]
 
 
 def _check_old_age(old_age: int, table: SourceTable, source: Path) -> list[int] | None:
