@@ -38,6 +38,7 @@ def run_demo(out: str | Path = "demo-out", *, people: int = 120, epochs: int | N
     from .prep.prepared import load_prepared
     from .prep.stats import compute_stats
     from .report.page import write_report
+    from .report.run_data import validation_view, view_words
     from .synth.dataset import synthesize
 
     t0 = time.time()
@@ -66,12 +67,15 @@ def run_demo(out: str | Path = "demo-out", *, people: int = 120, epochs: int | N
     total = time.time() - t0
     fold = summary["folds"]["0"]
     heads = summary.get("head_f1") or {}
+    valid_view = view_words(*validation_view(run))  # how training validated: the view and precision
+    eval_view = view_words(sub["tta"], sub["precision"]) + (", decision offsets" if sub["decision_offsets"] else "")
     lines = [
         "",
         "maskcls demo finished in {:.0f} s ({})".format(total, ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())),
-        f"validation macro F1 (fold 0, best epoch {fold['best_epoch']}): {fold['best_f1']:.4f}",
+        f"validation macro F1 (fold 0, best epoch {fold['best_epoch']}, {valid_view}): {fold['best_f1']:.4f}",
         "per-head F1: " + ", ".join(f"{h} {v:.4f}" for h, v in heads.items()),
-        f"synthetic eval set, scored against eval/truth.csv: macro F1 {eval_f1:.4f}" if eval_f1 is not None else "",
+        f"synthetic eval set ({eval_view}), scored against eval/truth.csv: macro F1 {eval_f1:.4f}"
+        if eval_f1 is not None else "",
         f"submission:  {sub['submission']}",
         f"report:      {report}",
     ]

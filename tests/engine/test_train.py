@@ -265,7 +265,8 @@ def test_two_processes_match_one(prepared_dir, tmp_path, precision):
         sum((["--set", o] for o in common), [])
     r = subprocess.run(cmd2, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("run: ") == 1 and r.stdout.count("\nbest val macro F1:") == 1, "only rank 0 may print"
+    assert r.stdout.count("run: ") == 1 and r.stdout.count("\nfold 0: validation macro F1") == 1, \
+        "only rank 0 may print"
     a = pd.read_csv(tmp_path / "one" / "fold0" / "metrics.csv")
     b = pd.read_csv(tmp_path / "two" / "fold0" / "metrics.csv")
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2

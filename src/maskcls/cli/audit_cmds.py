@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 
 from .common import int_range, sub
@@ -44,6 +45,15 @@ def cmd_audit(args) -> int:
     files = s["files"]
     print(f"wrote {s['out_dir']}: audit.csv, audit.html" + (", fixes.csv" if "fixes" in files else ", corrected.csv")
           + f" ({s['fix_rows']} suggested change(s) from the top {s['top']})")
+    if s["findings"] == 0:
+        print(f"maskcls: warning: 0 findings: the out-of-fold predictions of folds {folds} agree with every given "
+              f"label of the {s['images']} images (no person, photo or swapped pair contradicted), so there is "
+              "nothing to review and no fix to apply", file=sys.stderr)
+        return 0
+    if s["fix_rows"] == 0:
+        print(f"maskcls: warning: none of the top {min(s['top'], s['findings'])} findings is a change a fixes file can "
+              "make (see the notes above); review audit.html and correct the files themselves", file=sys.stderr)
+        return 0
     source = shlex.quote(_source(s["prepared"]))
     if "fixes" in files:
         print(f"next: review {files['fixes']} with audit.html (delete the rows you disagree with), then\n"

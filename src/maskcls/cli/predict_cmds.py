@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import float_range, int_range, sub
+from .common import float_range, int_range, sub, view_words
 
 
 def register(subs) -> None:
@@ -123,11 +125,32 @@ def cmd_predict(args) -> int:
                            batch_size=args.batch_size, tune_bias=args.tune_bias, backend=args.backend)
     if s.get("prepared_now"):
         print(f"indexed {args.data} into {s['prepared']}")
-    print(f"submission: {s['submission']} ({s['rows']} rows, folds {s['folds']}, tta {s['tta']}"
-          f"{', decision offsets' if s['decision_offsets'] else ''}, backend {s['backend']}"
-          f"{' ' + s['model'] if s['model'] else ''})")
+    print(f"submission: {s['submission']} ({s['rows']} rows, folds {','.join(map(str, s['folds']))}, "
+          f"{view_words(s['tta'], s['precision'])}, backend {s['backend']}{' ' + s['model'] if s['model'] else ''})")
+    print(decision_line(s["decision"]))
     print(f"probabilities: {s['probabilities']}")
     return 0
+
+
+def decision_line(d: dict) -> str:
+    """Whether predict applied the run's decision offsets, from where, or why not (``d``: predict's record)."""
+    f1 = (f"cross-fitted out-of-fold macro F1 {d['f1_argmax']:.4f} -> {d['f1_tuned']:.4f}"
+          if isinstance(d.get("f1_argmax"), float) and isinstance(d.get("f1_tuned"), float) else "")
+    reason = d["reason"]
+    if reason == "off":
+        return "decision offsets: not applied (--tune-bias off): plain argmax"
+    if reason == "missing":
+        return ("decision offsets: not applied: the run has no decision.json (training writes it when it ends with "
+                "out-of-fold predictions); plain argmax")
+    if reason == "no gain":
+        return (f"decision offsets: not applied: they did not raise the {f1 or 'cross-fitted out-of-fold macro F1'} "
+                f"in {d['file']}; plain argmax (--tune-bias on applies them anyway)")
+    line = (f"decision offsets: applied from {d['file']}"
+            + (f" ({f1})" if reason == "gain" and f1 else " (--tune-bias on)" if reason == "on" else ""))
+    if d.get("other_view"):
+        line += (f"; note: fitted on {view_words(d['fitted_view'], None)} probabilities, and this prediction used "
+                 "another view (--tta)")
+    return line
 
 
 def _predict_ensemble(args, runs: list[str]) -> int:
@@ -135,10 +158,23 @@ def _predict_ensemble(args, runs: list[str]) -> int:
     r = predict_runs(runs, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
                      weights=args.ensemble_weights, tune_bias=args.tune_bias, batch_size=args.batch_size)
     print(f"submission: {r['submission']} ({r['rows']} rows, {len(runs)} runs, weights {r['weights']}, "
-          f"tta {r['tta']}{', decision offsets' if r['decision_offsets'] else ''})")
+          f"{view_words(r['tta'], None) if ',' not in r['tta'] else 'views ' + r['tta']})")
     if "oof_f1_ensemble" in r:
-        print(f"common out-of-fold rows: {r['oof_rows']}; macro F1 per run "
+        print(f"common out-of-fold rows: {r['oof_rows']}; macro F1 per run (each run's validation view) "
               f"{', '.join(f'{f:.4f}' for f in r['oof_f1_runs'])}; ensemble {r['oof_f1_ensemble']:.4f}")
+    d = r.get("decision")
+    if r["decision_offsets"]:
+        how = f" ({d['f1_argmax']:.4f} -> {d['f1_tuned_cross_fitted']:.4f} cross-fitted)" if d else ""
+        print(f"decision offsets: applied, fitted on the ensemble's common out-of-fold rows{how}")
+    elif args.tune_bias == "off":
+        print("decision offsets: not applied (--tune-bias off): plain argmax")
+    elif d is None:
+        print("decision offsets: not applied: the runs share no out-of-fold rows to fit them on (different prepared "
+              "splits); plain argmax")
+    else:
+        print(f"decision offsets: not applied: on the ensemble's common out-of-fold rows they did not raise the "
+              f"cross-fitted macro F1 ({d['f1_argmax']:.4f} -> {d['f1_tuned_cross_fitted']:.4f}); plain argmax "
+              "(--tune-bias on applies them anyway)")
     return 0
 
 
@@ -166,8 +202,12 @@ def _export_int8(args) -> int:
     r = export_int8(args.run_dir, folds=args.folds, out=args.out, max_drop=args.max_drop,
                     calib_images=args.calib_images, method=args.calib_method, fp32_first=args.fp32_first,
                     fp32_last=args.fp32_last, force=args.force)
-    print(f"validation macro F1 on {r['validation_images']} images: fp32 {r['f1_fp32']:.4f}, int8 {r['f1_int8']:.4f} "
-          f"(calibrated on {r['calibration_images']} training images)")
+    print(f"validation macro F1, fold {r['fold']} ({r['validation_images']} images), {view_words(r['tta'], None)}: "
+          f"fp32 {r['f1_fp32']:.4f}, int8 {r['f1_int8']:.4f} (calibrated on {r['calibration_images']} training images)")
+    if len(r["folds"]) > 1:
+        print(f"note: the model averages folds {','.join(map(str, r['folds']))}, and all but fold {r['fold']} trained "
+              f"on these images: the F1s measure what INT8 costs, not training's validation figure (--folds "
+              f"{r['fold']} scores that fold's model alone)")
     print(f"int8 macro F1 delta: {r['delta']:+.4f}")
     print(f"exported {r['path']} (INT8{', kept with --force' if r['forced'] else ''}; preprocessing and "
           f"calibration in {Path(r['path']).with_suffix('.json')})")
@@ -178,8 +218,16 @@ def cmd_pseudo(args) -> int:
     from ..infer.pseudo import make_pseudo
     m = make_pseudo(args.run_dir, args.out, min_prob=args.min_prob, folds=args.folds, tta=args.tta, data=args.data)
     p = m["pseudo"]
+    if p["added"] == 0:
+        print(f"maskcls: warning: 0 of {p['eval_images']} eval images reach p >= {p['min_prob']:g}: the most "
+              f"confident has p = {p['max_prob']:.4f} ({view_words(p['tta'], None)}, folds "
+              f"{','.join(map(str, p['folds']))}), so nothing was written to {args.out}; lower --min-prob "
+              f"(--min-prob {p['lower_min_prob']:g} would add {p['added_at_lower']}), or pseudo-label with a "
+              "stronger run (more epochs, all folds)", file=sys.stderr)
+        return 1
     print(f"prepared {args.out}: {p['added']} of {p['eval_images']} eval images reach p >= {p['min_prob']:g} and "
           f"train in every fold (per class {p['per_class']}); validation stays on labelled images")
     if (Path(p["from_prepared"]) / "faces").is_dir():
         print(f"note: face crops are not copied; run `maskcls faces {args.out}` before training with data.faces=true")
+    print(f"next: maskcls train {shlex.quote(args.out)} --folds all")
     return 0

@@ -4,12 +4,13 @@ YAML files and ``--set`` overrides become a typed Config here, fold lists become
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MaskclsError
 from ..prep.folds import parse_fold_list
-from .common import add_config_args, float_range, int_range, sub
+from .common import add_config_args, check_prepared_dir, float_range, int_range, sub, view_words
 
 
 def register(subs) -> None:
@@ -91,27 +92,51 @@ def parse_folds(spec: str | None, k: int) -> list[int]:
     return folds
 
 
-def format_summary(s: dict) -> str:
+def format_summary(s: dict, view: str | None = None) -> str:
+    """The end-of-run lines; each score names how it was computed (``view``: e.g. "flip TTA, fp32", from
+    :func:`~maskcls.report.run_data.validation_view`), as the report, export --int8 and soup name theirs."""
+    how = f", {view}" if view else ""
     lines = [f"run: {s['run_dir']}"]
     for f, r in s["folds"].items():
         if r.get("best_f1") is not None:
-            lines.append(f"fold {f}: best val macro F1 {r['best_f1']:.4f} (acc {r['best_acc']:.4f}, epoch "
-                         f"{r['best_epoch']}, {r['status']})")
+            lines.append(f"fold {f}: validation macro F1{how}: {r['best_f1']:.4f} (best epoch {r['best_epoch']}, "
+                         f"accuracy {r['best_acc']:.4f}, {r['status']})")
         if a := r.get("average"):
             lines.append(f"fold {f}: {a['kind']} {len(a['epochs'])} epochs averaged (epochs "
-                         f"{','.join(map(str, a['epochs']))}): val macro F1 {a['f1']:.4f}"
+                         f"{','.join(map(str, a['epochs']))}), validation macro F1{how}: {a['f1']:.4f}"
                          f"{' (the fold model now)' if a['used'] else ' (avg.pt only)'}")
     if s.get("oof_f1") is not None:
-        lines.append(f"out-of-fold macro F1: {s['oof_f1']:.4f}")
+        lines.append(f"out-of-fold macro F1{how}: {s['oof_f1']:.4f} (folds {', '.join(map(str, s['folds']))} pooled)")
     if s.get("head_f1"):
         lines.append("per-head F1: " + ", ".join(f"{h} {v:.4f}" for h, v in s["head_f1"].items()))
     if d := s.get("decision"):
-        lines.append(f"decision tuning (per-class offsets, cross-fitted over {d['parts']} parts): macro F1 "
-                     f"{d['f1_argmax']:.4f} -> {d['f1_tuned_cross_fitted']:.4f} "
+        lines.append(f"decision tuning (per-class offsets, cross-fitted over {d['parts']} parts), out-of-fold "
+                     f"macro F1{how}: {d['f1_argmax']:.4f} -> {d['f1_tuned_cross_fitted']:.4f} "
                      f"({'applied' if d['apply_by_default'] else 'not applied'} by predict --tune-bias auto)")
-    if s.get("mean_f1") is not None:
-        lines.append(f"best val macro F1: {s['mean_f1']:.4f}")
+    scored = [r for r in s["folds"].values() if r.get("best_f1") is not None]
+    if s.get("mean_f1") is not None and len(scored) > 1:
+        lines.append(f"mean validation macro F1 of {len(scored)} folds{how}: {s['mean_f1']:.4f}")
     return "\n".join(lines)
+
+
+def next_steps(run: str | Path, folds: list[int], num_folds: int | None, *, report: bool) -> str:
+    """What to run after a training: predict, the report (``report``: written), and the audit once every fold
+    of the prepared directory (``num_folds``) ran."""
+    q = shlex.quote(str(run))
+    lines = [f"report: {Path(run) / 'report.html'}" if report else
+             f"report: not written (run.report=false, or it failed above); maskcls report {q} writes it"]
+    lines.append(f"next: maskcls predict {q}  (a submission: {Path(run) / 'submission.csv'})")
+    if num_folds and len(folds) == num_folds and num_folds > 1:
+        lines.append(f"      maskcls audit {q}  (likely label errors, from the out-of-fold predictions)")
+    return "\n".join(lines)
+
+
+def _view(run: str | Path) -> str | None:
+    from ..report.run_data import validation_view, view_words
+    try:
+        return view_words(*validation_view(run))
+    except (MaskclsError, OSError):  # a summary line without its view, rather than no summary
+        return None
 
 
 def write_report_safely(run: str | Path) -> None:
@@ -136,7 +161,9 @@ def cmd_train(args) -> int:
         start = lambda: resume_training(args.resume, prepared=args.dir, on_summary=report)  # noqa: E731
     else:
         if not args.dir:
-            raise ConfigError("train needs a prepared directory (maskcls prepare SOURCE --out DIR), or --resume RUN")
+            raise ConfigError("train needs a prepared directory (maskcls prepare SOURCE --out NEW_FOLDER), or "
+                              "--resume RUN")
+        check_prepared_dir(args.dir, "train")
         cfg = load_config(args.config, args.overrides)
         prep = load_prepared(args.dir)
         folds = parse_folds(args.folds, prep.num_folds)
@@ -149,16 +176,33 @@ def cmd_train(args) -> int:
               file=sys.stderr)
         return 130
     if s["is_main"]:  # other ranks of a multi-process run stay quiet
-        print(format_summary(s))
+        _print_end_of_run(s)
     return 0
 
 
-def cmd_lr_find(args) -> int:
-    import shlex
+def _print_end_of_run(s: dict) -> None:
+    from ..rundir.files import read_run_info
+    run = s["run_dir"]
+    print(format_summary(s, _view(run)))
+    try:
+        prepared = read_run_info(run).get("prepared")
+    except (MaskclsError, OSError):
+        prepared = None
+    print(next_steps(run, [int(f) for f in s["folds"]], _prepared_folds(prepared),
+                     report=(Path(run) / "report.html").is_file()))
 
+
+def _prepared_folds(prepared) -> int | None:
+    from ..fsutil import read_json
+    meta = read_json(Path(prepared) / "prepare.json") if isinstance(prepared, str) else None
+    return meta.get("folds") if isinstance(meta, dict) and isinstance(meta.get("folds"), int) else None
+
+
+def cmd_lr_find(args) -> int:
     from ..config_io import load_config
     from ..engine.lr_find import lr_find, summary_lines
     from ..prep.prepared import load_prepared
+    check_prepared_dir(args.dir, "lr-find")
     res = lr_find(load_config(args.config, args.overrides), load_prepared(args.dir), fold=args.fold,
                   start=args.start, end=args.end, steps=args.steps, out=args.out)
     same = ([f"-c {shlex.quote(args.config)}"] if args.config else []) + [
@@ -193,13 +237,14 @@ def cmd_distill(args) -> int:
         overrides.append("distill.online=true")
     if args.init:
         overrides.append(f"distill.init={args.init}")
+    check_prepared_dir(args.dir, "distill")
     cfg = load_config(args.config, overrides)
     prep = load_prepared(args.dir)
     report = write_report_safely if cfg.run.report else None
     s = run_training(cfg, prep, folds=parse_folds(args.folds, prep.num_folds), run_dir=args.run_dir,
                      on_summary=report)
     if s["is_main"]:
-        print(format_summary(s))
+        _print_end_of_run(s)
     return 0
 
 
@@ -207,9 +252,12 @@ def cmd_soup(args) -> int:
     from ..infer.soup import make_soup
     s = make_soup(args.runs, args.out)
     for f, r in s["folds"].items():
-        print(f"fold {f}: {r['soup']['kept']} of {r['soup']['of']} runs in the soup, val macro F1 {r['best_f1']:.4f} "
-              f"(best run alone {r['soup']['best_ingredient_f1']:.4f})")
-    print(f"soup: {s['run_dir']} (predict, export and serve it like a run)")
+        v = r["soup"]
+        print(f"fold {f}: {v['kept']} of {v['of']} runs in the soup; validation macro F1, "
+              f"{view_words(v['tta'], v['precision'])}: {r['best_f1']:.4f} (best run alone "
+              f"{v['best_ingredient_f1']:.4f}, as its training validated it)")
+    print(f"soup: {s['run_dir']}")
+    print(f"next: maskcls predict {shlex.quote(s['run_dir'])}  (predict, export, serve and report it like a run)")
     return 0
 
 

@@ -11,15 +11,15 @@ import pandas as pd
 
 from ..data.imageio import is_image_name, probe
 from ..data.loader import build_loader
-from ..engine.decision import TuneBias, apply_offsets, check_tune_bias, read_offsets
+from ..engine.decision import DECISION_FILE, TuneBias, apply_offsets, check_tune_bias, read_offsets
 from ..engine.fold_data import make_dataset, paths_dataset, resolve_loader
 from ..errors import DataError
-from ..fsutil import atomic_write_text, free_name
+from ..fsutil import atomic_write_text, free_name, read_json
 from ..prep.prepare import prepare_for_prediction
 from ..prep.prepared import Prepared, load_prepared
 from ..rundir.models import LoadedFold, load_folds
 from .backends import Backend, check_backend, exported_model, onnx_probs
-from .loading import TTA_REQUESTS, check_tta, ensemble_probs, resolve_tta
+from .loading import TTA_REQUESTS, check_tta, device_for_inference, ensemble_probs, inference_bf16, resolve_tta
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,31 @@ def predict_submission(run: str | Path, *, data: str | Path | None = None, out: 
     out_path = write_submission(sub, probs, submission_path(run, out))
     return {"submission": str(out_path), "probabilities": str(out_path.with_name(out_path.stem + ".probs.csv")),
             "rows": len(sub), "folds": [f.fold for f in loaded], "tta": tta, "decision_offsets": offsets is not None,
+            "decision": decision_record(run, tune_bias, applied=offsets is not None, tta=tta, valid_tta=resolve_tta(
+                "auto", loaded)),
             "backend": backend, "model": str(model) if model else None,
+            "precision": {"torch": "bf16" if inference_bf16(loaded, device_for_inference()) else "fp32",
+                          "onnx": "fp32", "onnx-int8": "int8"}[backend],
             "prepared": str(prep.dir), "prepared_now": made,
             "class_counts": np.bincount(sub["ans"], minlength=probs.shape[1]).tolist()}
+
+
+def decision_record(run: Path, tune_bias: TuneBias, *, applied: bool, tta: str, valid_tta: str) -> dict:
+    """Whether the run's decision offsets were applied, from which file, and why (not): ``reason`` is 'off'
+    (--tune-bias off), 'missing' (no decision.json), 'no gain' (auto, and they did not raise the cross-fitted
+    out-of-fold macro F1), 'on' or 'gain' (applied); with the F1s decision.json records, and whether the offsets
+    were fitted on another view than the one predicted (``tta`` vs the run's ``valid_tta``)."""
+    path = Path(run) / DECISION_FILE
+    info = read_json(path) if tune_bias != "off" else None
+    record = {"mode": tune_bias, "applied": applied, "file": str(path) if info is not None else None,
+              "f1_argmax": None, "f1_tuned": None, "parts": None,
+              "other_view": applied and tta != valid_tta, "fitted_view": valid_tta}
+    if isinstance(info, dict):
+        record.update(f1_argmax=info.get("f1_argmax"), f1_tuned=info.get("f1_tuned_cross_fitted"),
+                      parts=info.get("parts"))
+    record["reason"] = ("off" if tune_bias == "off" else "missing" if info is None else
+                        ("on" if tune_bias == "on" else "gain") if applied else "no gain")
+    return record
 
 
 def write_submission(sub: pd.DataFrame, probs: np.ndarray, out_path: Path) -> Path:

@@ -44,6 +44,10 @@ def make_pseudo(run: str | Path, out: str | Path, *, min_prob: float = 0.9, fold
                 tta: str = "hflip", data: str | Path | None = None, batch_size: int | None = None) -> dict:
     """Write ``out``: the run's prepared directory plus pseudo-labelled eval images; returns its prepare.json.
 
+    When no eval image reaches ``min_prob`` nothing is written (the source again, under a new name, would only look
+    like a result): the returned ``pseudo`` record then has ``added`` 0, the highest top probability
+    seen (``max_prob``) and how many images a lower threshold would add (``lower_min_prob``, ``added_at_lower``).
+
     Args:
         run: a trained run directory.
         out: new prepared directory.
@@ -64,6 +68,14 @@ def make_pseudo(run: str | Path, out: str | Path, *, min_prob: float = 0.9, fold
         raise DataError(f"{prep.dir} has no evaluation images to pseudo-label")
     probs = eval_probabilities(loaded, prep, rows, tta=tta, batch_size=batch_size)
     added = pseudo_rows(rows, probs, prep.task, min_prob, str(Path(run).resolve()))
+    if len(added) == 0:  # a copy of the source with nothing added would only look like a result
+        top = probs.max(1)
+        lower = np.floor(top.max() * 20) / 20  # the 0.05 step at or below the most confident image
+        log.info("pseudo: no eval image reaches p >= %g (highest %.4f); nothing written", min_prob, top.max())
+        return {"pseudo": {"added": 0, "eval_images": int(len(rows)), "min_prob": min_prob,
+                           "max_prob": float(top.max()), "lower_min_prob": float(lower),
+                           "added_at_lower": int((top >= lower).sum()), "tta": tta,
+                           "folds": [f.fold for f in loaded]}}
     manifest = pd.concat([prep.manifest, added[MANIFEST_COLUMNS]], ignore_index=True)
     out = ensure_new_dir(out)
     atomic_write_text(out / "manifest.csv", manifest.to_csv(index=False))

@@ -3,18 +3,18 @@
 ONNX Runtime's static quantization (QDQ format, per-channel INT8 weights, uint8 activations) of the
 verified fp32 export. Activation ranges are calibrated on ``calib_images`` training images of the
 exported fold, read exactly as prediction reads them (the run's crop and size, uint8 N×3×S×S — the
-graph's own input); no label is used. Both models then score the same fold's validation images
-(plain argmax, no decision offsets), and the INT8 file is kept only when its macro F1 is at most
-``max_drop`` below the fp32 model's (``force`` keeps it anyway). Calibration and validation images
+graph's own input); no label is used. Both models then score the same fold's validation images in the
+view the run validated with (``train.valid_tta``, flip TTA by default: the fp32 figure is then training's
+for a CPU run), plain argmax without decision offsets, and the INT8 file is kept only when its macro F1 is
+at most ``max_drop`` below the fp32 model's (``force`` keeps it anyway). Calibration and validation images
 are disjoint. With several folds the ensemble's F1 on fold ``f``'s validation images is not
 out-of-fold (the other folds trained on them), but both models see the same images, so the delta
 still measures what quantization cost.
 
 The first ``fp32_first`` Conv layers (default 3) stay fp32 too: on the dev sets they caused most of the
 disagreement with the fp32 model. The head stays fp32: every node after the last Conv/MatMul/Gemm (the
-classifier itself included, then softmax, the multi-head combination and the fold average)
-is left unquantized, so the output
-keeps full-precision probabilities instead of 1/255 steps that would tie the argmax.
+classifier itself included, then softmax, the multi-head combination and the fold average) is left
+unquantized, so the output keeps full-precision probabilities instead of 1/255 steps that would tie the argmax.
 
 The file goes to ``RUN/export/model.int8.onnx`` by default (``maskcls serve RUN --int8`` loads that
 path), its JSON beside it, under the fp32 export's rules (:func:`~maskcls.infer.export.check_export_target`).
@@ -28,6 +28,7 @@ import logging
 import platform
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -157,11 +158,8 @@ class _Batches(CalibrationDataReader):
 
 def quantize_onnx(fp32: Path, out: Path, loader, *, method: str = DEFAULT_METHOD, fp32_first: int = DEFAULT_FP32_FIRST,
                   fp32_last: int = 0) -> dict:
-    """Write the INT8 model of ``fp32`` to ``out``, calibrated on ``loader``'s batches; returns its settings.
-
-    ``fp32_first`` / ``fp32_last``: Conv/MatMul/Gemm layers kept fp32 from the input / before the classifier
-    (:func:`fp32_nodes`).
-    """
+    """Write the INT8 model of ``fp32`` to ``out``, calibrated on ``loader``'s batches, with ``fp32_first`` /
+    ``fp32_last`` Conv/MatMul/Gemm layers kept fp32 from the input / before the classifier (:func:`fp32_nodes`)."""
     with tempfile.TemporaryDirectory(prefix="maskcls-int8-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre))  # shape inference + graph optimisation, as ORT recommends
@@ -203,14 +201,22 @@ def quantized_layers(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in HEAVY and dequantized & set(n.input)]
 
 
-def score_models(paths: list[Path], loader, k: int) -> list[float]:
-    """Macro F1 (argmax) of each ONNX model in ``paths`` on ``loader``'s images and labels."""
+class Views(NamedTuple):
+    """The images scored: ``loader``'s batches alone (``tta='none'``) or averaged with their mirror (``'hflip'``)."""
+    loader: object
+    tta: str = "none"
+
+
+def score_models(paths: list[Path], views: Views, k: int) -> list[float]:
+    """Macro F1 (argmax of the probabilities averaged over ``views.tta``'s views) of each ONNX model in ``paths``
+    on the images and labels of ``views.loader``."""
     sessions = [onnx_session(p) for p in paths]
     preds: list[list[np.ndarray]] = [[] for _ in paths]
     labels = []
-    for x, y, _ in loader:
+    for x, y, _ in views.loader:
+        inputs = [x.numpy()] + ([np.ascontiguousarray(x.numpy()[..., ::-1])] if views.tta == "hflip" else [])
         for s, out in zip(sessions, preds):
-            out.append(s.run(None, {"image": x.numpy()})[0].argmax(1))
+            out.append(sum(s.run(None, {"image": v})[0] for v in inputs).argmax(1))
         labels.append(y.numpy())
     y = np.concatenate(labels)
     return [macro_f1(confusion(y, np.concatenate(p), k)) for p in preds]
@@ -257,9 +263,9 @@ def export_int8(run: str | Path, *, folds: str = "all", out: str | Path | None =
         force: keep the INT8 file whatever it lost.
 
     Raises:
-        ConfigError: a bad method or ``out`` (see :func:`check_export_target`).
+        ConfigError: a bad method or ``out`` (:func:`check_export_target`), ``fp32_first`` / ``fp32_last`` keeping
+            every layer fp32 (nothing written).
         Int8Refused: the INT8 model lost more than ``max_drop`` (nothing written, an earlier file stays).
-        ConfigError: ``fp32_first`` / ``fp32_last`` keep every layer fp32 (nothing written).
         MaskclsError: ONNX Runtime quantized no layer (nothing written).
     """
     if method not in METHODS:
@@ -274,6 +280,7 @@ def export_int8(run: str | Path, *, folds: str = "all", out: str | Path | None =
     loaded = load_folds(run, folds)
     prep = _trained_on(loaded[0])
     calib_loader, valid_loader, n_calib, n_valid = _fold_loaders(loaded, prep, calib_images, seed)
+    tta = loaded[0].cfg.train.valid_tta  # the view the run validated with: fp32 here = training's figure on a CPU
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="maskcls-fp32-") as tmp:
         fp32 = export_run(run, fmt="onnx", folds=",".join(str(f.fold) for f in loaded), out=Path(tmp) / "model.onnx")
@@ -281,21 +288,23 @@ def export_int8(run: str | Path, *, folds: str = "all", out: str | Path | None =
         with atomic_path(out) as tmp_out:
             settings = quantize_onnx(fp32, tmp_out, calib_loader, method=method, fp32_first=fp32_first,
                                      fp32_last=fp32_last)
-            f1_fp32, f1_int8 = score_models([fp32, tmp_out], valid_loader, loaded[0].task.num_classes)
+            f1_fp32, f1_int8 = score_models([fp32, tmp_out], Views(valid_loader, tta), loaded[0].task.num_classes)
             delta = f1_int8 - f1_fp32
             if -delta > max_drop and not force:
                 raise Int8Refused(f"int8 macro F1 delta: {delta:+.4f} (fp32 {f1_fp32:.4f}, int8 {f1_int8:.4f} on "
-                                  f"{n_valid} validation images of fold {loaded[0].fold}) loses more than "
-                                  f"--max-drop {max_drop:g}", out, method)
+                                  f"{n_valid} validation images of fold {loaded[0].fold}, "
+                                  f"{'flip TTA' if tta == 'hflip' else 'one view'}) loses more than --max-drop "
+                                  f"{max_drop:g}", out, method)
     spec.update(precision="int8", quantization=settings,
                 calibration={"images": n_calib, "fold": loaded[0].fold, "rows": "training rows of the fold",
                              "seed": seed, "method": method},
                 validation={"fold": loaded[0].fold, "images": n_valid, "macro_f1_fp32": f1_fp32,
                             "macro_f1_int8": f1_int8, "delta": delta, "max_drop": max_drop, "forced": -delta > max_drop,
-                            "decision": "argmax (no decision offsets)"},
+                            "decision": "argmax (no decision offsets)", "tta": tta},
                 check={"fp32_max_abs_diff_vs_pytorch": spec["check"]["max_abs_diff_vs_pytorch"],
                        "note": "the INT8 model is judged by validation macro F1, not by the fp32 export's check"})
     atomic_write_json(out.with_suffix(".json"), spec)
     log.info("INT8 export %s: macro F1 %.4f (fp32 %.4f)", out, f1_int8, f1_fp32)
     return {"path": out, "f1_fp32": f1_fp32, "f1_int8": f1_int8, "delta": delta, "validation_images": n_valid,
-            "calibration_images": n_calib, "forced": -delta > max_drop}
+            "calibration_images": n_calib, "forced": -delta > max_drop, "fold": loaded[0].fold,
+            "folds": [f.fold for f in loaded], "tta": tta}

@@ -10,7 +10,8 @@ a good model is exactly what the greedy rule tests.
 
 The result is an ordinary run directory (config.yaml, run.json with a ``soup`` record, summary.json,
 decision.json, and per fold best.pt + oof.csv) that predict, export, serve, report and audit accept; every
-number in it is measured here in fp32.
+number in it is measured here as training validates: in the runs' view (``train.valid_tta``, flip TTA by default)
+and the inference precision (fp32 on a CPU), so that a run's F1 alone equals what its training printed.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from ..rundir.files import fold_dir, fold_numbers, read_run_config, read_run_inf
 from ..rundir.models import LoadedFold, load_fold
 from ..rundir.oof import read_oof, write_oof
 from ..rundir.summary import summarize_run
-from .loading import device_for_inference, ensemble_probs
+from .loading import device_for_inference, ensemble_probs, inference_bf16
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,15 @@ def check_soup_runs(runs: list[Path]) -> list[int]:
 
 
 class _FoldValidation:
-    """A fold's validation images, scored for macro F1 in fp32 with a given set of weights."""
+    """A fold's validation images, scored for macro F1 with a given set of weights as training validated them: in
+    the run's view (``train.valid_tta``) and the inference precision (fp32 on a CPU), so that an ingredient's F1
+    alone is the one its training printed, and the soup's oof.csv holds the view its decision offsets and
+    ``predict --tta auto`` use."""
 
     def __init__(self, template: LoadedFold, fold: int):
         self.template, self.fold = template, fold
+        self.tta, self.device = template.cfg.train.valid_tta, device_for_inference()
+        self.precision = "bf16" if inference_bf16([template], self.device) else "fp32"
         prep = load_prepared(template.meta["prepared"])
         self.prep, self.rows = prep, fold_rows(prep, fold)[1]
         cfg = template.cfg
@@ -84,8 +90,7 @@ class _FoldValidation:
     def score(self, weights: dict[str, torch.Tensor]) -> tuple[float, float, np.ndarray]:
         """(macro F1, accuracy, probabilities) of the template model with ``weights``."""
         self.template.model.load_state_dict(weights)
-        probs = ensemble_probs([self.template], self.loader, device=device_for_inference(),
-                               progress=False)
+        probs = ensemble_probs([self.template], self.loader, tta=self.tta, device=self.device, progress=False)
         cm = confusion(self.labels, probs.argmax(1), self.template.task.num_classes)
         return macro_f1(cm), float(np.trace(cm) / max(cm.sum(), 1)), probs
 
@@ -132,9 +137,10 @@ def make_soup(runs: list[str | Path], out: str | Path) -> dict:
                          "soup": {"runs": [str(runs[i].resolve()) for i in kept]}}, d / "best.pt")
         record[str(f)] = {"kept": [str(runs[i]) for i in kept], **rec}
         results[f] = {"best_f1": f1, "best_acc": acc, "best_epoch": None, "status": "done",
-                      "soup": {"kept": len(kept), "of": len(runs), "best_ingredient_f1": max(rec["f1_alone"])}}
-        log.info("soup fold %d: %d of %d runs kept, validation macro F1 %.4f (best run alone %.4f)", f, len(kept),
-                 len(runs), f1, max(rec["f1_alone"]))
+                      "soup": {"kept": len(kept), "of": len(runs), "best_ingredient_f1": max(rec["f1_alone"]),
+                               "tta": val.tta, "precision": val.precision}}
+        log.info("soup fold %d: %d of %d runs kept, validation macro F1 %.4f (best run alone %.4f; %s, %s)", f,
+                 len(kept), len(runs), f1, max(rec["f1_alone"]), val.tta, val.precision)
     info = read_run_info(runs[0])
     atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     atomic_write_json(out / "run.json", {**{k: info[k] for k in ("prepared", "manifest_sha1") if k in info},
