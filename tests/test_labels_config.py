@@ -39,7 +39,7 @@ def test_config_defaults_and_overrides(tmp_path):
     cfg = load_config(f, ["train.epochs=3", "optim.lr=1e-3", "data.image_size=128"])
     assert cfg.train.epochs == 3 and cfg.model.heads == "multi"
     assert cfg.optim.lr == pytest.approx(1e-3) and cfg.data.image_size == 128
-    assert cfg.train.batch_size == 30 and cfg.train.valid_batch_size == 60 and cfg.train.accum_steps == 1
+    assert cfg.train.batch_size == "auto" and cfg.train.valid_batch_size == 60 and cfg.train.accum_steps == 1
 
 
 @pytest.mark.parametrize("override, fragment", [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 
 def _f(default, help: str, **limits):
@@ -90,7 +90,13 @@ class TrainConfig:
                      "timed, the optimizer steps that fit are planned (re-planned after every epoch), and the "
                      "schedule, warm-up and EMA are stretched to that length; the fold then ends validated, with "
                      "best.pt and oof.csv, as any other.", min=0.0, max=1e6)
-    batch_size: int = _f(30, "Training batch per process (reference: 30).", min=1, max=4096)
+    batch_size: Union[int, Literal["auto"]] = _f(
+        "auto", "Training batch per process. auto = on a GPU the largest batch whose training step fits 80 % of the "
+        "free memory (a short probe at start), with optim.lr scaled by train.lr_scaling; on a CPU 30, the batch "
+        "every default was chosen at (the reference's). The banner says what auto resolved to.", min=1, max=4096)
+    lr_scaling: Literal["sqrt", "linear", "none"] = _f(
+        "sqrt", "How optim.lr follows a batch that train.batch_size=auto made larger than 30: sqrt(batch / 30) "
+        "(Adam-type optimizers), batch / 30 (linear, SGD), or not at all.")
     valid_batch_size: int = _f(60, "Validation/prediction batch (reference: 60).", min=1, max=8192)
     valid_tta: Literal["none", "hflip"] = _f(
         "hflip", "Validation's test-time augmentation: hflip averages each photo's probabilities with its mirror "

@@ -61,7 +61,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
+        words = [w for a in inner if typing.get_origin(a) is Literal for w in typing.get_args(a)]
+        if isinstance(value, str) and value in words:  # int | Literal["auto"]: the word, else the number
+            return value
+        try:
+            return _coerce(key, value, inner[0])
+        except ConfigError as e:
+            if not words:
+                raise
+            raise ConfigError(f"{e}, or one of {', '.join(map(repr, words))}{did_you_mean(str(value), words)}") \
+                from None
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of "

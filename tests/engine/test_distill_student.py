@@ -134,12 +134,12 @@ def test_hard_loss_ignores_unlabelled_rows():
 
 def _trainer(colours: Path, permuted: Path, scratch: Path, distill: dict | None = None, **sections):
     from maskcls.engine.accel import process_state_restored
-    from maskcls.engine.lr_find import _setup  # the fold's trainer exactly as `maskcls train` builds it
+    from maskcls.engine.run import scratch_trainer  # the fold's trainer exactly as `maskcls train` builds it
     cfg = tiny(**{**EASY, **sections}, distill={"teachers": [str(permuted)], "alpha": 0.5, "unlabelled": True,
                                                 **(distill or {})})
     scratch.mkdir()
-    with process_state_restored():  # _setup's accelerator turns on deterministic mode; later tests expect it off
-        return _setup(cfg, load_prepared(colours), 0, scratch), cfg
+    with process_state_restored():  # its accelerator turns on deterministic mode; later tests expect it off
+        return scratch_trainer(cfg, load_prepared(colours), 0, scratch), cfg
 
 
 @pytest.mark.slow

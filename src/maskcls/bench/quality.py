@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..engine.batch_size import DEFAULT_BATCH
 from ..errors import ConfigError
 from ..fsutil import atomic_write_json, read_json
 
@@ -105,7 +106,7 @@ class SeedResult:
 # existed: at that value the key is left out of the cache key, so earlier results stay valid (a new key would
 # otherwise retrain every cached configuration). Add a key here only when that value changes nothing at all.
 NEUTRAL_SINCE_ADDED = {("optim", "fused"): False, ("distill", "unlabelled"): False, ("loss", "age_sigma"): 0.0,
-                       ("train", "valid_tta"): "none", ("train", "time"): 0.0}
+                       ("train", "valid_tta"): "none", ("train", "time"): 0.0, ("train", "lr_scaling"): "sqrt"}
 
 
 def _key(cfg: Config, name: str, prep, fold: int = 0) -> str:
@@ -114,6 +115,8 @@ def _key(cfg: Config, name: str, prep, fold: int = 0) -> str:
     from ..engine.accel import resolve_precision
     settings = {k: dict(v) for k, v in cfg.to_dict().items() if k != "run"}
     settings["train"]["mixed_precision"] = resolve_precision(cfg.train.mixed_precision)
+    if settings["train"]["batch_size"] == "auto":  # the bench trains on a CPU, where auto is the default batch
+        settings["train"]["batch_size"] = DEFAULT_BATCH
     for (section, key), neutral in NEUTRAL_SINCE_ADDED.items():
         if section in settings and settings[section].get(key, neutral) == neutral:
             settings[section].pop(key, None)

@@ -28,6 +28,7 @@ both logs, the runs, and ``result.json`` with the per-epoch numbers.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import subprocess
@@ -192,7 +193,13 @@ def bench_time_to_f1(prepared: str | Path, timm_repo: str | Path, *, budget: Bud
     prep = load_prepared(prepared)
     if not 0 <= budget.fold < prep.num_folds:
         raise ConfigError(f"--fold {budget.fold}: {prepared} has folds 0..{prep.num_folds - 1}")
-    cfg = budget_config(base, budget)
+    cfg = copy.deepcopy(budget_config(base, budget))  # resolved below in place: the caller's config stays as it was
+    if cfg.train.batch_size == "auto":  # resolved here, so that timm's train.py gets the batch maskcls trains with
+        import torch
+
+        from ..engine.run import resolve_batch
+        resolve_batch(cfg, prep, budget.image_size, torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+                      [budget.fold])
     name = Path(prepared).resolve().name
     out = Path(out or Path(".cache/time-to-f1") / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
     if out.exists():

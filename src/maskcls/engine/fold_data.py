@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import DataConfig
+from ..config import Config, DataConfig
 from ..data.dataset import ArraySource, FileSource, ImageDataset
 from ..data.loader import build_loader
 from ..data.preprocessing import Preprocessing
@@ -274,3 +274,19 @@ def paths_dataset(paths: list[str], pp: Preprocessing, *, face_settings: dict | 
         return ImageDataset(ArraySource(crop_files(list(paths), face_settings)), labels, tf, seed=0)
     return ImageDataset(FileSource(np.asarray(paths), None), labels, tf, seed=0)
 
+
+def cache_built(prep: Prepared, cfg: Config) -> bool:
+    """True when ``data.cache``'s crop cache for this config is already built and current in PREPARED (the
+    same side, mode and key as :func:`~.fold_data.make_dataset` would ask for), so using it writes nothing."""
+    import json
+
+    from ..data.cache import cache_key, cache_paths
+    from ..data.transforms import REFERENCE_CROP
+    reference = cfg.data.preset.startswith("reference")
+    side, mode = (REFERENCE_CROP, "center") if reference else (int(round(cfg.data.image_size * 1.15)), "square")
+    npy, meta = cache_paths(prep.dir / "cache", side, mode)
+    try:
+        key = json.loads(meta.read_text()).get("key") if npy.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return key is not None and key == cache_key(prep.abs_paths(prep.fit_rows()), side, mode)

@@ -31,7 +31,8 @@ from ..fsutil import atomic_path, atomic_write_json, atomic_write_text
 from ..prep.prepared import Prepared
 from ..progress import progress
 from ..rundir.files import create_run_dir, next_run_dir
-from .accel import make_accelerator, process_state_restored
+from .accel import process_state_restored
+from .run import scratch_trainer
 from .trainer.loop import EpochSetup, TrainingDiverged, train_step
 
 log = logging.getLogger(__name__)
@@ -221,23 +222,6 @@ class LrFind:
     facts: dict
 
 
-def _cache_built(prep: Prepared, cfg: Config) -> bool:
-    """True when ``data.cache``'s crop cache for this config is already built and current in PREPARED (the
-    same side, mode and key as :func:`~.fold_data.make_dataset` would ask for), so using it writes nothing."""
-    import json
-
-    from ..data.cache import cache_key, cache_paths
-    from ..data.transforms import REFERENCE_CROP
-    reference = cfg.data.preset.startswith("reference")
-    side, mode = (REFERENCE_CROP, "center") if reference else (int(round(cfg.data.image_size * 1.15)), "square")
-    npy, meta = cache_paths(prep.dir / "cache", side, mode)
-    try:
-        key = json.loads(meta.read_text()).get("key") if npy.is_file() else None
-    except (OSError, ValueError):
-        return False
-    return key is not None and key == cache_key(prep.abs_paths(prep.fit_rows()), side, mode)
-
-
 def _out_dir(out: str | Path | None, runs_dir: str, prep: Prepared) -> Path:
     """A new directory for the sweep's files: ``<run.runs_dir>/lr-find-<n>`` by default; never inside PREPARED."""
     path = Path(out) if out else next_run_dir(runs_dir, "lr-find")
@@ -248,24 +232,6 @@ def _out_dir(out: str | Path | None, runs_dir: str, prep: Prepared) -> Path:
     if path.exists():
         raise FileExistsError(f"{path} already exists; lr-find writes into a new directory: choose another --out")
     return path
-
-
-def _setup(cfg: Config, prep: Prepared, fold: int, scratch: Path):
-    """The fold's trainer as ``maskcls train`` builds it (run directory: a scratch folder thrown away)."""
-    from .run import _resolve, target_callbacks
-    from .trainer.fold import FoldTrainer
-    from .trainer.state import RunContext
-    acc = make_accelerator(cfg.train)
-    if acc.num_processes > 1:
-        raise ConfigError("lr-find runs in one process: start it as `maskcls lr-find`, not with accelerate launch")
-    pp = _resolve(cfg, prep, acc, [fold])  # what train resolves: heads, size, mean/std, loader, precision
-    if cfg.data.cache and not pp.faces and not _cache_built(prep, cfg):
-        log.info("data.cache: the crop cache is not built yet, and lr-find writes nothing into %s: it reads the "
-                 "images instead (the same augmentation, decoded every time)", prep.dir)
-        cfg.data.cache = False
-    ctx = RunContext(cfg, prep, prep.task, pp, scratch, acc, resume=False)
-    return FoldTrainer(ctx, fold, callbacks=target_callbacks(cfg))  # no EMA, averaging or trackers: nothing is
-    # validated or logged
 
 
 @process_state_restored()
@@ -289,7 +255,8 @@ def lr_find(cfg: Config, prep: Prepared, *, fold: int = 0, start: float = 1e-7, 
         raise ConfigError(f"--fold {fold} does not exist; {prep.dir} has folds 0..{prep.num_folds - 1}")
     path = _out_dir(out, cfg.run.runs_dir, prep)
     with tempfile.TemporaryDirectory(prefix="maskcls-lr-find-") as scratch:
-        trainer = _setup(cfg, prep, fold, Path(scratch))
+        trainer = scratch_trainer(cfg, prep, fold, Path(scratch))  # no EMA, averaging or trackers: nothing is
+        # validated or logged
         s = trainer.setup
         s.scheduler = ExpLR(s.optimizer, lrs)
         sw = sweep(s, trainer.data.train_loader, lrs)

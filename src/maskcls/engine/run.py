@@ -29,7 +29,7 @@ from ..prep.prepared import Prepared, load_prepared
 from ..rundir.files import create_run_dir, fold_numbers, next_run_dir, read_run_config, read_run_info, write_run_files
 from ..rundir.oof import read_oof
 from ..rundir.summary import summarize_run
-from .accel import make_accelerator, process_state_restored
+from .accel import make_accelerator, process_state_restored, resolve_precision
 from .banner import announce
 from .decision import tune_run
 from .extensions.averaging import Averaging
@@ -39,7 +39,7 @@ from .extensions.soft_ages import SoftAges, check_age_sigma
 from .extensions.time_budget import TimeBudget
 from .extensions.tracker_plan import plan_trackers
 from .extensions.trackers import RunTrackers, TrackEpochs
-from .fold_data import check_batch_fits, fold_rows, resolve_loader, resolve_preprocessing
+from .fold_data import cache_built, check_batch_fits, fold_rows, resolve_loader, resolve_preprocessing
 from .trainer.callbacks import Callback
 from .trainer.fold import FoldTrainer
 from .trainer.state import RunContext
@@ -68,6 +68,8 @@ def _resolve(cfg: Config, prep: Prepared, acc: Accelerator, folds: list[int]) ->
     pp = resolve_preprocessing(cfg.data, prep, info.image_size, info.mean, info.std)
     size_kwargs(info, cfg.model.name, pp.image_size)  # a fixed-size model that cannot take this size
     _check_weights(cfg.model.name, cfg.model.pretrained)
+    if cfg.train.batch_size == "auto":
+        resolve_batch(cfg, prep, pp.image_size, acc.device, folds, acc.num_processes)
     _check_batch_fits(cfg.train.batch_size, prep, folds, acc.num_processes)
     check_age_sigma(cfg, task, prep.train_rows())
     if cfg.data.faces:
@@ -82,6 +84,28 @@ def _resolve(cfg: Config, prep: Prepared, acc: Accelerator, folds: list[int]) ->
     if cfg.model.heads == "multi" and cfg.loss.head_weights is None:
         cfg.loss.head_weights = [1.0] * len(task.attributes)
     return pp
+
+
+def resolve_batch(cfg: Config, prep: Prepared, image_size: int, device, folds: list[int], world: int = 1) -> None:
+    """``train.batch_size=auto`` resolved in place (and ``optim.lr`` with it): the probe's batch on a GPU, capped by
+    the smallest fold's training images per process; 30 on a CPU. The banner says what it became."""
+    import torch
+
+    from ..models.factory import build_model
+    from .batch_size import MEMORY_SHARE, cuda_step_peak, largest_fitting, resolve_auto_batch
+    probe = None
+    if device.type == "cuda":
+        outputs = prep.task.outputs(prep.task.resolve_heads(cfg.model.heads))
+        cap = min(len(fold_rows(prep, f)[0]) for f in folds) // max(1, world)
+        bf16 = resolve_precision(cfg.train.mixed_precision) != "fp16"
+
+        def probe() -> int:
+            step = cuda_step_peak(lambda: build_model(cfg.model.name, num_outputs=outputs, pretrained="none",
+                                                      image_size=image_size)[0], image_size, outputs, bf16, device)
+            return largest_fitting(step, int(MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]), cap=max(1, cap))
+    auto = resolve_auto_batch(device=device, lr=cfg.optim.lr, rule=cfg.train.lr_scaling, probe=probe)
+    cfg.train.batch_size, cfg.optim.lr = auto.batch, auto.lr
+    log.info("train.batch_size=auto: batch %d (%s)", auto.batch, auto.why)
 
 
 def _check_weights(name: str, pretrained: str) -> None:
@@ -255,3 +279,22 @@ def resume_training(run_dir: str | Path, *, prepared: str | Path | None = None,
         cfg.train.mixed_precision = info["mixed_precision"]
     prep = load_prepared(prepared or info["prepared"])
     return run_training(cfg, prep, folds=info["folds"], run_dir=run, resume=True, on_summary=on_summary)
+
+
+def scratch_trainer(cfg: Config, prep: Prepared, fold: int, scratch: Path, *, ema: bool = False) -> FoldTrainer:
+    """Fold ``fold``'s trainer as ``maskcls train`` builds it (resolved settings, the target extensions, and the
+    EMA with ``ema`` when the config has it), its run directory a scratch folder thrown away; PREPARED is only read
+    (a crop cache not built yet is not built: the images are decoded instead). For the tools that take training
+    steps without a run: ``maskcls lr-find`` and ``maskcls bench gpu``."""
+    cfg = copy.deepcopy(cfg)
+    validate(cfg)
+    acc = make_accelerator(cfg.train)
+    if acc.num_processes > 1:
+        raise ConfigError("this tool runs in one process: start it as `maskcls ...`, not with accelerate launch")
+    pp = _resolve(cfg, prep, acc, [fold])  # what train resolves: heads, size, mean/std, loader, precision
+    if cfg.data.cache and not pp.faces and not cache_built(prep, cfg):
+        log.info("data.cache: the crop cache is not built yet, and nothing is written into %s: the images are read "
+                 "instead (the same augmentation, decoded every time)", prep.dir)
+        cfg.data.cache = False
+    ctx = RunContext(cfg, prep, prep.task, pp, scratch, acc, resume=False)
+    return FoldTrainer(ctx, fold, callbacks=([Ema(cfg.train)] if ema and cfg.train.ema else []) + target_callbacks(cfg))

@@ -103,8 +103,8 @@ def _optimizer_step(s: EpochSetup, lr_log: list | None) -> None:
 
 
 def train_step(s: EpochSetup, x: torch.Tensor, y: torch.Tensor, *, sync: bool, window: int,
-               lr_log: list | None = None, where: str = "",
-               idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               lr_log: list | None = None, where: str = "", idx: torch.Tensor | None = None,
+               check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One micro-batch: forward, loss, backward scaled by 1/``window`` (its accumulation window's length),
     then the optimizer step when ``sync`` (the window's last batch). Returns (labels on the device, logits,
     loss); ``maskcls lr-find`` drives it too.
@@ -124,7 +124,7 @@ def train_step(s: EpochSetup, x: torch.Tensor, y: torch.Tensor, *, sync: bool, w
         with acc.autocast():
             logits = s.model(x)
             loss = s.criterion(logits.float(), target)
-        if not torch.isfinite(loss):
+        if check_finite and not torch.isfinite(loss):  # a read-back: train_one_epoch checks in batches on a GPU
             raise TrainingDiverged(f"loss is {loss.item()} at {where}")
         acc.backward(loss / window)
     if sync:
@@ -141,35 +141,84 @@ def train_one_epoch(s: EpochSetup, loader, *, epoch: int, lr_log: list | None = 
     """
     s.model.train()
     acc, k = s.accelerator, s.task.num_classes
-    n_batches = s.batches(loader)
-    cm = np.zeros((k, k), np.int64)
-    loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+    dev, n_batches = acc.device, s.batches(loader)
+    every = read_back_every(dev)
+    cm = torch.zeros(k * k, dtype=torch.int64, device=dev)  # metrics stay on the device between read-backs
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    finite, checked, seen, t0 = torch.ones((), dtype=torch.bool, device=dev), 0, 0, time.perf_counter()
     bar = progress(total=n_batches, desc=desc or f"epoch {epoch + 1} train", unit="batch",
                    enabled=acc.is_main_process)
     s.optimizer.zero_grad(set_to_none=True)
-    for i, (x, y, idx) in enumerate(loader):
+    for i, (x, y, idx) in enumerate(to_device(loader, dev)):
         if i >= n_batches:
             break
         window_start = (i // s.accum_steps) * s.accum_steps
         window = min(s.accum_steps, n_batches - window_start)
         sync = (i + 1 - window_start) == window
-        y, logits, loss = train_step(s, x, y, sync=sync, window=window, lr_log=lr_log,
-                                     where=f"epoch {epoch + 1}, batch {i + 1}", idx=idx)
+        y, logits, loss = train_step(s, x, y, sync=sync, window=window, lr_log=lr_log, idx=idx,
+                                     where=f"epoch {epoch + 1}, batch {i + 1}", check_finite=every == 1)
         pred = logits.detach().float()
         pred = probabilities(pred, s.task, s.heads).argmax(1) if s.heads == "multi" else pred.argmax(1)
-        cm += confusion(y.cpu().numpy(), pred.cpu().numpy(), k)
-        loss_sum += loss.item() * len(y)
+        cm += torch.bincount(y * k + pred, minlength=k * k)
+        loss_sum += loss.detach().double() * len(y)
+        finite &= torch.isfinite(loss.detach())
         seen += len(y)
+        stop = sync and s.should_stop is not None and s.should_stop()
+        if (i + 1) % every and i + 1 < n_batches and not stop:
+            bar.update(1)
+            continue
+        if not finite.item():  # the one read-back in ``every`` batches
+            raise TrainingDiverged(f"loss is not finite at epoch {epoch + 1}, batches {checked + 1}-{i + 1}")
+        checked = i + 1
         elapsed = time.perf_counter() - t0
-        bar.update(1, loss=f"{loss_sum / seen:.4f}", acc=f"{np.trace(cm) / seen:.3f}",
+        bar.update(1, loss=f"{loss_sum.item() / seen:.4f}", acc=f"{cm.view(k, k).trace().item() / seen:.3f}",
                    img_s=f"{seen * acc.num_processes / max(elapsed, 1e-9):.1f}")
-        if sync and s.should_stop is not None and s.should_stop():
+        if stop:
             break
     bar.close()
-    totals = acc.reduce(torch.tensor(np.append(cm.ravel(), [loss_sum, seen]), dtype=torch.float64,
-                                     device=acc.device), reduction="sum").cpu().numpy()
+    totals = acc.reduce(torch.cat([cm.double(), loss_sum.view(1), torch.tensor([seen], dtype=torch.float64,
+                                                                                device=dev)]), reduction="sum")
+    totals = totals.cpu().numpy()
     cm = totals[:-2].reshape(k, k).round().astype(np.int64)
     return EpochMetrics.from_confusion(cm, float(totals[-2]), int(totals[-1]), s.task, time.perf_counter() - t0)
+
+
+# How often, in batches, the training loop reads its running metrics back: every batch on a CPU (it costs nothing
+# there, and a non-finite loss is named at its batch); every READ_BACK_GPU batches on a GPU, where every read-back
+# waits for the device to finish and leaves it idle while Python catches up.
+READ_BACK_GPU = 25
+
+
+def read_back_every(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else READ_BACK_GPU
+
+
+def to_device(loader, device: torch.device):
+    """The loader's batches; on a CUDA device, each batch's copy is issued on a side stream one step ahead, so it
+    overlaps the current step (the loaders hand pinned memory there), and the step finds its batch already on the
+    device. Elsewhere the batches pass through as they are."""
+    if device.type != "cuda":
+        yield from loader
+        return
+    stream = torch.cuda.Stream(device)
+
+    def ahead(it):
+        try:
+            x, y, idx = next(it)
+        except StopIteration:
+            return None
+        with torch.cuda.stream(stream):
+            return x.to(device, non_blocking=True), y.to(device, non_blocking=True), idx
+
+    it = iter(loader)
+    nxt = ahead(it)
+    while nxt is not None:
+        torch.cuda.current_stream(device).wait_stream(stream)
+        x, y, idx = nxt
+        x.record_stream(torch.cuda.current_stream(device))  # the side stream's memory is freed after its use here
+        y.record_stream(torch.cuda.current_stream(device))
+        nxt = ahead(it)
+        yield x, y, idx
 
 
 @dataclass
