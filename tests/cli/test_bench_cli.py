@@ -24,6 +24,7 @@ OPTIONS = {
     "time-to-f1": {"--config", "--set", "--timm-repo", "--fold", "--image-size", "--epochs", "--seed", "--precision",
                    "--out"},
     "predict": {"--run", "--images"},
+    "gpu": {"--config", "--set", "--steps", "--rounds", "--warmup", "--fold", "--people"},
 }
 
 
@@ -130,3 +131,15 @@ def test_time_to_f1_keeps_its_budget_flags(monkeypatch, tmp_path):
     assert seen["prepared"] == "PREP" and seen["repo"] == "GITDIR" and seen["out"] == str(tmp_path / "o")
     assert seen["budget"] == real.Budget(fold=0, image_size=128, epochs=2, seed=720, precision="auto")
     assert seen["base"].train.ema is True
+
+
+def test_gpu_takes_the_config_and_its_rounds(monkeypatch):
+    seen = {}
+    fake = types.ModuleType("maskcls.bench.gpu")
+    fake.bench_gpu = lambda prepared=None, **kw: seen.update(kw, prepared=prepared) or {"text": ""}
+    monkeypatch.setitem(sys.modules, "maskcls.bench.gpu", fake)
+    assert main(["bench", "gpu", "PREP", "--set", "data.image_size=224", "--set", "train.batch_size=30",
+                 "--steps", "5"]) == 0
+    assert seen["prepared"] == "PREP" and seen["steps"] == 5 and seen["rounds"] == 3 and seen["people"] == 40
+    assert seen["base"].data.image_size == 224 and seen["base"].train.batch_size == 30
+    assert main(["bench", "gpu"]) == 0 and seen["prepared"] is None and seen["base"] is None

@@ -15,10 +15,11 @@ def register(subs) -> None:
              "maskcls bench quality --budget standard --set train.ema=false   # a variant against the defaults\n"
              "maskcls bench serve --run runs/mobilenetv2_100-1 --requests 2000    # vs the server a user would write\n"
              "maskcls bench time-to-f1 .cache/quality/prepared/mask3dev --timm-repo GITDIR   # vs timm's train.py\n"
-             "maskcls bench predict --run runs/mobilenetv2_100-1 --images 2000   # torch vs onnx vs onnx-int8")
+             "maskcls bench predict --run runs/mobilenetv2_100-1 --images 2000   # torch vs onnx vs onnx-int8\n"
+             "maskcls bench gpu PREPARED                           # the data path against the model alone")
     benches = s.add_subparsers(dest="what", metavar="BENCHMARK", required=True)
     for register_bench in (_bench_train, _bench_loader, _bench_stats, _bench_faces, _bench_memory, _bench_workers,
-                           _bench_quality_args, _bench_serve, _bench_time_to_f1_args, _bench_predict):
+                           _bench_quality_args, _bench_serve, _bench_time_to_f1_args, _bench_predict, _bench_gpu):
         register_bench(benches)
 
     s = sub(subs, "demo", "the whole job on a synthetic dataset, in minutes",
@@ -158,6 +159,31 @@ def _bench_predict(benches) -> None:
                    help="the run to predict with (required: a trained run directory)")
     _images(b, 2000)
     b.set_defaults(handler=cmd_bench_predict)
+
+
+def _bench_gpu(benches) -> None:
+    b = sub(benches, "gpu", "training step rate of the whole pipeline (the fold loader over real photos) against "
+            "the model alone (batches already on the device), the same trainer as maskcls train",
+            "maskcls bench gpu                                    # a synthetic set made for it\n"
+            "maskcls bench gpu PREPARED --set data.image_size=224 --set train.mixed_precision=bf16")
+    b.add_argument("prepared", nargs="?", help="prepared directory of real photos (default: a synthetic one of "
+                   "--people people, made in a temporary folder)")
+    add_config_args(b)
+    b.add_argument("--steps", type=int_range(1), default=20, help="optimizer steps per side and round (default 20)")
+    b.add_argument("--rounds", type=int_range(1), default=3, help="alternating rounds; each side's rate is the "
+                   "median round's (default 3)")
+    b.add_argument("--warmup", type=int_range(0), default=5, help="untimed steps per side first (default 5)")
+    b.add_argument("--fold", type=int_range(0), default=0, help="the fold whose training images the pipeline loads")
+    b.add_argument("--people", type=int_range(1), default=40, help="people of the synthetic set (without PREPARED)")
+    b.set_defaults(handler=cmd_bench_gpu)
+
+
+def cmd_bench_gpu(args) -> int:
+    from ..bench.gpu import bench_gpu
+    from ..config_io import load_config
+    base = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
+    return _print_result(bench_gpu(args.prepared, base=base, steps=args.steps, rounds=args.rounds,
+                                   warmup=args.warmup, fold=args.fold, people=args.people))
 
 
 def cmd_bench_train(args) -> int:
