@@ -85,6 +85,9 @@ def test_predict_images_and_bad_files(run2, synth_root, tmp_path, capsys):
     code = main(["predict", str(run2), str(imgs[0]), str(bad), "--json"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 1 and len(lines) == 2 and "error" in lines[1]
+    assert main(["predict", str(run2), str(imgs[0])]) == 0
+    out = capsys.readouterr()
+    assert out.out.count("\n") == 1 and "decision offsets: not applied to single images" in out.err
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match="no images"):

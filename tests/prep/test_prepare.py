@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -324,3 +325,13 @@ def test_set_too_small_for_its_folds_is_one_warning_and_lr_find_runs(tmp_path, c
     (line,) = [w for w in capsys.readouterr().out.splitlines() if "fewer groups" in w]
     assert "3 of 3 classes have fewer groups (persons) than the 3 folds" in line and \
         line.endswith("--folds 2 would put every class in every fold"), line
+
+
+def test_a_raw_dataset_given_as_prepared_is_told_to_prepare_beside_itself(synth_root, tmp_path):
+    """load_prepared (the library, not only the CLI) never suggests preparing into the raw dataset itself."""
+    from maskcls.prep.prepared import load_prepared
+    with pytest.raises(FileNotFoundError, match=rf"maskcls prepare {re.escape(str(synth_root))} --out "
+                                                rf"{re.escape(str(synth_root))}-prepared"):
+        load_prepared(synth_root)
+    with pytest.raises(FileNotFoundError, match=r"maskcls prepare SOURCE --out"):
+        load_prepared(tmp_path)

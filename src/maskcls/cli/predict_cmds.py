@@ -120,6 +120,9 @@ def cmd_predict(args) -> int:
                 print(f"{plain(r['path'])}\terror: {plain(r['error'])}")
             else:
                 print(f"{plain(r['path'])}\t{r['label']}\tclass {r['class_id']}\tconfidence {r['confidence']:.3f}")
+        if not args.json:  # on stderr: stdout stays one line per image, for scripts
+            print("decision offsets: not applied to single images: each label is the argmax of the folds' averaged "
+                  "probabilities; the run's offsets apply to submissions (--tune-bias)", file=sys.stderr)
         return 1 if any("error" in r for r in res) else 0
     s = predict_submission(args.run_dir, data=args.data, out=args.out, folds=args.folds, tta=args.tta,
                            batch_size=args.batch_size, tune_bias=args.tune_bias, backend=args.backend)

@@ -29,7 +29,7 @@ from ..prep.prepared import Prepared, load_prepared
 from ..rundir.files import create_run_dir, fold_numbers, next_run_dir, read_run_config, read_run_info, write_run_files
 from ..rundir.oof import read_oof
 from ..rundir.summary import summarize_run
-from .accel import make_accelerator, process_state_restored, resolve_precision
+from .accel import inference_precision, make_accelerator, process_state_restored, resolve_precision
 from .banner import announce
 from .decision import tune_run
 from .extensions.averaging import Averaging
@@ -136,6 +136,7 @@ def _start_run(cfg: Config, prep: Prepared, folds: list[int], run_dir: Path | No
             "folds": folds, "command": sys.argv,
             "maskcls_version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "processes": acc.num_processes, "mixed_precision": acc.mixed_precision, "device": str(acc.device),
+            "valid_precision": inference_precision(acc.device, acc.mixed_precision),
             "preprocessing": pp.to_dict(), "loader": {"kind": cfg.data.loader, "workers": cfg.data.num_workers},
             "effective_batch": cfg.train.batch_size * acc.num_processes * cfg.train.accum_steps})
     broadcast_object_list(path)

@@ -94,8 +94,12 @@ def load_prepared(directory: str | Path) -> Prepared:
     d = Path(directory)
     meta_path, man_path = d / "prepare.json", d / "manifest.csv"
     if not meta_path.is_file() or not man_path.is_file():
-        raise FileNotFoundError(f"{d} is not a prepared directory (no prepare.json/manifest.csv); "
-                                f"create one with `maskcls prepare SOURCE --out {d}`")
+        raw = (d / "train").is_dir() or (d / "train.csv").exists() or (d.is_file() and d.suffix.lower() == ".csv")
+        out = d.with_name(f"{d.stem}-prepared") if raw else d
+        source = d if raw else "SOURCE"
+        raise FileNotFoundError(f"{d} is not a prepared directory (no prepare.json/manifest.csv); create one with "
+                                f"`maskcls prepare {source} --out {out}`"
+                                + (" (a new folder beside the dataset, which is only read)" if raw else ""))
     meta = load_json(meta_path, fix="re-run `maskcls prepare`")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:

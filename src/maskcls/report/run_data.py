@@ -35,6 +35,8 @@ def validation_precision(info: dict) -> str | None:
     trained): :func:`~maskcls.engine.accel.inference_precision` of the device and mixed precision run.json records.
     Read off a GPU, a CUDA run trained in bf16 was validated in bf16, one in fp16 (auto picks fp16 only where bf16
     is not supported) in fp32."""
+    if info.get("valid_precision") in ("fp32", "bf16"):  # recorded where the run trained (since 2026-12-07)
+        return info["valid_precision"]
     device, trained = info.get("device"), info.get("mixed_precision")
     if not isinstance(device, str) or not isinstance(trained, str):
         return None
