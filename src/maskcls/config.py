@@ -128,11 +128,13 @@ class TrainConfig:
     drop_age_margin: int = _f(0, "Also leave out of training the N ages just below each age-group threshold (30 and "
                               "the training old_age): 3 drops 27-29 and 57-59. 0 = none.", min=0, max=10)
     ema: bool = _f(True, "Keep an exponential moving average of the weights (timm's ModelEmaV3); it is what is "
-                   "validated and saved in best.pt. On by default: +6.6 to +7.3 points at epoch 1 on the real dev "
-                   "sets, best epoch +0.88 (mask3dev) and +0.07 (agegender6dev, 5 seeds) at 3 epochs; at 8 epochs "
-                   "-0.54 at the best epoch, level at the last (docs/quality.md): false for long runs.")
-    ema_decay: float = _f(0.9998, "EMA decay ceiling; the decay warms up from 0 (1 - (1 + step)^-0.75), so short "
-                          "runs average over their last few dozen steps.", min=0.0, max=1.0)
+                   "validated and saved in best.pt. Its averaging window grows with the step count (about 150 steps at "
+                   "the end of a 10-epoch run, 330 at 30 epochs), so it follows the run's length. On by default: "
+                   "turning it off cost 0.31 points out of fold on agegender6dev at 10 epochs and the early epochs "
+                   "6-7 points (docs/quality.md).")
+    ema_decay: float = _f(0.9998, "EMA decay ceiling; the decay warms up as 1 - (1 + step)^-0.75, so the EMA averages "
+                          "over about step^0.75 steps: a few dozen in a short run, a few hundred in a long one (the "
+                          "ceiling binds only past ~86,000 steps).", min=0.0, max=1.0)
     average: Literal["none", "last", "top"] = _f(
         "none", "Weight averaging at the end of a fold: the mean of the validated weights of the last "
         "train.average_k epochs, or of the train.average_k epochs with the best validation macro F1 (BatchNorm "
@@ -152,12 +154,13 @@ class OptimConfig:
     weight_decay: float = _f(0.014, "Weight decay (decoupled for adamw; 0.014 from `maskcls tune`). The "
                              "reference's 1e-6 is a no-op.", min=0.0)
     head_lr_mult: float = _f(1.05, "Learning-rate multiplier of the new (randomly initialised) classifier head "
-                             "(1.05 from `maskcls tune`: the earlier 10 made the first epoch worse on both "
-                             "real dev sets; docs/quality.md).", min=0.0)
+                             "(1.05 from `maskcls tune`, with drop_rate, label_smoothing, weight_decay and lr: the "
+                             "earlier 10, 0.2, 0.1, 0.01, 1e-3 lost 0.68 points out of fold on agegender6dev at 10 "
+                             "epochs; docs/quality.md).", min=0.0)
     momentum: float = _f(0.9, "SGD momentum.", min=0.0, max=1.0)
     nesterov: bool = _f(True, "SGD Nesterov momentum.")
     fused: bool = _f(False, "torch's fused optimizer kernel (one call per parameter group, CPU and CUDA) instead "
-                     "of the per-tensor loop; not bit-equal to the loop (docs/benchmarks.md, time to accuracy).")
+                     "of the per-tensor loop; not bit-equal to the loop (docs/history/benchmarks-rounds-1-3.md).")
 
 
 @dataclass
@@ -206,7 +209,7 @@ class LossConfig:
     weight_power: float = _f(0.5, "weighted_ce: class weights 1/count**p (1 = balanced, 0.5 = square root, "
                              "0 = none). 0.5: fully balanced weights over-correct (the mask head's 'wear', 5 of "
                              "every 7 photos, got 1/5 of the others' weight) and cost macro F1 on every seed "
-                             "measured (docs/benchmarks.md).", min=0.0, max=2.0)
+                             "measured (docs/history/benchmarks-rounds-1-3.md).", min=0.0, max=2.0)
     head_weights: Optional[list[float]] = _f(None, "multi heads: weight of each attribute's loss, in the task's "
                                              "order (mask, gender, age); null = equal weights.")
     age_sigma: float = _f(0.0, "Soft age-group targets for training, from the raw ages: each photo's age target is "
