@@ -1,6 +1,6 @@
 """Every result `maskcls bench quality` has cached, as docs/quality.md's recipe table.
 
-Reads WORK/results/*.json (one per set × seed × resolved config) and groups them by how their
+Reads WORK/results/*.json of fold 0 (one per set × seed × resolved config) and groups them by how their
 config differs from today's defaults at the fixed budget. Each variant is compared with its
 nearest measured base: the row whose settings are the largest subset of its own (the defaults
 when none is). A technique tried when the defaults were another backbone is thus compared
@@ -27,6 +27,7 @@ import numpy as np
 
 from maskcls.bench.quality import DEV_SETS, budget_config
 from maskcls.config_io import flatten
+from maskcls.engine.batch_size import DEFAULT_BATCH
 from maskcls.infer.ensemble import common_oof
 from maskcls.metrics import confusion, macro_f1
 from maskcls.prep.prepared import load_prepared
@@ -85,10 +86,11 @@ def main() -> None:
     ap.add_argument("--work", default=".cache/quality")
     a = ap.parse_args()
     base = flatten({k: v for k, v in budget_config().to_dict().items() if k != "run"})
+    base["train.batch_size"] = DEFAULT_BATCH  # auto, as the bench trains it on a CPU
     rows: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     for f in sorted(Path(a.work, "results").glob("*.json")):
         r = json.loads(f.read_text())
-        if r["set"] not in DEV_SETS:
+        if r["set"] not in DEV_SETS or r.get("fold", 0) != 0:  # fold 0 only: the out-of-fold bench prints the rest
             continue
         summary = Path(r["run_dir"]) / "summary.json"
         decision = json.loads(summary.read_text()).get("decision") if summary.is_file() else None
