@@ -1,4 +1,5 @@
 """The quality bench's cache key: a key added later, at its neutral value, keeps earlier results valid."""
+import shutil
 from types import SimpleNamespace
 
 from maskcls.bench import quality
@@ -74,3 +75,39 @@ def test_the_budgets_are_named_and_an_unknown_one_is_refused():
     assert quality.budget_config(budget="standard").data.image_size == 128
     with pytest.raises(ConfigError, match="choose one of quick, standard"):
         quality.get_budget("long")
+
+
+def test_two_benches_on_one_work_folder_prepare_a_set_once(synth_root, tmp_path, monkeypatch):
+    """Two benches (one per core) starting together on an unprepared set: one prepares it, the other waits and
+    reads it. Without the lock the second found the first's half-written folder and stopped with FileExistsError."""
+    import threading
+    import time
+
+    from maskcls.prep import prepare as prepare_module
+    data = tmp_path / "devdata"
+    shutil.copytree(synth_root, data / "tinyset")
+    manifest = data / "tinyset" / "manifest.csv"
+    manifest.write_text("placeholder\n")  # prepared_set hashes the manifest; prepare itself is faked below
+    calls = []
+    real_prepare = prepare_module.prepare
+
+    def slow_prepare(source, out, **kw):
+        calls.append(out)
+        time.sleep(0.3)  # wide enough that, unlocked, the second thread always lands inside the first's prepare
+        return real_prepare(synth_root, out, **kw)
+    monkeypatch.setattr(prepare_module, "prepare", slow_prepare)
+    errors, results = [], []
+
+    def bench():
+        try:
+            results.append(quality.prepared_set(data, "tinyset", tmp_path / "work"))
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+    threads = [threading.Thread(target=bench) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(calls) == 1 and len(results) == 2
+    assert len(results[0].train_rows()) == len(results[1].train_rows()) > 0

@@ -80,11 +80,14 @@ def prepared_set(data_dir: Path, name: str, work: Path):
                                 f"{data_dir}` (docs/quality.md)")
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     out = work / "prepared" / name
-    stamp = read_json(out / "bench-source.json")
-    if stamp is None or stamp.get("manifest_sha256") != digest:
-        shutil.rmtree(out, ignore_errors=True)
-        prepare(manifest, out, folds=5, seed=719)
-        atomic_write_json(out / "bench-source.json", {"manifest": str(manifest), "manifest_sha256": digest})
+    (work / "locks").mkdir(parents=True, exist_ok=True)
+    with open(work / "locks" / f"prepare-{name}.lock", "w") as lock:  # two benches on one work folder: one prepares
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stamp = read_json(out / "bench-source.json")
+        if stamp is None or stamp.get("manifest_sha256") != digest:
+            shutil.rmtree(out, ignore_errors=True)
+            prepare(manifest, out, folds=5, seed=719)
+            atomic_write_json(out / "bench-source.json", {"manifest": str(manifest), "manifest_sha256": digest})
     return load_prepared(out)
 
 
