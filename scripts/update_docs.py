@@ -11,10 +11,11 @@ A block lies between ``<!-- NAME -->`` and ``<!-- /NAME -->``:
   ``results-machines``: the machines those files name (:data:`MACHINES`).
 
 A recorded file is a header of ``key: value`` lines (benchmark, machine, precision, date, command, conditions,
-source, and for the demo a note), then ``--- output`` and the lines exactly as the command printed them, or
-``--- figures`` and the figures as a journal kept them when the output itself was not kept. To add a
-measurement: save the command's output under ``docs/recorded/BENCH/`` with that header, run this script, commit
-both. A figure enters the docs only through such a file, with its machine, precision and date.
+source, for the demo a note, and for a quality bench with ``--set`` the variant's precision as ``variant
+precision``), then ``--- output`` and the lines exactly as the command printed them, or ``--- figures`` and the
+figures as a journal kept them when the output itself was not kept. To add a measurement: save the command's
+output under ``docs/recorded/BENCH/`` with that header, run this script, commit both.
+A figure enters the docs only through such a file, with its machine, precision and date.
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ MACHINES = {
                   "no AMX: bf16 is emulated (several times slower than fp32)",
     "AVX2 EPYC": "AMD EPYC, 2 vCPUs, 23 GiB; AVX2, no AVX-512, AVX512-BF16 or AMX; its family and model were not "
                  "recorded (the machine of the benchmarks journal's \"Machine\" table, 2026-11-27 to 11-29)",
+    "Xeon EMR": "Intel Xeon (KVM), family 6 model 207 (Emerald Rapids), 2 vCPUs, 24 GiB; AVX-512 with `avx512_vnni`, "
+                "but the VM shows no `avx512_bf16` and no AMX: bf16 is emulated (far slower than fp32)",
     "H200 host": "one NVIDIA H200 (143,771 MiB) with a 16-core Intel Xeon (lscpu gives no model number); "
                  "torch 2.11.0+cu130, timm 1.0.29, not this repository's pins",
 }
@@ -146,14 +149,22 @@ def render_quality(recs: list[Record]) -> str:
                 if m := re.match(r"(\w+): ([\d.]+); seeds ([^;]+); per seed (.+)$", line):
                     rows.append([m.group(1), f"**{m.group(2)}**", "fold 0, best epoch, mean over seeds",
                                  f"{m.group(3)} ({m.group(4)})"] + _tail(r))
+                elif m := re.match(r"(\w+): ([\d.]+); out of fold over folds ([\d, ]+), (\w+) budget; seed (\d+); "
+                                   r"per fold (.+)$", line):
+                    rows.append([m.group(1), f"**{m.group(2)}**", f"out of fold over folds {m.group(3)}, "
+                                 f"{m.group(4)} budget", f"{m.group(5)} (per fold {m.group(6)})"] + _tail(r))
         else:
             head = r.find(r"quality bench, (\w+) budget \(data.image_size=(\d+) train.epochs=(\d+)\): "
                           r"folds (.+?) of 5, seed\(s\) ([^;]+);")
-            last = r.find(r"quality, out-of-fold macro F1: (.+)$").group(1)
-            for part in last.split(", "):
-                name, value = part.rsplit(" ", 1)
-                rows.append([name, f"**{value}**", f"out of fold over folds {head.group(4)}, {head.group(1)} budget",
-                             head.group(5)] + _tail(r))
+            for line in r.lines:  # the defaults' line, then the variant's (`--set`) when the bench compared one
+                if not (m := re.match(r"quality(?: \((.+)\))?, out-of-fold macro F1: (.+)$", line)):
+                    continue
+                precision = r.header.get("variant precision") if m.group(1) else None
+                scored = f"out of fold over folds {head.group(4)}, {head.group(1)} budget" + (
+                    f", `{m.group(1)}`" if m.group(1) else ", defaults")
+                for part in m.group(2).split(", "):
+                    name, value = part.rsplit(" ", 1)
+                    rows.append([name, f"**{value}**", scored, head.group(5)] + _tail(r, precision))
     return table(["set", "macro F1", "what is scored", "seeds"] + TAIL, rows) + conditions(recs)
 
 

@@ -52,8 +52,27 @@ def test_a_recorded_quality_bench_becomes_rows(tmp_path):
         "validation macro F1 (the run's valid_tta view), out-of-fold = the folds' best epochs pooled\n"
         "quality, out-of-fold macro F1: mask3dev 0.9001, agegender6dev 0.6902\n")
     table = docs.render_quality([docs.read_record(tmp_path / "q.txt")])
-    assert "| mask3dev | **0.9001** | out of fold over folds 0, 1, 2, quick budget | 719 |" in table
+    assert "| mask3dev | **0.9001** | out of fold over folds 0, 1, 2, quick budget, defaults | 719 |" in table
     assert "| agegender6dev | **0.6902** |" in table
+
+
+def test_a_quality_bench_with_a_variant_becomes_rows_for_both_in_their_precisions(tmp_path):
+    """With ``--set``, the bench ends with the variant's line; both become rows, the variant's in the precision
+    the header names for it."""
+    docs = _update_docs()
+    (tmp_path / "q.txt").write_text(
+        "benchmark: quality\nmachine: Zen 4 EPYC\nprecision: fp32\nvariant precision: bf16 autocast\n"
+        "date: 2026-12-08 10:00 UTC\ncommand: maskcls bench quality --set train.mixed_precision=bf16\n"
+        "source: quality.md#current-results\n--- output\n"
+        "quality bench, standard budget (data.image_size=128 train.epochs=10): folds 0, 1, 2 of 5, seed(s) 719; F1 = "
+        "validation macro F1 (the run's valid_tta view), out-of-fold = the folds' best epochs pooled\n"
+        "quality, out-of-fold macro F1: mask3dev 0.9301\n"
+        "quality (train.mixed_precision=bf16), out-of-fold macro F1: mask3dev 0.9250\n")
+    table = docs.render_quality([docs.read_record(tmp_path / "q.txt")])
+    assert "| mask3dev | **0.9301** | out of fold over folds 0, 1, 2, standard budget, defaults | 719 | " \
+           "[Zen 4 EPYC](#machines) | fp32 |" in table
+    assert "| mask3dev | **0.9250** | out of fold over folds 0, 1, 2, standard budget, " \
+           "`train.mixed_precision=bf16` | 719 | [Zen 4 EPYC](#machines) | bf16 autocast |" in table
 
 
 def test_readme_is_a_front_door():
