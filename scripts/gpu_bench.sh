@@ -10,13 +10,7 @@
 # PREPARED: a prepared directory of real photos (default: a synthetic one of 500 people made here).
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
-if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=${PYTHON:-python}; fi
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    echo "gpu_bench: CUDA is not available; this script measures a CUDA GPU (bench gpu also runs on a CPU)." >&2
-    exit 2
-fi
-"$PY" -c 'import torch; print("torch", torch.__version__, "| CUDA", torch.version.cuda, "|", torch.cuda.get_device_name(0))'
+source "$(dirname "$0")/gpu_common.sh" gpu_bench
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 TMP=$(mktemp -d -t maskcls-gpu-bench-XXXXXX)
 trap 'rm -rf "$TMP"' EXIT

@@ -10,19 +10,8 @@
 # Exits non-zero when CUDA is not available.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-if [[ -x .venv/bin/python ]]; then
-    PY=.venv/bin/python
-else
-    PY=${PYTHON:-python}
-fi
+source "$(dirname "$0")/gpu_common.sh" gpu_check
 MASKCLS=("$PY" -m maskcls)
-
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    echo "gpu_check: CUDA is not available (torch.cuda.is_available() is False); this check needs a CUDA GPU." >&2
-    exit 2
-fi
-"$PY" -c 'import torch; print("torch", torch.__version__, "| CUDA", torch.version.cuda, "|", torch.cuda.get_device_name(0))'
 
 TMP=$(mktemp -d -t maskcls-gpu-check-XXXXXX)
 trap 'rm -rf "$TMP"' EXIT

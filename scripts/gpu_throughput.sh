@@ -10,12 +10,7 @@
 # About 4 minutes on one H200 with 16 cores.
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
-if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=${PYTHON:-python}; fi
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    echo "gpu_throughput: CUDA is not available; this check needs a CUDA GPU." >&2
-    exit 2
-fi
+source "$(dirname "$0")/gpu_common.sh" gpu_throughput
 TMP=$(mktemp -d -t maskcls-gpu-tput-XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 "$PY" -m maskcls synth "$TMP/data" --people 500 --seed 0 >/dev/null
