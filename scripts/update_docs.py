@@ -152,17 +152,17 @@ def render_quality(recs: list[Record]) -> str:
                 elif m := re.match(r"(\w+): ([\d.]+); out of fold over folds ([\d, ]+), (\w+) budget; seed (\d+); "
                                    r"per fold (.+)$", line):
                     rows.append([m.group(1), f"**{m.group(2)}**", f"out of fold over folds {m.group(3)}, "
-                                 f"{m.group(4)} budget", f"{m.group(5)} (per fold {m.group(6)})"] + _tail(r))
+                                 f"{m.group(4)} budget, defaults", f"{m.group(5)} (per fold {m.group(6)})"] + _tail(r))
         else:
             head = r.find(r"quality bench, (\w+) budget \(data.image_size=(\d+) train.epochs=(\d+)\): "
                           r"folds (.+?) of 5, seed\(s\) ([^;]+);")
-            for line in r.lines:  # the defaults' line, then the variant's (`--set`) when the bench compared one
-                if not (m := re.match(r"quality(?: \((.+)\))?, out-of-fold macro F1: (.+)$", line)):
-                    continue
-                precision = r.header.get("variant precision") if m.group(1) else None
+            found = [m for line in r.lines if (m := re.match(
+                r"quality(?: of the variant)?, out-of-fold macro F1: (.+?)(?: \(variant: (.+)\))?$", line))]
+            for m in sorted(found, key=lambda m: m.group(2) is not None):  # the defaults, then a `--set` variant
+                precision = r.header.get("variant precision") if m.group(2) else None
                 scored = f"out of fold over folds {head.group(4)}, {head.group(1)} budget" + (
-                    f", `{m.group(1)}`" if m.group(1) else ", defaults")
-                for part in m.group(2).split(", "):
+                    f", `{m.group(2)}`" if m.group(2) else ", defaults")
+                for part in m.group(1).split(", "):
                     name, value = part.rsplit(" ", 1)
                     rows.append([name, f"**{value}**", scored, head.group(5)] + _tail(r, precision))
     return table(["set", "macro F1", "what is scored", "seeds"] + TAIL, rows) + conditions(recs)

@@ -67,7 +67,7 @@ def test_a_quality_bench_with_a_variant_becomes_rows_for_both_in_their_precision
         "quality bench, standard budget (data.image_size=128 train.epochs=10): folds 0, 1, 2 of 5, seed(s) 719; F1 = "
         "validation macro F1 (the run's valid_tta view), out-of-fold = the folds' best epochs pooled\n"
         "quality, out-of-fold macro F1: mask3dev 0.9301\n"
-        "quality (train.mixed_precision=bf16), out-of-fold macro F1: mask3dev 0.9250\n")
+        "quality of the variant, out-of-fold macro F1: mask3dev 0.9250 (variant: train.mixed_precision=bf16)\n")
     table = docs.render_quality([docs.read_record(tmp_path / "q.txt")])
     assert "| mask3dev | **0.9301** | out of fold over folds 0, 1, 2, standard budget, defaults | 719 | " \
            "[Zen 4 EPYC](#machines) | fp32 |" in table

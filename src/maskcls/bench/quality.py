@@ -267,9 +267,10 @@ def bench_quality(*, data_dir: str | Path = ".cache/devdata", seeds: int = 1, va
             lines.append(f"  delta ({variant_label} - defaults): out-of-fold {d['oof']:+.4f} "
                          f"(per seed {_fmt(d['oof_per_seed'], True)}); per fold {_fmt(d['per_fold'], True)}: "
                          f"mean {d['mean']:+.4f} ± {d['sd']:.4f} sd")
-    for label in configs:
-        lines.append(f"quality{'' if label == 'defaults' else ' (' + label + ')'}, out-of-fold macro F1: "
-                     + ", ".join(f"{n} {f:.4f}" for n, f in summary[label].items()))
+    for label in configs:  # the variant's label comes after its figures, so the line starts the same for any label
+        figures = ", ".join(f"{n} {f:.4f}" for n, f in summary[label].items())
+        lines.append(f"quality, out-of-fold macro F1: {figures}" if label == "defaults" else
+                     f"quality of the variant, out-of-fold macro F1: {figures} (variant: {label})")
     if variant is not None:  # the configuration measured comes last
         lines.append(lines.pop(-2))
     return {"text": "\n".join(lines), "oof": summary, "deltas": deltas}
