@@ -111,3 +111,13 @@ def test_two_benches_on_one_work_folder_prepare_a_set_once(synth_root, tmp_path,
     assert not errors, errors
     assert len(calls) == 1 and len(results) == 2
     assert len(results[0].train_rows()) == len(results[1].train_rows()) > 0
+
+
+def test_a_key_that_does_nothing_on_a_cpu_stays_out_of_the_cache_key():
+    """train.lr_scaling only scales a batch auto grew on a GPU: on the bench's CPU every value trains the same, so
+    changing its default keeps every cached result."""
+    base = quality._key(Config(), "set", PREP)
+    for rule in ("sqrt", "linear", "none"):
+        cfg = Config()
+        cfg.train.lr_scaling = rule
+        assert quality._key(cfg, "set", PREP) == base

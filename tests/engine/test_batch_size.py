@@ -67,3 +67,25 @@ def test_auto_on_a_cpu_trains_with_batch_30_and_records_it(prepared_dir, tmp_pat
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert saved["train"]["batch_size"] == 30 and saved["optim"]["lr"] == load_config().optim.lr
     assert "train.batch_size=auto: batch 30 (the default batch on a CPU)" in caplog.text
+
+
+def test_auto_grows_the_batch_only_while_an_epoch_keeps_100_steps():
+    """Batch 120 (19 steps per epoch of agegender6dev) cost points on the real dev sets: auto keeps the default batch
+    on sets of a few thousand photos and grows it only on sets large enough to keep 100 steps per epoch."""
+    from maskcls.engine.batch_size import MAX_BATCH, MIN_STEPS_PER_EPOCH, steps_cap
+    assert MIN_STEPS_PER_EPOCH == 100
+    assert steps_cap(2259) == DEFAULT_BATCH          # agegender6dev's fold: the default batch, whatever fits
+    assert steps_cap(20) == 20                       # a fold smaller than one default batch: the whole fold
+    assert steps_cap(15120) == 151                   # the competition's fold (2,160 people x 7 photos)
+    assert steps_cap(10**7) == MAX_BATCH
+    huge = lambda b: b  # noqa: E731 - a device where any batch fits
+    assert largest_fitting(huge, budget=10**12, cap=steps_cap(2259)) == DEFAULT_BATCH
+    assert largest_fitting(huge, budget=10**12, cap=steps_cap(15120)) == 120  # 30, 60, 120; 240 > 151
+
+
+def test_the_banner_says_when_the_steps_cap_decided_the_batch():
+    cuda = torch.device("cuda", 0)
+    capped = resolve_auto_batch(device=cuda, lr=1e-3, rule="sqrt", probe=lambda: 120, cap=151)
+    assert "keeps 100 optimizer steps per epoch (at most batch 151 here)" in capped.why
+    free = resolve_auto_batch(device=cuda, lr=1e-3, rule="sqrt", probe=lambda: 120, cap=1024)
+    assert "optimizer steps" not in free.why and free.batch == 120

@@ -109,7 +109,10 @@ class SeedResult:
 # existed: at that value the key is left out of the cache key, so earlier results stay valid (a new key would
 # otherwise retrain every cached configuration). Add a key here only when that value changes nothing at all.
 NEUTRAL_SINCE_ADDED = {("optim", "fused"): False, ("distill", "unlabelled"): False, ("loss", "age_sigma"): 0.0,
-                       ("train", "valid_tta"): "none", ("train", "time"): 0.0, ("train", "lr_scaling"): "sqrt"}
+                       ("train", "valid_tta"): "none", ("train", "time"): 0.0}
+# Keys that change nothing on the CPU the bench trains on, left out of every cache key: train.lr_scaling scales the lr
+# only for a batch that auto grew on a GPU (on a CPU auto is the default batch; an explicit batch is never scaled).
+CPU_INERT = (("train", "lr_scaling"),)
 
 
 def _key(cfg: Config, name: str, prep, fold: int = 0) -> str:
@@ -123,6 +126,8 @@ def _key(cfg: Config, name: str, prep, fold: int = 0) -> str:
     for (section, key), neutral in NEUTRAL_SINCE_ADDED.items():
         if section in settings and settings[section].get(key, neutral) == neutral:
             settings[section].pop(key, None)
+    for section, key in CPU_INERT:
+        settings.get(section, {}).pop(key, None)
     blob = json.dumps({"config": settings, "set": name, "manifest": prep.meta.get("manifest_sha1"),
                        "fold": fold}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]

@@ -87,23 +87,24 @@ def _resolve(cfg: Config, prep: Prepared, acc: Accelerator, folds: list[int]) ->
 
 
 def resolve_batch(cfg: Config, prep: Prepared, image_size: int, device, folds: list[int], world: int = 1) -> None:
-    """``train.batch_size=auto`` resolved in place (and ``optim.lr`` with it): the probe's batch on a GPU, capped by
-    the smallest fold's training images per process; 30 on a CPU. The banner says what it became."""
+    """``train.batch_size=auto`` resolved in place (and ``optim.lr`` with it): the probe's batch on a GPU, capped so
+    that the smallest fold's epoch keeps 100 optimizer steps per process (:func:`steps_cap`); 30 on a CPU. The
+    banner says what it became."""
     import torch
 
     from ..models.factory import build_model
-    from .batch_size import MEMORY_SHARE, cuda_step_peak, largest_fitting, resolve_auto_batch
-    probe = None
+    from .batch_size import MEMORY_SHARE, cuda_step_peak, largest_fitting, resolve_auto_batch, steps_cap
+    probe, cap = None, None
     if device.type == "cuda":
         outputs = prep.task.outputs(prep.task.resolve_heads(cfg.model.heads))
-        cap = min(len(fold_rows(prep, f)[0]) for f in folds) // max(1, world)
+        cap = steps_cap(min(len(fold_rows(prep, f)[0]) for f in folds) // max(1, world))
         bf16 = resolve_precision(cfg.train.mixed_precision) != "fp16"
 
         def probe() -> int:
             step = cuda_step_peak(lambda: build_model(cfg.model.name, num_outputs=outputs, pretrained="none",
                                                       image_size=image_size)[0], image_size, outputs, bf16, device)
             return largest_fitting(step, int(MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]), cap=max(1, cap))
-    auto = resolve_auto_batch(device=device, lr=cfg.optim.lr, rule=cfg.train.lr_scaling, probe=probe)
+    auto = resolve_auto_batch(device=device, lr=cfg.optim.lr, rule=cfg.train.lr_scaling, probe=probe, cap=cap)
     cfg.train.batch_size, cfg.optim.lr = auto.batch, auto.lr
     log.info("train.batch_size=auto: batch %d (%s)", auto.batch, auto.why)
 
