@@ -80,6 +80,10 @@ def test_auto_grows_the_batch_only_while_an_epoch_keeps_100_steps():
     assert steps_cap(10**7) == MAX_BATCH
     huge = lambda b: b  # noqa: E731 - a device where any batch fits
     assert largest_fitting(huge, budget=10**12, cap=steps_cap(2259)) == DEFAULT_BATCH
+
+    def never(b):
+        raise AssertionError("a set this small needs no memory probe")
+    assert largest_fitting(never, budget=10**12, cap=steps_cap(2259)) == DEFAULT_BATCH
     assert largest_fitting(huge, budget=10**12, cap=steps_cap(15120)) == 120  # 30, 60, 120; 240 > 151
 
 

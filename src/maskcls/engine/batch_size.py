@@ -51,8 +51,10 @@ def scaled_lr(lr: float, batch: int, rule: str) -> float:
 def largest_fitting(step_peak: Callable[[int], int], budget: int, *, start: int = DEFAULT_BATCH,
                     cap: int = MAX_BATCH) -> int:
     """The largest batch of ``start``·2^k (at most ``cap``) whose step peak (``step_peak(batch)``, bytes) is within
-    ``budget``; ``start`` when even it does not fit; never more than ``cap`` (the training images of a fold). An
-    out-of-memory error counts as not fitting."""
+    ``budget``; ``start`` when even it does not fit; never more than ``cap`` (:func:`steps_cap`). An out-of-memory
+    error counts as not fitting. When ``cap`` leaves no batch above ``start``, nothing is probed."""
+    if cap <= start:  # small sets: the steps floor decides, a probe (a model built and stepped on the GPU) cannot
+        return cap
     best, batch = None, start
     while batch <= cap:
         try:
