@@ -121,3 +121,34 @@ def test_a_key_that_does_nothing_on_a_cpu_stays_out_of_the_cache_key():
         cfg = Config()
         cfg.train.lr_scaling = rule
         assert quality._key(cfg, "set", PREP) == base
+
+
+def test_a_base_replaces_the_defaults_on_the_compared_side(monkeypatch, tmp_path):
+    """With a base (train.epochs=20) the variant (train.epochs=30) is compared with it, fold by fold, and the
+    defaults are not trained at all."""
+    import pytest
+
+    from maskcls.errors import ConfigError
+    trained = []
+    best = {10: 0.70, 20: 0.74, 30: 0.73}
+
+    def fake_train_one(cfg, name, prep, work, fresh, fold):
+        trained.append(cfg.train.epochs)
+        preds = [0, 1] if cfg.train.epochs == 20 else [0, 0]
+        return quality.SeedResult(name, cfg.train.seed, [best[cfg.train.epochs]], [1.0], best[cfg.train.epochs],
+                                  "run", fold, [0, 1], preds)
+    monkeypatch.setattr(quality, "train_one", fake_train_one)
+    monkeypatch.setattr(quality, "prepared_set", lambda data, name, work: SimpleNamespace(
+        train_rows=lambda: [0] * 4, task=SimpleNamespace(num_classes=2)))
+    at = lambda epochs: quality.budget_config(budget=quality.Budget("standard", 128, epochs))  # noqa: E731
+    r = quality.bench_quality(sets=("set",), work=tmp_path, budget="standard", folds=2, variant=at(30),
+                              variant_label="train.epochs=30", base=at(20), base_label="train.epochs=20")
+    assert sorted(trained) == [20, 20, 30, 30]  # no 10-epoch (defaults) training
+    assert r["deltas"]["set"]["per_fold"] == pytest.approx([-0.01, -0.01])
+    assert "delta (train.epochs=30 - train.epochs=20)" in r["text"]
+    assert r["text"].splitlines()[-2:] == [
+        "quality of the variant, out-of-fold macro F1: set 0.3333 (variant: train.epochs=30)",
+        "quality of the base, out-of-fold macro F1: set 1.0000 (base: train.epochs=20)"]
+    with pytest.raises(ConfigError, match="the same overrides"):
+        quality.bench_quality(sets=("set",), work=tmp_path, variant=at(30), variant_label="x", base=at(20),
+                              base_label="x")

@@ -19,7 +19,7 @@ OPTIONS = {
     "memory": {"--images", "--workers"},
     "workers": {"--images"},
     "quality": {"--data", "--budget", "--folds", "--seeds", "--first-seed", "--sets", "--work", "--fresh",
-                "--config", "--set"},
+                "--config", "--set", "--base-set"},
     "serve": {"--run", "--requests", "--configs", "--concurrency", "--warmup"},
     "time-to-f1": {"--config", "--set", "--timm-repo", "--fold", "--image-size", "--epochs", "--seed", "--precision",
                    "--out"},
@@ -117,6 +117,23 @@ def test_quality_command_lines_reach_the_quality_bench(monkeypatch, capsys):
     assert seen["variant"].train.mixed_precision == "no" and seen["variant"].train.epochs == 3
     assert seen["variant_label"] == "train.mixed_precision=no" and seen["data_dir"] == ".cache/devdata"
     assert main(["bench", "quality"]) == 0 and seen["variant"] is None and seen["sets"] == ("mask3dev", "agegender6dev")
+
+
+def test_quality_base_set_makes_the_base_and_needs_a_variant(monkeypatch, capsys):
+    """``--base-set train.epochs=20 --set train.epochs=30``: the variant is compared with the budget's config plus the
+    base overrides; a base without a variant is refused (there would be nothing to compare it with)."""
+    seen = {}
+    fake = types.ModuleType("maskcls.bench.quality")
+    fake.get_budget = lambda name: types.SimpleNamespace(overrides=lambda: ["data.image_size=128", "train.epochs=10"])
+    fake.bench_quality = lambda **kw: seen.update(kw) or {"text": "quality ran"}
+    monkeypatch.setitem(sys.modules, "maskcls.bench.quality", fake)
+    assert main(["bench", "quality", "--budget", "standard", "--base-set", "train.epochs=20",
+                 "--set", "train.epochs=30"]) == 0
+    assert (seen["base"].train.epochs, seen["variant"].train.epochs) == (20, 30)
+    assert (seen["base_label"], seen["variant_label"]) == ("train.epochs=20", "train.epochs=30")
+    assert main(["bench", "quality"]) == 0 and seen["base"] is None and seen["base_label"] == "defaults"
+    assert main(["bench", "quality", "--base-set", "train.epochs=20"]) == 2
+    assert "give the variant with --set" in capsys.readouterr().err
 
 
 def test_time_to_f1_keeps_its_budget_flags(monkeypatch, tmp_path):

@@ -228,7 +228,8 @@ def paired_delta(variant: Scored, base: Scored) -> dict:
 def bench_quality(*, data_dir: str | Path = ".cache/devdata", seeds: int = 1, variant: Config | None = None,
                   variant_label: str = "variant", sets: tuple[str, ...] = DEV_SETS,
                   work: str | Path = ".cache/quality", fresh: bool = False, budget: str = "quick",
-                  folds: int = 3, first_seed: int | None = None) -> dict:
+                  folds: int = 3, first_seed: int | None = None, base: Config | None = None,
+                  base_label: str = "defaults") -> dict:
     """Defaults (and ``variant``, when given) on each dev set: ``folds`` folds × ``seeds`` seeds; returns the text.
 
     Args:
@@ -242,15 +243,23 @@ def bench_quality(*, data_dir: str | Path = ".cache/devdata", seeds: int = 1, va
         budget: ``quick`` or ``standard`` (:data:`BUDGETS`); the defaults are trained at it.
         folds: how many of the 5 folds (0, 1, …) are trained and pooled out of fold.
         first_seed: the first seed (default: the config's, 719).
+        base: what the variant is compared with, already at the budget (default: the defaults at the budget), for
+            two alternatives side by side (``train.epochs=20`` against ``train.epochs=30``).
+        base_label: how the base's rows are labelled (its overrides).
     """
     b = get_budget(budget)
     if not 1 <= folds <= 5:
         raise ConfigError(f"--folds {folds}: the development sets have 5 folds; give 1 to 5")
     data_dir, work = Path(data_dir), Path(work)
-    configs = {"defaults": budget_config(budget=b)}
+    if base is None:
+        base, base_label = budget_config(budget=b), "defaults"
+    if variant is not None and variant_label == base_label:
+        raise ConfigError(f"the variant and the base are the same overrides ({variant_label}): give them different "
+                          "--set and --base-set words")
+    configs = {base_label: base}
     if variant is not None:
         configs[variant_label] = variant
-    first = configs["defaults"].train.seed if first_seed is None else first_seed
+    first = base.train.seed if first_seed is None else first_seed
     seed_list = [first + i for i in range(seeds)]
     lines = [f"quality bench, {b.name} budget (data.image_size={b.image_size} train.epochs={b.epochs}): folds "
              f"{', '.join(map(str, range(folds)))} of 5, seed(s) {', '.join(map(str, seed_list))}; F1 = validation "
@@ -268,14 +277,17 @@ def bench_quality(*, data_dir: str | Path = ".cache/devdata", seeds: int = 1, va
             lines += _rows(label, scored[label])
             summary[label][name] = scored[label].mean_oof()
         if variant is not None:
-            d = deltas[name] = paired_delta(scored[variant_label], scored["defaults"])
-            lines.append(f"  delta ({variant_label} - defaults): out-of-fold {d['oof']:+.4f} "
+            d = deltas[name] = paired_delta(scored[variant_label], scored[base_label])
+            lines.append(f"  delta ({variant_label} - {base_label}): out-of-fold {d['oof']:+.4f} "
                          f"(per seed {_fmt(d['oof_per_seed'], True)}); per fold {_fmt(d['per_fold'], True)}: "
                          f"mean {d['mean']:+.4f} ± {d['sd']:.4f} sd")
     for label in configs:  # the variant's label comes after its figures, so the line starts the same for any label
         figures = ", ".join(f"{n} {f:.4f}" for n, f in summary[label].items())
-        lines.append(f"quality, out-of-fold macro F1: {figures}" if label == "defaults" else
-                     f"quality of the variant, out-of-fold macro F1: {figures} (variant: {label})")
+        if label == "defaults":
+            lines.append(f"quality, out-of-fold macro F1: {figures}")
+        else:
+            role = "base" if label == base_label else "variant"
+            lines.append(f"quality of the {role}, out-of-fold macro F1: {figures} ({role}: {label})")
     if variant is not None:  # the configuration measured comes last
         lines.append(lines.pop(-2))
     return {"text": "\n".join(lines), "oof": summary, "deltas": deltas}

@@ -115,6 +115,9 @@ def _bench_quality_args(benches) -> None:
     b.add_argument("--work", default=".cache/quality", help="prepared sets, runs and cached results")
     b.add_argument("--fresh", action="store_true", help="retrain even when a cached result exists")
     add_config_args(b)
+    b.add_argument("--base-set", dest="base_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="compare the variant with the defaults plus this override instead of the defaults, e.g. "
+                        "--base-set train.epochs=20 --set train.epochs=30 (repeatable)")
     b.set_defaults(handler=_bench_quality)
 
 
@@ -241,12 +244,17 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 def _bench_quality(args) -> int:
     from ..bench.quality import bench_quality, get_budget
     from ..config_io import load_config
+    from ..errors import ConfigError
     budget = get_budget(args.budget).overrides()
     variant = load_config(args.config, budget + args.overrides) if (args.config or args.overrides) else None
     label = " ".join(([f"-c {args.config}"] if args.config else []) + args.overrides)
+    if args.base_overrides and variant is None:
+        raise ConfigError("--base-set sets what a variant is compared with: give the variant with --set or -c too")
+    base = load_config(None, budget + args.base_overrides) if args.base_overrides else None
     r = bench_quality(data_dir=args.data, seeds=args.seeds, variant=variant, variant_label=label,
                       sets=tuple(s for s in args.sets.split(",") if s), work=args.work, fresh=args.fresh,
-                      budget=args.budget, folds=args.folds, first_seed=args.first_seed)
+                      budget=args.budget, folds=args.folds, first_seed=args.first_seed, base=base,
+                      base_label=" ".join(args.base_overrides) or "defaults")
     print(r["text"])
     return 0
 
