@@ -157,11 +157,13 @@ def render_quality(recs: list[Record]) -> str:
             head = r.find(r"quality bench, (\w+) budget \(data.image_size=(\d+) train.epochs=(\d+)\): "
                           r"folds (.+?) of 5, seed\(s\) ([^;]+);")
             found = [m for line in r.lines if (m := re.match(
-                r"quality(?: of the variant)?, out-of-fold macro F1: (.+?)(?: \(variant: (.+)\))?$", line))]
-            for m in sorted(found, key=lambda m: m.group(2) is not None):  # the defaults, then a `--set` variant
-                precision = r.header.get("variant precision") if m.group(2) else None
+                r"quality(?: of the (?:variant|base))?, out-of-fold macro F1: (.+?)(?: \((variant|base): (.+)\))?$",
+                line))]
+            # the defaults or a `--base-set` base, then a `--set` variant; the label is the overrides
+            for m in sorted(found, key=lambda m: m.group(2) == "variant"):
+                precision = r.header.get("variant precision") if m.group(2) == "variant" else None
                 scored = f"out of fold over folds {head.group(4)}, {head.group(1)} budget" + (
-                    f", `{m.group(2)}`" if m.group(2) else ", defaults")
+                    f", `{m.group(3)}`" if m.group(2) else ", defaults")
                 for part in m.group(1).split(", "):
                     name, value = part.rsplit(" ", 1)
                     rows.append([name, f"**{value}**", scored, head.group(5)] + _tail(r, precision))

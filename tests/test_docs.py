@@ -75,6 +75,25 @@ def test_a_quality_bench_with_a_variant_becomes_rows_for_both_in_their_precision
            "`train.mixed_precision=bf16` | 719 | [Zen 4 EPYC](#machines) | bf16 autocast |" in table
 
 
+def test_a_quality_bench_with_a_base_becomes_rows_for_the_base_and_the_variant(tmp_path):
+    """With ``--base-set``, the base's line names its overrides; both become rows labelled with them, the base's
+    first, and no row claims to be the defaults."""
+    docs = _update_docs()
+    (tmp_path / "q.txt").write_text(
+        "benchmark: quality\nmachine: Zen 3 EPYC\nprecision: fp32\ndate: 2026-12-08 10:00 UTC\n"
+        "command: maskcls bench quality --budget standard --base-set train.epochs=20 --set train.epochs=30\n"
+        "source: quality.md#current-results\n--- output\n"
+        "quality bench, standard budget (data.image_size=128 train.epochs=10): folds 0 of 5, seed(s) 719; F1 = "
+        "validation macro F1 (the run's valid_tta view), out-of-fold = the folds' best epochs pooled\n"
+        "quality of the variant, out-of-fold macro F1: mask3dev 0.9250 (variant: train.epochs=30)\n"
+        "quality of the base, out-of-fold macro F1: mask3dev 0.9301 (base: train.epochs=20)\n")
+    table = docs.render_quality([docs.read_record(tmp_path / "q.txt")])
+    base = "| mask3dev | **0.9301** | out of fold over folds 0, standard budget, `train.epochs=20` | 719 |"
+    variant = "| mask3dev | **0.9250** | out of fold over folds 0, standard budget, `train.epochs=30` | 719 |"
+    assert base in table and variant in table and table.index(base) < table.index(variant)
+    assert "defaults" not in table
+
+
 def test_readme_is_a_front_door():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines: move depth into docs/"
