@@ -10,7 +10,7 @@ batch, and the same facts go into ``run.json`` (``resolved``) so that nothing la
       input     224 px photos, mean [0.4850, 0.4560, 0.4060], std [0.2290, 0.2240, 0.2250] (normalize=model)
       batch     30 per process x 1 process x 2 accumulation = 60 effective
       loader    processes, 2 workers, preset fast
-      folds     0 of 5, 30 epochs; fold 0: 1620 train / 270 valid images, 54 batches = 27 optimizer steps per epoch
+      folds     0 of 5, 20 epochs; fold 0: 1620 train / 270 valid images, 54 batches = 27 optimizer steps per epoch
       trackers  tensorboard (fold*/tb)
       run dir   /home/me/runs/mobilenetv2_100-3
 """
